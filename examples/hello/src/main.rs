@@ -1,0 +1,187 @@
+//! A tiny HTTP service: the app of Slipway's demo and tests. See README.md.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+use std::{env, fs, process, thread};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+fn env_ms(key: &str) -> Option<Duration> {
+    env::var(key).ok()?.parse().ok().map(Duration::from_millis)
+}
+
+fn main() {
+    let role = env::var("ROLE").unwrap_or_else(|_| "web".into());
+    watch_signals();
+    if let Some(after) = env_ms("EXIT_AFTER_MS") {
+        thread::spawn(move || {
+            thread::sleep(after);
+            eprintln!("exiting with 1 after {after:?}, as EXIT_AFTER_MS asks");
+            process::exit(1);
+        });
+    }
+    match role.as_str() {
+        "job" => {
+            let code: i32 = env::var("JOB_EXIT_CODE")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            println!("job {} running", hostname());
+            if let Some(d) = env_ms("JOB_DURATION_MS") {
+                thread::sleep(d);
+            }
+            println!("job done, exit code {code}");
+            process::exit(code);
+        }
+        "worker" => idle("worker"),
+        "db" => {
+            let dir = env::var("DATA_DIR").unwrap_or_else(|_| "/data".into());
+            let path = format!("{dir}/boots");
+            let mut boots = fs::read_to_string(&path).unwrap_or_default();
+            boots.push_str(&format!("{}\n", hostname()));
+            if let Err(e) = fs::write(&path, &boots) {
+                eprintln!("cannot write {path}: {e}");
+                process::exit(2);
+            }
+            println!("db booted ({} boots recorded)", boots.lines().count());
+            idle("db");
+        }
+        _ => serve(),
+    }
+}
+
+fn idle(role: &str) -> ! {
+    println!("{role} {} started", hostname());
+    let mut n = 0u64;
+    loop {
+        thread::sleep(Duration::from_secs(1));
+        n += 1;
+        if n % 10 == 0 {
+            println!("{role} still working ({n}s)");
+        }
+    }
+}
+
+fn watch_signals() {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).expect("signal handlers install");
+    thread::spawn(move || {
+        for sig in signals.forever() {
+            if env::var("IGNORE_SIGTERM").as_deref() == Ok("1") {
+                println!("received signal {sig}, ignoring it as IGNORE_SIGTERM asks");
+                continue;
+            }
+            if let Some(d) = env_ms("STOP_DELAY_MS") {
+                thread::sleep(d);
+            }
+            println!("received signal {sig}, exiting");
+            process::exit(0);
+        }
+    });
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+struct Info {
+    version: String,
+    instance: String,
+    healthz_fail: bool,
+}
+
+fn serve() {
+    let version = fs::read_to_string(env::var("VERSION_FILE").unwrap_or_else(|_| "/VERSION".into()))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let info = Arc::new(Info {
+        version,
+        instance: hostname(),
+        healthz_fail: env::var("HEALTHZ_FAIL").as_deref() == Ok("1"),
+    });
+    if let Some(d) = env_ms("READY_DELAY_MS") {
+        thread::sleep(d);
+    }
+    let port = env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let listener = TcpListener::bind(format!("0.0.0.0:{port}")).unwrap_or_else(|e| {
+        eprintln!("cannot listen on port {port}: {e}");
+        process::exit(2);
+    });
+    println!("hello {} listening on port {port}", info.version);
+    for stream in listener.incoming().flatten() {
+        let info = Arc::clone(&info);
+        thread::spawn(move || {
+            let _ = handle(stream, &info);
+        });
+    }
+}
+
+/// Serves one connection, keeping it alive across requests.
+fn handle(stream: TcpStream, info: &Info) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let http10 = parts.next() == Some("HTTP/1.0");
+        let mut length = 0usize;
+        let mut close = http10;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 {
+                return Ok(());
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim();
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.parse().unwrap_or(0),
+                    "connection" if value.eq_ignore_ascii_case("close") => close = true,
+                    "connection" if value.eq_ignore_ascii_case("keep-alive") => close = false,
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+
+        let (status, text) = match (method, path.split('?').next().unwrap_or("")) {
+            ("GET" | "HEAD", "/healthz") if info.healthz_fail => {
+                ("500 Internal Server Error", "unhealthy\n".to_string())
+            }
+            ("GET" | "HEAD", "/healthz") => ("200 OK", "ok\n".to_string()),
+            ("GET" | "HEAD", "/") => (
+                "200 OK",
+                format!("hello from {} ({})\n", info.version, info.instance),
+            ),
+            _ => ("404 Not Found", "not found\n".to_string()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Version: {}\r\nX-Instance: {}\r\n{}\r\n",
+            text.len(),
+            info.version,
+            info.instance,
+            if close { "Connection: close\r\n" } else { "" },
+        );
+        out.write_all(response.as_bytes())?;
+        if method != "HEAD" {
+            out.write_all(text.as_bytes())?;
+        }
+        out.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
