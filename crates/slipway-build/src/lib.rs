@@ -1,1 +1,205 @@
+//! Slipway's image builder: builds a build context into an image with Docker's classic
+//! builder API (no BuildKit session needed, so it works with any engine from API 1.41 on).
+//!
+//! Promises:
+//! - Every build line is handed to the caller as it arrives (the deployment's BUILD log),
+//!   with the values of SECRET envs replaced by `[secret]`.
+//! - A build either returns the ID of the image it tagged, or an error that says why in the
+//!   builder's own words (a Dockerfile syntax error, a failing `RUN`, ...).
+//! - A build stops at its timeout or when its cancellation token fires; dropping the request
+//!   makes Docker abandon the build.
+//! - `no_cache` builds with no layer cache at all; otherwise Docker's layer cache is used.
+//!
+//! Images carry the labels the caller gives (Slipway's `slipway.*` labels), so that they can be
+//! found and removed with the app.
 
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptionsBuilder};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// What went wrong building an image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The builder refused the Dockerfile or a step failed; `message` is the builder's.
+    #[error("building {tag} failed: {message}")]
+    Failed { tag: String, message: String },
+    #[error("building {tag} took longer than {seconds} s and was stopped")]
+    Timeout { tag: String, seconds: u64 },
+    #[error("building {tag} was canceled")]
+    Canceled { tag: String },
+    #[error("Docker could not {action} {image}")]
+    Docker {
+        action: &'static str,
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// One build to run.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSpec {
+    /// The tag the image gets (`repository:tag`).
+    pub tag: String,
+    /// The build context, a tar archive.
+    pub context: Vec<u8>,
+    /// The Dockerfile's path inside the context.
+    pub dockerfile: String,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Build with no layer cache.
+    pub no_cache: bool,
+    /// Values that must never appear in the log (SECRET envs).
+    pub secrets: Vec<String>,
+}
+
+/// An image a build produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    /// Docker's image ID, `sha256:...`.
+    pub id: String,
+    pub tag: String,
+}
+
+/// Builds images on one Docker engine.
+#[derive(Debug, Clone)]
+pub struct ImageBuilder {
+    docker: Docker,
+    timeout: Duration,
+}
+
+impl ImageBuilder {
+    /// Builds time out after thirty minutes unless [`ImageBuilder::with_timeout`] says otherwise.
+    pub fn new(docker: Docker) -> Self {
+        ImageBuilder {
+            docker,
+            timeout: Duration::from_secs(1800),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs one build, handing every line of its output to `log` as it arrives.
+    #[tracing::instrument(skip_all, fields(tag = %spec.tag, no_cache = spec.no_cache))]
+    pub async fn build(
+        &self,
+        spec: BuildSpec,
+        cancel: &CancellationToken,
+        mut log: impl FnMut(&str) + Send,
+    ) -> Result<BuiltImage, BuildError> {
+        let tag = spec.tag.clone();
+        let args: HashMap<String, String> = spec.build_args.clone().into_iter().collect();
+        let labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(&spec.dockerfile)
+            .t(&spec.tag)
+            .rm(true)
+            .forcerm(true)
+            .nocache(spec.no_cache)
+            .buildargs(&args)
+            .labels(&labels)
+            .build();
+        let redact = |line: &str| {
+            spec.secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .fold(line.to_string(), |l, s| l.replace(s.as_str(), "[secret]"))
+        };
+        let body = bollard::body_full(spec.context.into());
+        let mut stream = self.docker.build_image(options, None, Some(body));
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut reported_id: Option<String> = None;
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = &mut deadline => {
+                    return Err(BuildError::Timeout { tag, seconds: self.timeout.as_secs() });
+                }
+                () = cancel.cancelled() => return Err(BuildError::Canceled { tag }),
+            };
+            let Some(item) = item else { break };
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            log(&redact(line));
+                        }
+                    }
+                    if let Some(id) = info.aux.and_then(|a| a.id) {
+                        reported_id = Some(id);
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    let message = redact(error.trim());
+                    log(&message);
+                    return Err(BuildError::Failed { tag, message });
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    let message = redact(message.trim());
+                    log(&message);
+                    return Err(BuildError::Failed { tag, message });
+                }
+                Err(source) => {
+                    return Err(BuildError::Docker {
+                        action: "build",
+                        image: tag,
+                        source,
+                    });
+                }
+            }
+        }
+        let id = match self.image_id(&tag).await? {
+            Some(id) => id,
+            None => reported_id.ok_or_else(|| BuildError::Failed {
+                tag: tag.clone(),
+                message: "the builder finished without producing an image".into(),
+            })?,
+        };
+        Ok(BuiltImage { id, tag })
+    }
+
+    /// The ID of a local image, or `None` when Docker has no image by that reference.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, BuildError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(source) => Err(BuildError::Docker {
+                action: "inspect",
+                image: reference.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Removes an image; an image still used by a container or already gone is left alone
+    /// and reported as `false`.
+    pub async fn remove_image(&self, reference: &str) -> Result<bool, BuildError> {
+        let options = RemoveImageOptionsBuilder::default().noprune(false).build();
+        match self
+            .docker
+            .remove_image(reference, Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(false),
+            Err(source) => Err(BuildError::Docker {
+                action: "remove",
+                image: reference.to_string(),
+                source,
+            }),
+        }
+    }
+}

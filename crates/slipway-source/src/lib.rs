@@ -1,1 +1,24 @@
+//! Slipway's source fetcher: a bare git mirror per repository, and build contexts made from
+//! the git tree of one commit.
+//!
+//! Promises:
+//! - Only the configured branch is fetched, incrementally, into `ROOT/<name>-<hash>.git`; the
+//!   working files of the repository are never checked out.
+//! - Each fetch resolves the branch head to a full commit hash; a build context is made from
+//!   exactly that commit's tree, so a rebuild never ships stale or uncommitted files.
+//! - A build context contains `source_dir` of that tree only (plus the Dockerfile when
+//!   `dockerfile_path` lies outside it), with file modes and symlinks kept and timestamps set
+//!   to the commit's time, so identical trees give identical contexts.
+//! - Fetches of one repository are serialized; fetches of different repositories run in
+//!   parallel. A fetch stops at its deadline or when its cancellation token fires.
+//!
+//! All git work runs on tokio's blocking pool; the futures here are cancel-safe in that
+//! dropping them leaves the mirror consistent (git2 writes refs atomically).
 
+mod context;
+mod error;
+mod fetch;
+
+pub use context::BuildContext;
+pub use error::SourceError;
+pub use fetch::{Fetched, SourceCache};

@@ -85,7 +85,10 @@ pub fn parse_spec_value(mut value: Value) -> Result<ParsedSpec, SpecError> {
     if !value.is_object() {
         return Err(SpecError::Invalid(vec![Problem::new(
             "",
-            format!("expected an object with the app's fields, got {}", kind_of(&value)),
+            format!(
+                "expected an object with the app's fields, got {}",
+                kind_of(&value)
+            ),
         )]));
     }
     let mut warnings = Vec::new();
@@ -168,7 +171,12 @@ fn strip_unimplemented(value: &mut Value, warnings: &mut Vec<Problem>) {
                 strip(item, &path, UNIMPLEMENTED_COMPONENT, warnings);
             }
             if let Some(image) = item.get_mut("image") {
-                strip(image, &format!("{path}.image"), UNIMPLEMENTED_IMAGE, warnings);
+                strip(
+                    image,
+                    &format!("{path}.image"),
+                    UNIMPLEMENTED_IMAGE,
+                    warnings,
+                );
             }
             for hosted in ["github", "gitlab"] {
                 if let Some(src) = item.get_mut(hosted) {
@@ -216,10 +224,19 @@ fn validate(spec: &AppSpec) -> Vec<Problem> {
 
     let mut seen: Vec<(&str, String)> = Vec::new();
     let lists: [(&str, Vec<&str>); 4] = [
-        ("services", spec.services.iter().map(|c| c.name.as_str()).collect()),
-        ("workers", spec.workers.iter().map(|c| c.name.as_str()).collect()),
+        (
+            "services",
+            spec.services.iter().map(|c| c.name.as_str()).collect(),
+        ),
+        (
+            "workers",
+            spec.workers.iter().map(|c| c.name.as_str()).collect(),
+        ),
         ("jobs", spec.jobs.iter().map(|c| c.name.as_str()).collect()),
-        ("databases", spec.databases.iter().map(|c| c.name.as_str()).collect()),
+        (
+            "databases",
+            spec.databases.iter().map(|c| c.name.as_str()).collect(),
+        ),
     ];
     for (list, names) in lists {
         for (i, name) in names.into_iter().enumerate() {
@@ -535,7 +552,10 @@ fn check_health(p: &mut Vec<Problem>, path: &str, hc: &HealthCheck) {
         ("failure_threshold", hc.failure_threshold),
     ] {
         if v == Some(0) {
-            p.push(Problem::new(format!("{path}.{field}"), "must be at least 1"));
+            p.push(Problem::new(
+                format!("{path}.{field}"),
+                "must be at least 1",
+            ));
         }
     }
     if hc.port == Some(0) {

@@ -334,7 +334,10 @@ impl EnvVar {
         matches!(self.scope(), EnvScope::RunTime | EnvScope::RunAndBuildTime)
     }
     pub fn at_build_time(&self) -> bool {
-        matches!(self.scope(), EnvScope::BuildTime | EnvScope::RunAndBuildTime)
+        matches!(
+            self.scope(),
+            EnvScope::BuildTime | EnvScope::RunAndBuildTime
+        )
     }
 }
 
@@ -460,7 +463,6 @@ impl<'de> Deserialize<'de> for Amount {
         d.deserialize_any(V)
     }
 }
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -608,7 +610,11 @@ impl AppSpec {
                 .iter()
                 .map(|s| (s.name.as_str(), ComponentKind::Worker)),
         );
-        out.extend(self.jobs.iter().map(|s| (s.name.as_str(), ComponentKind::Job)));
+        out.extend(
+            self.jobs
+                .iter()
+                .map(|s| (s.name.as_str(), ComponentKind::Job)),
+        );
         out.extend(
             self.databases
                 .iter()
@@ -632,7 +638,11 @@ impl AppSpec {
                 .iter()
                 .map(|s| (ComponentKind::Service, s.common())),
         );
-        out.extend(self.workers.iter().map(|s| (ComponentKind::Worker, s.common())));
+        out.extend(
+            self.workers
+                .iter()
+                .map(|s| (ComponentKind::Worker, s.common())),
+        );
         out.extend(self.jobs.iter().map(|s| (ComponentKind::Job, s.common())));
         out
     }

@@ -1,0 +1,666 @@
+//! The bollard implementation of [`Runtime`], and the Docker work around rollouts: networks,
+//! volumes, databases and run-to-completion jobs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, Mount, MountType,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use rand::Rng;
+use slipway_spec::labels;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{Instance, InstanceSpec, Probe, ProbeResult, Runtime, RuntimeError};
+
+/// Connects to the local Docker engine and agrees on an API version with it (engines as old as
+/// API 1.41 work).
+pub async fn connect() -> Result<Docker, RuntimeError> {
+    let docker = Docker::connect_with_local_defaults().map_err(|source| RuntimeError::Docker {
+        action: "connect to",
+        object: "the local engine".into(),
+        source,
+    })?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|source| RuntimeError::Docker {
+            action: "agree on an API version with",
+            object: "the local engine".into(),
+            source,
+        })?;
+    docker.ping().await.map_err(|source| RuntimeError::Docker {
+        action: "reach",
+        object: "the local engine".into(),
+        source,
+    })?;
+    Ok(docker)
+}
+
+fn docker_err(
+    action: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(DockerError) -> RuntimeError {
+    let object = object.into();
+    move |source| RuntimeError::Docker {
+        action,
+        object,
+        source,
+    }
+}
+
+fn is_status(e: &DockerError, codes: &[u16]) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
+}
+
+/// The result of a run-to-completion job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub container_id: String,
+    pub container_name: String,
+    pub exit_code: i64,
+    /// Its stdout and stderr, interleaved.
+    pub output: String,
+}
+
+/// Runs Slipway's containers on one Docker engine.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    http: reqwest::Client,
+}
+
+impl DockerRuntime {
+    pub fn new(docker: Docker) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        DockerRuntime { docker, http }
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn container_labels(spec: &InstanceSpec) -> HashMap<String, String> {
+        let mut l: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        l.insert(labels::APP.into(), spec.app_id.clone());
+        l.insert(labels::COMPONENT.into(), spec.component.clone());
+        l.insert(labels::DEPLOYMENT.into(), spec.deployment_id.clone());
+        if let Some(kind) = spec.kind {
+            l.insert(labels::KIND.into(), kind.as_str().into());
+        }
+        l
+    }
+
+    fn container_body(
+        spec: &InstanceSpec,
+        restart: bool,
+        mounts: Vec<Mount>,
+    ) -> ContainerCreateBody {
+        let (entrypoint, cmd) = match &spec.run_command {
+            Some(c) => (
+                Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
+                Some(vec![c.clone()]),
+            ),
+            None => (None, None),
+        };
+        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    format!("{p}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )
+            })
+            .collect();
+        let networking_config = spec.network.as_ref().map(|n| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                n.clone(),
+                EndpointSettings {
+                    aliases: Some(vec![spec.component.clone()]),
+                    ..EndpointSettings::default()
+                },
+            )])),
+        });
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            entrypoint,
+            cmd,
+            labels: Some(Self::container_labels(spec)),
+            exposed_ports: (!spec.ports.is_empty())
+                .then(|| spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            host_config: Some(HostConfig {
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                network_mode: spec.network.clone(),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(if restart {
+                        RestartPolicyNameEnum::UNLESS_STOPPED
+                    } else {
+                        RestartPolicyNameEnum::NO
+                    }),
+                    maximum_retry_count: None,
+                }),
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                ..HostConfig::default()
+            }),
+            networking_config,
+            ..ContainerCreateBody::default()
+        }
+    }
+
+    fn container_name(spec: &InstanceSpec) -> String {
+        let suffix: String = {
+            let mut rng = rand::rng();
+            (0..8)
+                .map(|_| {
+                    char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rng.random_range(0..36)])
+                })
+                .collect()
+        };
+        format!("slipway-{}-{}-{suffix}", spec.app_name, spec.component)
+    }
+
+    /// Creates and starts a container; removes it again if starting fails.
+    async fn create_and_start(
+        &self,
+        spec: &InstanceSpec,
+        body: ContainerCreateBody,
+    ) -> Result<Instance, RuntimeError> {
+        let name = Self::container_name(spec);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_err(
+                "create",
+                format!("container {name} from {}", spec.image),
+            ))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            self.remove(&created.id).await;
+            return Err(docker_err("start", format!("container {name}"))(e));
+        }
+        let ports = match self.published_ports(&created.id).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.remove(&created.id).await;
+                return Err(e);
+            }
+        };
+        Ok(Instance {
+            id: created.id,
+            name,
+            component: spec.component.clone(),
+            deployment_id: spec.deployment_id.clone(),
+            image: spec.image.clone(),
+            ports,
+        })
+    }
+
+    async fn published_ports(&self, id: &str) -> Result<BTreeMap<u16, u16>, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(docker_err("inspect", format!("container {id}")))?;
+        let mut out = BTreeMap::new();
+        let ports = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .unwrap_or_default();
+        for (key, bindings) in ports {
+            let Some(container) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            let host = bindings
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| b.host_ip.as_deref() != Some("::"))
+                .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+            if let Some(host) = host {
+                out.insert(container, host);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a container, forcefully; a container already gone is fine.
+    async fn remove(&self, id: &str) {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(e) = self.docker.remove_container(id, Some(options)).await
+            && !is_status(&e, &[404, 409])
+        {
+            tracing::warn!(container = %id, error = %e, "removing a container failed");
+        }
+    }
+
+    /// The exit code of a container that no longer runs, or `None` while it runs.
+    async fn exited(&self, id: &str) -> Option<i64> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                if state.running == Some(true) && state.restarting != Some(true) {
+                    None
+                } else {
+                    Some(state.exit_code.unwrap_or(-1))
+                }
+            }
+            Err(_) => Some(-1),
+        }
+    }
+
+    /// Creates the app's network if it does not exist.
+    pub async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let existing = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err("list", "networks"))?;
+        if existing.iter().any(|n| n.name.as_deref() == Some(name)) {
+            return Ok(());
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..NetworkCreateRequest::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, &[409]) => Ok(()),
+            Err(e) => Err(docker_err("create", format!("network {name}"))(e)),
+        }
+    }
+
+    /// Starts the database's container unless it already runs; its data lives in `volume`,
+    /// mounted at `data_dir`. An existing container is never recreated.
+    pub async fn ensure_database(
+        &self,
+        spec: &InstanceSpec,
+        volume: &str,
+        data_dir: &str,
+    ) -> Result<Instance, RuntimeError> {
+        let existing = self
+            .list(&[
+                (labels::APP, &spec.app_id),
+                (labels::COMPONENT, &spec.component),
+            ])
+            .await?;
+        if let Some(db) = existing.into_iter().next() {
+            if self.exited(&db.id).await.is_some() {
+                self.docker
+                    .start_container(&db.id, None)
+                    .await
+                    .map_err(docker_err(
+                        "start",
+                        format!("database container {}", db.name),
+                    ))?;
+            }
+            return Ok(db);
+        }
+        let mut volume_labels = Self::container_labels(spec);
+        volume_labels.remove(labels::DEPLOYMENT);
+        match self
+            .docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.to_string()),
+                labels: Some(volume_labels),
+                ..VolumeCreateRequest::default()
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, &[409]) => {}
+            Err(e) => return Err(docker_err("create", format!("volume {volume}"))(e)),
+        }
+        let mount = Mount {
+            target: Some(data_dir.to_string()),
+            source: Some(volume.to_string()),
+            typ: Some(MountType::VOLUME),
+            ..Mount::default()
+        };
+        let body = Self::container_body(spec, true, vec![mount]);
+        self.create_and_start(spec, body).await
+    }
+
+    /// Runs a job to completion: a fresh container from `spec`, waited for at most `timeout`.
+    /// The container is kept (for its logs) until the component's next run, which removes it.
+    pub async fn run_job(
+        &self,
+        spec: &InstanceSpec,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<JobOutcome, RuntimeError> {
+        for previous in self
+            .list(&[
+                (labels::APP, &spec.app_id),
+                (labels::COMPONENT, &spec.component),
+            ])
+            .await?
+        {
+            self.remove(&previous.id).await;
+        }
+        let body = Self::container_body(spec, false, Vec::new());
+        let instance = self.create_and_start(spec, body).await?;
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut wait = self.docker.wait_container(&instance.id, Some(options));
+        let code = tokio::select! {
+            next = wait.next() => match next {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(docker_err("wait for", format!("job container {}", instance.name))(e)),
+                None => self.exited(&instance.id).await.unwrap_or(-1),
+            },
+            () = tokio::time::sleep(timeout) => {
+                self.remove(&instance.id).await;
+                return Err(RuntimeError::Other(format!(
+                    "job {} did not finish within {} s and was stopped",
+                    spec.component,
+                    timeout.as_secs()
+                )));
+            }
+            () = cancel.cancelled() => {
+                self.remove(&instance.id).await;
+                return Err(RuntimeError::Other(format!("job {} was canceled", spec.component)));
+            }
+        };
+        let output = self.logs(&instance.id, None).await;
+        Ok(JobOutcome {
+            container_id: instance.id,
+            container_name: instance.name,
+            exit_code: code,
+            output,
+        })
+    }
+
+    /// A container's stdout and stderr (the last `tail` lines, or all).
+    pub async fn logs(&self, id: &str, tail: Option<usize>) -> String {
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        out
+    }
+
+    /// The containers that carry every one of `labels`, running or not.
+    pub async fn list(&self, filter: &[(&str, &str)]) -> Result<Vec<Instance>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            filter
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_err("list", "containers"))?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Instance {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    component: labels.get(labels::COMPONENT).cloned().unwrap_or_default(),
+                    deployment_id: labels.get(labels::DEPLOYMENT).cloned().unwrap_or_default(),
+                    image: c.image_id.unwrap_or_default(),
+                    ports: c
+                        .ports
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|p| Some((p.private_port, p.public_port?)))
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Removes every container, then the networks, and with `volumes` the volumes, that carry
+    /// every one of `labels`. Returns how many objects were removed.
+    pub async fn remove_labelled(
+        &self,
+        filter: &[(&str, &str)],
+        volumes: bool,
+    ) -> Result<usize, RuntimeError> {
+        let mut removed = 0;
+        for c in self.list(filter).await? {
+            self.remove(&c.id).await;
+            removed += 1;
+        }
+        let filters = HashMap::from([(
+            "label".to_string(),
+            filter
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_err("list", "networks"))?;
+        for n in networks {
+            let Some(id) = n.id else { continue };
+            match self.docker.remove_network(&id).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_status(&e, &[404]) => {}
+                Err(e) => {
+                    return Err(docker_err(
+                        "remove",
+                        format!("network {}", n.name.unwrap_or(id)),
+                    )(e));
+                }
+            }
+        }
+        if volumes {
+            let list = self
+                .docker
+                .list_volumes(Some(
+                    ListVolumesOptionsBuilder::default()
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await
+                .map_err(docker_err("list", "volumes"))?;
+            for v in list.volumes.unwrap_or_default() {
+                match self
+                    .docker
+                    .remove_volume(
+                        &v.name,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+                {
+                    Ok(()) => removed += 1,
+                    Err(e) if is_status(&e, &[404]) => {}
+                    Err(e) => return Err(docker_err("remove", format!("volume {}", v.name))(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether an image defines its own HEALTHCHECK.
+    pub async fn image_has_healthcheck(&self, image: &str) -> Result<bool, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(docker_err("inspect", format!("image {image}")))?;
+        let test = inspect
+            .config
+            .and_then(|c| c.healthcheck)
+            .and_then(|h| h.test)
+            .unwrap_or_default();
+        Ok(!test.is_empty() && test.first().map(String::as_str) != Some("NONE"))
+    }
+
+    async fn probe_tcp(&self, addr: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
+        let connect = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
+        let mut stream = match connect {
+            Err(_) => return Err(format!("TCP connect to {addr} timed out")),
+            Ok(Err(e)) => return Err(format!("TCP connect to {addr}: {e}")),
+            Ok(Ok(s)) => s,
+        };
+        // Docker's port proxy accepts a connection even when nothing listens in the container,
+        // then closes it: a connection that closes at once is not a listening app.
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                Err("the connection was closed: nothing listens on the port yet".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Runtime for DockerRuntime {
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        let body = Self::container_body(spec, true, Vec::new());
+        self.create_and_start(spec, body).await
+    }
+
+    async fn probe(&self, instance: &Instance, probe: &Probe, timeout: Duration) -> ProbeResult {
+        let answer = match probe {
+            Probe::Http { port, path } => match instance.address(*port) {
+                None => Err(format!("port {port} is not published")),
+                Some(addr) => {
+                    let url = format!("http://{addr}{path}");
+                    match self.http.get(&url).timeout(timeout).send().await {
+                        Ok(r) if r.status().is_success() || r.status().is_redirection() => Ok(()),
+                        Ok(r) => Err(format!("GET {path} answered {}", r.status())),
+                        Err(e) if e.is_timeout() => Err(format!(
+                            "GET {path} timed out after {:.1} s",
+                            timeout.as_secs_f64()
+                        )),
+                        Err(_) => Err(format!("GET {path}: nothing answers on port {port} yet")),
+                    }
+                }
+            },
+            Probe::Tcp { port } => match instance.address(*port) {
+                None => Err(format!("port {port} is not published")),
+                Some(addr) => self.probe_tcp(addr, timeout).await,
+            },
+            Probe::DockerHealth => match self.docker.inspect_container(&instance.id, None).await {
+                Err(e) => Err(format!("inspect failed: {e}")),
+                Ok(c) => {
+                    let health = c.state.and_then(|s| s.health);
+                    match health.as_ref().and_then(|h| h.status) {
+                        Some(HealthStatusEnum::HEALTHY) => Ok(()),
+                        status => {
+                            let last = health
+                                .and_then(|h| h.log)
+                                .and_then(|l| l.into_iter().last())
+                                .and_then(|r| r.output)
+                                .unwrap_or_default();
+                            Err(format!(
+                                "the image's HEALTHCHECK says {}{}",
+                                status.map_or("nothing yet".to_string(), |s| s.to_string()),
+                                if last.trim().is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", last.trim())
+                                }
+                            ))
+                        }
+                    }
+                }
+            },
+            Probe::Running => Ok(()),
+        };
+        match answer {
+            Ok(()) => match self.exited(&instance.id).await {
+                None => ProbeResult::Ready,
+                Some(code) => ProbeResult::Exited(code),
+            },
+            Err(why) => match self.exited(&instance.id).await {
+                Some(code) => ProbeResult::Exited(code),
+                None => ProbeResult::NotReady(why),
+            },
+        }
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
+        let seconds = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        match self
+            .docker
+            .stop_container(&instance.id, Some(options))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_status(&e, &[304, 404]) => {}
+            Err(e) => {
+                return Err(docker_err("stop", format!("container {}", instance.name))(
+                    e,
+                ));
+            }
+        }
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self
+            .docker
+            .remove_container(&instance.id, Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, &[404, 409]) => Ok(()),
+            Err(e) => Err(docker_err("remove", format!("container {}", instance.name))(e)),
+        }
+    }
+
+    async fn last_logs(&self, instance: &Instance, lines: usize) -> String {
+        self.logs(&instance.id, Some(lines)).await
+    }
+}

@@ -1,0 +1,118 @@
+//! The narrow seam between the scheduler and the container engine.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use slipway_spec::ComponentKind;
+
+/// Everything needed to create one instance of a component.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InstanceSpec {
+    pub app_id: String,
+    /// Used in container names, which the runtime makes unique.
+    pub app_name: String,
+    pub component: String,
+    pub kind: Option<ComponentKind>,
+    pub deployment_id: String,
+    /// The image ID (`sha256:...`) the instance runs.
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    /// Replaces the image's command (run by `/bin/sh -c`).
+    pub run_command: Option<String>,
+    /// Container ports to publish on the loopback interface.
+    pub ports: Vec<u16>,
+    /// The app's network; the component's name is the instance's alias on it.
+    pub network: Option<String>,
+    /// Extra labels (the daemon's).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A running instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Instance {
+    /// The container ID.
+    pub id: String,
+    pub name: String,
+    pub component: String,
+    pub deployment_id: String,
+    pub image: String,
+    /// Container port to host port on 127.0.0.1.
+    pub ports: BTreeMap<u16, u16>,
+}
+
+impl Instance {
+    /// The loopback address a container port is published on.
+    pub fn address(&self, container_port: u16) -> Option<std::net::SocketAddr> {
+        self.ports
+            .get(&container_port)
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+    }
+}
+
+/// One readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// An HTTP GET that must answer 2xx or 3xx.
+    Http { port: u16, path: String },
+    /// A TCP connect that must succeed.
+    Tcp { port: u16 },
+    /// The image's own HEALTHCHECK, as Docker reports it.
+    DockerHealth,
+    /// The instance is still running (workers).
+    Running,
+}
+
+/// The answer of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    Ready,
+    /// Not ready yet; says why (the status, the connection error, ...).
+    NotReady(String),
+    /// The instance is no longer running.
+    Exited(i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("Docker could not {action} {object}")]
+    Docker {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The container calls a rollout needs. Implemented by [`crate::DockerRuntime`] and, in
+/// tests, by an in-memory fake.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// Creates and starts an instance. On failure nothing is left behind. Not cancel-safe:
+    /// a caller that drops the future may leave a container behind (labelled, so that the
+    /// reconciler finds it).
+    fn start(
+        &self,
+        spec: &InstanceSpec,
+    ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// Probes an instance once, waiting at most `timeout`.
+    fn probe(
+        &self,
+        instance: &Instance,
+        probe: &Probe,
+        timeout: Duration,
+    ) -> impl Future<Output = ProbeResult> + Send;
+
+    /// Sends the stop signal (the image's STOPSIGNAL, else SIGTERM), kills the instance after
+    /// `grace` if it is still running, and removes it.
+    fn stop(
+        &self,
+        instance: &Instance,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The last `lines` lines the instance wrote, for failure reports.
+    fn last_logs(&self, instance: &Instance, lines: usize) -> impl Future<Output = String> + Send;
+}

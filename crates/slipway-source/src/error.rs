@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+/// What went wrong fetching a source or making a build context. Each message says plainly
+/// what the user has to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("repository {url} is unreachable: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("repository {url} refused authentication: {message}")]
+    AuthRefused { url: String, message: String },
+    #[error("branch \"{branch}\" does not exist in repository {url}")]
+    BranchMissing { url: String, branch: String },
+    #[error("fetching {url} took longer than {seconds} s and was stopped")]
+    Timeout { url: String, seconds: u64 },
+    #[error("fetching {url} was canceled")]
+    Canceled { url: String },
+    #[error("source_dir \"{path}\" does not exist in commit {commit}")]
+    SourceDirMissing { path: String, commit: String },
+    #[error("source_dir \"{path}\" in commit {commit} is a file, not a directory")]
+    SourceDirNotADirectory { path: String, commit: String },
+    #[error("dockerfile_path \"{path}\" does not exist in commit {commit}")]
+    DockerfileMissing { path: String, commit: String },
+    #[error("\"{path}\" must stay inside the repository")]
+    OutsideRepository { path: String },
+    #[error("the git mirror at {path} is unusable")]
+    Mirror {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("reading commit {commit} failed")]
+    Read {
+        commit: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("writing the build context failed")]
+    Archive(#[source] std::io::Error),
+    #[error("the git worker stopped unexpectedly")]
+    Worker(#[source] tokio::task::JoinError),
+}

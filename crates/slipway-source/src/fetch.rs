@@ -1,0 +1,229 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use git2::{AutotagOption, ErrorCode, FetchOptions, RemoteCallbacks, Repository};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::SourceError;
+use crate::context::{self, BuildContext};
+
+/// The mirrors of every repository Slipway builds from.
+#[derive(Debug)]
+pub struct SourceCache {
+    root: PathBuf,
+    fetch_timeout: Duration,
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A branch head fetched into a mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub url: String,
+    pub branch: String,
+    /// The full commit hash the branch pointed at.
+    pub commit: String,
+    /// The bare mirror holding it.
+    pub mirror: PathBuf,
+}
+
+impl SourceCache {
+    /// Fetches time out after ten minutes unless [`SourceCache::with_timeout`] says otherwise.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SourceCache {
+            root: root.into(),
+            fetch_timeout: Duration::from_secs(600),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// The mirror directory of a repository URL.
+    pub fn mirror_path(&self, url: &str) -> PathBuf {
+        let digest = Sha256::digest(url.as_bytes());
+        let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let tail: String = url
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .rsplit(['/', ':'])
+            .next()
+            .unwrap_or("repo")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(40)
+            .collect();
+        let tail = if tail.is_empty() { "repo".into() } else { tail };
+        self.root.join(format!("{tail}-{hash}.git"))
+    }
+
+    /// Fetches the head of `branch` from `url` into the repository's mirror and returns its
+    /// commit. Fetches of the same repository wait for each other.
+    #[tracing::instrument(skip(self, cancel), fields(url = %url, branch = %branch))]
+    pub async fn fetch(
+        &self,
+        url: &str,
+        branch: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, SourceError> {
+        let mirror = self.mirror_path(url);
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(locks.entry(mirror.clone()).or_default())
+        };
+        let _guard = lock.lock().await;
+        let (url_owned, branch_owned, mirror_owned) =
+            (url.to_string(), branch.to_string(), mirror.clone());
+        let cancel = cancel.clone();
+        let timeout = self.fetch_timeout;
+        let started = Instant::now();
+        let commit = tokio::task::spawn_blocking(move || {
+            fetch_blocking(&url_owned, &branch_owned, &mirror_owned, timeout, &cancel)
+        })
+        .await
+        .map_err(SourceError::Worker)??;
+        tracing::debug!(commit = %commit, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
+        Ok(Fetched {
+            url: url.to_string(),
+            branch: branch.to_string(),
+            commit,
+            mirror,
+        })
+    }
+
+    /// Makes the build context of a fetched commit: `source_dir` of its tree as a tar, with
+    /// the Dockerfile at `dockerfile_path` (relative to the repository root).
+    pub async fn context(
+        &self,
+        fetched: &Fetched,
+        source_dir: &str,
+        dockerfile_path: &str,
+    ) -> Result<BuildContext, SourceError> {
+        let (mirror, commit) = (fetched.mirror.clone(), fetched.commit.clone());
+        let (source_dir, dockerfile_path) = (source_dir.to_string(), dockerfile_path.to_string());
+        tokio::task::spawn_blocking(move || {
+            context::make(&mirror, &commit, &source_dir, &dockerfile_path)
+        })
+        .await
+        .map_err(SourceError::Worker)?
+    }
+}
+
+fn open_mirror(mirror: &Path, url: &str) -> Result<Repository, SourceError> {
+    let err = |source| SourceError::Mirror {
+        path: mirror.to_path_buf(),
+        source,
+    };
+    let repo = match Repository::open_bare(mirror) {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(parent) = mirror.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    err(git2::Error::from_str(&format!(
+                        "cannot create {}: {e}",
+                        parent.display()
+                    )))
+                })?;
+            }
+            Repository::init_bare(mirror).map_err(err)?
+        }
+    };
+    match repo.find_remote("origin") {
+        Ok(remote) if remote.url().ok() == Some(url) => {}
+        Ok(_) => repo.remote_set_url("origin", url).map_err(err)?,
+        Err(_) => {
+            repo.remote("origin", url).map_err(err)?;
+        }
+    }
+    Ok(repo)
+}
+
+fn fetch_blocking(
+    url: &str,
+    branch: &str,
+    mirror: &Path,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<String, SourceError> {
+    let repo = open_mirror(mirror, url)?;
+    let mut remote = repo
+        .find_remote("origin")
+        .map_err(|source| SourceError::Mirror {
+            path: mirror.to_path_buf(),
+            source,
+        })?;
+    let deadline = Instant::now() + timeout;
+    let go_on = move || !cancel.is_cancelled() && Instant::now() < deadline;
+
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.transfer_progress(move |_| go_on());
+    callbacks.sideband_progress(move |_| go_on());
+    let mut attempts = 0;
+    callbacks.credentials(move |_url, username, allowed| {
+        attempts += 1;
+        if attempts > 3 {
+            return Err(git2::Error::from_str("no credentials were accepted"));
+        }
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            return git2::Cred::ssh_key_from_agent(username.unwrap_or("git"));
+        }
+        if allowed.contains(git2::CredentialType::DEFAULT) {
+            return git2::Cred::default();
+        }
+        Err(git2::Error::from_str(
+            "the remote asks for credentials and none are configured",
+        ))
+    });
+    let mut options = FetchOptions::new();
+    options
+        .remote_callbacks(callbacks)
+        .download_tags(AutotagOption::None)
+        .prune(git2::FetchPrune::Off);
+    let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    if let Err(e) = remote.fetch(&[refspec.as_str()], Some(&mut options), None) {
+        if cancel.is_cancelled() {
+            return Err(SourceError::Canceled { url: url.into() });
+        }
+        if Instant::now() >= deadline {
+            return Err(SourceError::Timeout {
+                url: url.into(),
+                seconds: timeout.as_secs(),
+            });
+        }
+        return Err(classify(url, branch, e));
+    }
+    let reference = format!("refs/heads/{branch}");
+    let commit = repo
+        .find_reference(&reference)
+        .and_then(|r| r.peel_to_commit())
+        .map_err(|_| SourceError::BranchMissing {
+            url: url.into(),
+            branch: branch.into(),
+        })?;
+    Ok(commit.id().to_string())
+}
+
+fn classify(url: &str, branch: &str, e: git2::Error) -> SourceError {
+    let message = e.message().to_string();
+    if e.code() == ErrorCode::Auth || message.contains("authentication") {
+        return SourceError::AuthRefused {
+            url: url.into(),
+            message,
+        };
+    }
+    if message.contains("couldn't find remote ref") || message.contains("not found: no matching") {
+        return SourceError::BranchMissing {
+            url: url.into(),
+            branch: branch.into(),
+        };
+    }
+    SourceError::Unreachable {
+        url: url.into(),
+        message,
+    }
+}
