@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,9 @@ pub enum BuildError {
     Timeout { tag: String, seconds: u64 },
     #[error("building {tag} was canceled")]
     Canceled { tag: String },
+    /// The engine does not have the image and could not pull it.
+    #[error("image {image} is not on this Docker engine and could not be pulled: {message}")]
+    Missing { image: String, message: String },
     #[error("Docker could not {action} {image}")]
     Docker {
         action: &'static str,
@@ -179,6 +185,84 @@ impl ImageBuilder {
                 source,
             }),
         }
+    }
+
+    /// The ID of an image, pulling it from its registry when the engine does not have it.
+    pub async fn resolve(&self, reference: &str) -> Result<String, BuildError> {
+        if let Some(id) = self.image_id(reference).await? {
+            return Ok(id);
+        }
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(reference)
+            .build();
+        let mut pull = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = pull.next().await {
+            if let Err(e) = item {
+                let message = match e {
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                    other => other.to_string(),
+                };
+                return Err(BuildError::Missing {
+                    image: reference.to_string(),
+                    message,
+                });
+            }
+        }
+        self.image_id(reference)
+            .await?
+            .ok_or_else(|| BuildError::Missing {
+                image: reference.to_string(),
+                message: "the pull finished without the image".into(),
+            })
+    }
+
+    /// Removes every image that carries all of `labels` and that no container uses. Returns
+    /// how many were removed.
+    pub async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, BuildError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
+        let options = ListImagesOptionsBuilder::default()
+            .all(false)
+            .filters(&filters)
+            .build();
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|source| BuildError::Docker {
+                action: "list",
+                image: "images".into(),
+                source,
+            })?;
+        let mut removed = 0;
+        for image in images {
+            let options = RemoveImageOptionsBuilder::default().force(true).build();
+            match self
+                .docker
+                .remove_image(&image.id, Some(options), None)
+                .await
+            {
+                Ok(_) => removed += 1,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                }) => {}
+                Err(source) => {
+                    return Err(BuildError::Docker {
+                        action: "remove",
+                        image: image.id,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes an image; an image still used by a container or already gone is left alone

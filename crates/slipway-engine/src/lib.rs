@@ -1,1 +1,509 @@
+//! Slipway's engine: it runs deployments through their phases.
+//!
+//! A deployment is created by an API call (create, update, restart, force rebuild) and saved
+//! before anything happens; a task then runs it, one deployment per app at a time (the others
+//! wait their turn), saving its phase and step tree on every transition:
+//!
+//! - a **build** deployment: `PENDING_BUILD → BUILDING` (fetch each git component's branch and
+//!   build its image, or reuse the previous image when nothing that goes into the build changed
+//!   and no force was asked) `→ PENDING_DEPLOY → DEPLOYING` (databases created if missing,
+//!   PRE_DEPLOY jobs, then every service and worker rolled out concurrently, then POST_DEPLOY
+//!   jobs) `→ ACTIVE`;
+//! - a **restart**: `PENDING_DEPLOY → DEPLOYING → ACTIVE`, rolling out new containers of the
+//!   chosen services and workers from the exact images of the active deployment; nothing is
+//!   fetched or built, and jobs and databases are not touched.
+//!
+//! A deployment is all or nothing: when one component's rollout fails, the others stop, every
+//! component is returned to the previous deployment's version, the deployment ends in ERROR
+//! with a step that says why, and the previous deployment stays ACTIVE. When a deployment
+//! becomes ACTIVE, the previous ACTIVE one becomes SUPERSEDED in the same transaction.
 
+mod error;
+mod run;
+mod templates;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use slipway_build::ImageBuilder;
+use slipway_rollout::{DockerRuntime, Instance};
+use slipway_source::SourceCache;
+use slipway_spec::{
+    App, AppSpec, Cause, ComponentKind, Deployment, DeploymentKind, Phase, labels, new_id, now,
+};
+use slipway_store::{AppRecord, Store};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::EngineError;
+pub use slipway_store::{LogKind, LogLine};
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where the store, the git mirrors and the keys live.
+    pub data_dir: PathBuf,
+    /// Every Docker object the engine creates carries `slipway.daemon=<daemon_id>`.
+    pub daemon_id: String,
+    pub fetch_timeout: Duration,
+    pub build_timeout: Duration,
+    pub job_timeout: Duration,
+    /// How long a worker must run without exiting to count as ready, unless its spec says.
+    pub worker_min_ready: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            daemon_id: "default".into(),
+            fetch_timeout: Duration::from_secs(600),
+            build_timeout: Duration::from_secs(1800),
+            job_timeout: Duration::from_secs(1800),
+            worker_min_ready: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the engine tells its watchers: a deployment changed (its phase or its steps).
+#[derive(Debug, Clone)]
+pub struct DeploymentUpdate {
+    pub deployment: Deployment,
+}
+
+/// Runs apps' deployments. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    store: Store,
+    runtime: DockerRuntime,
+    builder: ImageBuilder,
+    sources: SourceCache,
+    slots: Mutex<HashMap<String, Arc<AppSlot>>>,
+    updates: broadcast::Sender<DeploymentUpdate>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// One app's turn-taking: one deployment runs at a time.
+#[derive(Debug, Default)]
+struct AppSlot {
+    turn: tokio::sync::Mutex<()>,
+    running: Mutex<Option<String>>,
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Engine {
+    /// Opens the store in `config.data_dir` and starts the engine on `docker`. Deployments
+    /// that a previous run of the daemon left unfinished are marked ERROR.
+    pub async fn start(config: EngineConfig, docker: Docker) -> Result<Engine, EngineError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.data_dir.join("slipway.db")).await?;
+        let sources =
+            SourceCache::new(config.data_dir.join("git")).with_timeout(config.fetch_timeout);
+        let builder = ImageBuilder::new(docker.clone()).with_timeout(config.build_timeout);
+        let (updates, _) = broadcast::channel(1024);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                runtime: DockerRuntime::new(docker),
+                config,
+                store,
+                builder,
+                sources,
+                slots: Mutex::new(HashMap::new()),
+                updates,
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        engine.recover().await?;
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Every change of every deployment, as it is saved.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeploymentUpdate> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Marks deployments a previous daemon left unfinished.
+    async fn recover(&self) -> Result<(), EngineError> {
+        let open = self
+            .inner
+            .store
+            .deployments_in(&[
+                Phase::PendingBuild,
+                Phase::Building,
+                Phase::PendingDeploy,
+                Phase::Deploying,
+            ])
+            .await?;
+        for mut d in open {
+            tracing::warn!(deployment.id = %d.id, app = %d.app_id, "deployment interrupted by a daemon stop");
+            let at = now();
+            let path: Vec<String> = d.progress.running_path();
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            let message = "the daemon stopped while this deployment ran";
+            if path.is_empty() {
+                d.progress.push(&[], slipway_spec::Step::new("interrupted"));
+                d.progress
+                    .fail(&["interrupted"], at, "Interrupted", message);
+            } else {
+                d.progress.fail(&path, at, "Interrupted", message);
+            }
+            d.set_phase(Phase::Error);
+            self.inner.store.save_deployment(&d).await?;
+        }
+        Ok(())
+    }
+
+    fn slot(&self, app_id: &str) -> Arc<AppSlot> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(slots.entry(app_id.to_string()).or_default())
+    }
+
+    /// An app by ID or name.
+    pub async fn app(&self, id_or_name: &str) -> Result<AppRecord, EngineError> {
+        self.inner
+            .store
+            .app(id_or_name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                what: "app",
+                id: id_or_name.to_string(),
+            })
+    }
+
+    /// The API's view of an app: its spec and its active, in-progress and pending deployments.
+    pub async fn app_view(&self, record: &AppRecord) -> Result<App, EngineError> {
+        let (recent, _) = self.inner.store.deployments(&record.id, 0, 50).await?;
+        let running = self
+            .slot(&record.id)
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let active = recent.iter().find(|d| d.phase == Phase::Active).cloned();
+        let in_progress = recent
+            .iter()
+            .find(|d| Some(&d.id) == running.as_ref() && d.phase.is_in_progress())
+            .cloned();
+        let pending = recent
+            .iter()
+            .rfind(|d| d.phase.is_in_progress() && Some(&d.id) != running.as_ref())
+            .cloned();
+        Ok(App {
+            id: record.id.clone(),
+            spec: record.spec.clone(),
+            default_ingress: None,
+            live_url: None,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            last_deployment_created_at: recent.first().map(|d| d.created_at),
+            active_deployment: active,
+            in_progress_deployment: in_progress,
+            pending_deployment: pending,
+        })
+    }
+
+    /// Creates an app and starts its first deployment.
+    pub async fn create_app(&self, spec: AppSpec) -> Result<(AppRecord, Deployment), EngineError> {
+        let at = now();
+        let record = AppRecord {
+            id: new_id(),
+            name: spec.name.clone(),
+            spec,
+            created_at: at,
+            updated_at: at,
+        };
+        self.inner.store.insert_app(&record).await?;
+        let d = Deployment::new(
+            &record.id,
+            record.spec.clone(),
+            DeploymentKind::Build,
+            Cause::APP_CREATED,
+        );
+        let d = self.enqueue(d).await?;
+        Ok((record, d))
+    }
+
+    /// Replaces an app's spec and starts a deployment of it.
+    pub async fn update_app(
+        &self,
+        id: &str,
+        spec: AppSpec,
+    ) -> Result<(AppRecord, Deployment), EngineError> {
+        let mut record = self.app(id).await?;
+        record.name = spec.name.clone();
+        record.spec = spec;
+        record.updated_at = now();
+        self.inner.store.update_app(&record).await?;
+        let d = Deployment::new(
+            &record.id,
+            record.spec.clone(),
+            DeploymentKind::Build,
+            Cause::SPEC_UPDATED,
+        );
+        let d = self.enqueue(d).await?;
+        Ok((record, d))
+    }
+
+    /// Starts a deployment of the app's current spec. With `force_build` every git component
+    /// is fetched and built again; with `clear_build_cache` too, without the layer cache.
+    pub async fn create_deployment(
+        &self,
+        id: &str,
+        force_build: bool,
+        clear_build_cache: bool,
+    ) -> Result<Deployment, EngineError> {
+        let record = self.app(id).await?;
+        let cause = if force_build {
+            Cause::MANUAL_FORCE_REBUILD
+        } else {
+            Cause::MANUAL
+        };
+        let mut d = Deployment::new(
+            &record.id,
+            record.spec.clone(),
+            DeploymentKind::Build,
+            cause,
+        );
+        d.force_build = force_build;
+        d.clear_build_cache = force_build && clear_build_cache;
+        self.enqueue(d).await
+    }
+
+    /// Starts a rolling restart of the named services and workers (all of them when
+    /// `components` is empty), from the exact images of the active deployment.
+    pub async fn restart(
+        &self,
+        id: &str,
+        components: &[String],
+    ) -> Result<Deployment, EngineError> {
+        let record = self.app(id).await?;
+        let active = self
+            .inner
+            .store
+            .active_deployment(&record.id)
+            .await?
+            .ok_or_else(|| EngineError::NothingToRestart {
+                app: record.name.clone(),
+            })?;
+        let spec = &active.spec;
+        let unknown: Vec<String> = components
+            .iter()
+            .filter(|c| spec.kind_of(c).is_none())
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(EngineError::UnknownComponents {
+                app: record.name.clone(),
+                names: unknown,
+                known: spec
+                    .components()
+                    .into_iter()
+                    .filter(|(_, k)| k.is_restartable())
+                    .map(|(n, _)| n.to_string())
+                    .collect(),
+            });
+        }
+        if let Some((name, kind)) = components
+            .iter()
+            .filter_map(|c| spec.kind_of(c).map(|k| (c, k)))
+            .find(|(_, k)| !k.is_restartable())
+        {
+            return Err(EngineError::NotRestartable {
+                name: name.clone(),
+                kind,
+            });
+        }
+        let mut names: Vec<String> = Vec::new();
+        for c in components {
+            if !names.contains(c) {
+                names.push(c.clone());
+            }
+        }
+        let restartable = spec
+            .components()
+            .into_iter()
+            .any(|(_, k)| k.is_restartable());
+        if !restartable {
+            return Err(EngineError::NothingToRestart {
+                app: record.name.clone(),
+            });
+        }
+        let mut d = Deployment::new(
+            &record.id,
+            active.spec.clone(),
+            DeploymentKind::Restart,
+            Cause::MANUAL_RESTART,
+        );
+        d.phase = Phase::PendingDeploy;
+        d.services = active.services.clone();
+        d.workers = active.workers.clone();
+        d.jobs = active.jobs.clone();
+        for c in d
+            .services
+            .iter_mut()
+            .chain(&mut d.workers)
+            .chain(&mut d.jobs)
+        {
+            c.build_reused = false;
+        }
+        d.restart_components = names;
+        self.enqueue(d).await
+    }
+
+    /// Cancels a deployment that has not ended: a queued one never runs, a running one stops at
+    /// once and its new instances are removed; the previous version keeps serving.
+    pub async fn cancel(
+        &self,
+        app_id: &str,
+        deployment_id: &str,
+    ) -> Result<Deployment, EngineError> {
+        let record = self.app(app_id).await?;
+        let d = self.deployment(&record.id, deployment_id).await?;
+        if d.phase.is_terminal() {
+            return Err(EngineError::AlreadyEnded {
+                id: d.id.clone(),
+                phase: d.phase,
+            });
+        }
+        let token = self
+            .slot(&record.id)
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(deployment_id)
+            .cloned();
+        if let Some(token) = token {
+            token.cancel();
+        }
+        self.wait(&record.id, deployment_id).await
+    }
+
+    pub async fn deployment(&self, app_id: &str, id: &str) -> Result<Deployment, EngineError> {
+        self.inner
+            .store
+            .deployment(app_id, id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                what: "deployment",
+                id: id.to_string(),
+            })
+    }
+
+    /// Waits until a deployment has ended, and returns it.
+    pub async fn wait(&self, app_id: &str, id: &str) -> Result<Deployment, EngineError> {
+        let mut updates = self.subscribe();
+        loop {
+            let d = self.deployment(app_id, id).await?;
+            if d.phase.is_terminal() {
+                return Ok(d);
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), updates.recv()).await;
+        }
+    }
+
+    /// Deletes an app: its deployments are canceled, its containers, network and built images
+    /// removed, and with `purge` its databases' volumes too.
+    pub async fn delete_app(&self, id: &str, purge: bool) -> Result<String, EngineError> {
+        let record = self.app(id).await?;
+        let slot = self.slot(&record.id);
+        for token in slot
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            token.cancel();
+        }
+        let _turn = slot.turn.lock().await;
+        let filter = [
+            (labels::APP, record.id.as_str()),
+            (labels::DAEMON, self.inner.config.daemon_id.as_str()),
+        ];
+        self.inner.runtime.remove_labelled(&filter, purge).await?;
+        self.inner.builder.remove_labelled(&filter).await?;
+        self.inner.store.delete_app(&record.id).await?;
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&record.id);
+        Ok(record.id)
+    }
+
+    /// The containers of an app now, by component.
+    pub async fn instances(
+        &self,
+        app_id: &str,
+    ) -> Result<Vec<(String, ComponentKind, Instance)>, EngineError> {
+        let record = self.app(app_id).await?;
+        let list = self
+            .inner
+            .runtime
+            .list(&[
+                (labels::APP, record.id.as_str()),
+                (labels::DAEMON, self.inner.config.daemon_id.as_str()),
+            ])
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|i| {
+                let kind = record.spec.kind_of(&i.component)?;
+                Some((i.component.clone(), kind, i))
+            })
+            .collect())
+    }
+
+    /// Saves a new deployment and starts its task.
+    async fn enqueue(&self, d: Deployment) -> Result<Deployment, EngineError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EngineError::ShuttingDown);
+        }
+        self.inner.store.save_deployment(&d).await?;
+        let _ = self.inner.updates.send(DeploymentUpdate {
+            deployment: d.clone(),
+        });
+        let token = self.inner.shutdown.child_token();
+        self.slot(&d.app_id)
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.id.clone(), token.clone());
+        let engine = self.clone();
+        let (app_id, id) = (d.app_id.clone(), d.id.clone());
+        self.inner.tasks.spawn(async move {
+            run::execute(engine, app_id, id, token).await;
+        });
+        Ok(d)
+    }
+
+    /// Stops the engine: no new deployment starts, running ones are canceled, and this returns
+    /// when their tasks have finished.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

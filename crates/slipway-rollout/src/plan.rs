@@ -127,7 +127,7 @@ mod tests {
                     // Finish one operation under way.
                     let choices = [c.new_starting > 0, c.old_stopping > 0];
                     let p = *pick.next().unwrap_or(&0);
-                    let starting_first = p % 2 == 0;
+                    let starting_first = p.is_multiple_of(2);
                     match (choices, starting_first) {
                         ([true, _], true) | ([true, false], false) => {
                             c.new_starting -= 1;

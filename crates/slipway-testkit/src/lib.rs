@@ -1,1 +1,386 @@
+//! Fixtures shared by Slipway's demo and tests:
+//! - [`hello_binary`] builds `examples/hello` as a static binary (no image registry is needed:
+//!   its image is `FROM scratch`);
+//! - [`HelloRepo`] makes a real git repository of the example app in a temp dir, and commits
+//!   new versions of it;
+//! - [`Janitor`] removes every Docker object that carries a daemon ID when it is dropped, so a
+//!   test cleans up even when an assertion fails;
+//! - [`docker`] connects to the engine, or explains why a test is skipped (outside CI only).
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    #[error("building the hello example failed: {0}")]
+    Build(String),
+    #[error("git failed while {action}")]
+    Git {
+        action: &'static str,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("writing {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the testkit lives in crates/")
+        .to_path_buf()
+}
+
+/// A name no other test run uses: `prefix` and 8 random hex digits.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..8])
+}
+
+/// Connects to the Docker engine. Outside CI, when no engine is reachable, prints why and
+/// returns `None` so that the test can skip; in CI (`CI=true`) that is a failure.
+pub async fn docker() -> Option<Docker> {
+    let result = async {
+        let docker = Docker::connect_with_local_defaults()?;
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await?;
+        Ok::<_, bollard::errors::Error>(docker)
+    }
+    .await;
+    match result {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("Docker is unreachable in CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: this test needs a Docker engine and none is reachable ({e})");
+            None
+        }
+    }
+}
+
+/// Builds `examples/hello` as a statically linked binary (once per process) and returns its
+/// path. Uses its own target directory so that it never waits on the workspace's build lock.
+pub fn hello_binary() -> Result<PathBuf, FixtureError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let manifest = root.join("examples/hello/Cargo.toml");
+            let target_dir = root.join("target/hello");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let output = Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ])
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !output.status.success() {
+                return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+            }
+            Ok(target_dir.join("x86_64-unknown-linux-gnu/release/hello"))
+        })
+        .clone()
+        .map_err(FixtureError::Build)
+}
+
+/// A git repository of the hello example in a temp dir.
+#[derive(Debug)]
+pub struct HelloRepo {
+    dir: tempfile::TempDir,
+}
+
+impl HelloRepo {
+    /// Makes the repository with one commit: the Dockerfile, the binary and `VERSION`.
+    pub fn new(version: &str) -> Result<HelloRepo, FixtureError> {
+        let binary = hello_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("slipway-hello-")
+            .tempdir()
+            .map_err(|source| FixtureError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let repo = HelloRepo { dir };
+        let example = workspace_root().join("examples/hello");
+        repo.copy(&example.join("Dockerfile"), "Dockerfile")?;
+        repo.copy(&binary, "hello")?;
+        repo.write("VERSION", &format!("{version}\n"))?;
+        git2::Repository::init_opts(
+            repo.path(),
+            git2::RepositoryInitOptions::new().initial_head("main"),
+        )
+        .map_err(|source| FixtureError::Git {
+            action: "creating the repository",
+            source,
+        })?;
+        repo.commit(&format!("hello {version}"))?;
+        Ok(repo)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The URL Slipway clones from (a local path).
+    pub fn url(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn copy(&self, from: &Path, to: &str) -> Result<(), FixtureError> {
+        let dest = self.path().join(to);
+        std::fs::copy(from, &dest).map_err(|source| FixtureError::Io { path: dest, source })?;
+        Ok(())
+    }
+
+    /// Writes a file (creating its directories) without committing it.
+    pub fn write(&self, path: &str, content: &str) -> Result<(), FixtureError> {
+        let dest = self.path().join(path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| FixtureError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::write(&dest, content).map_err(|source| FixtureError::Io { path: dest, source })
+    }
+
+    /// Commits every file in the work tree on `main`; returns the commit hash.
+    pub fn commit(&self, message: &str) -> Result<String, FixtureError> {
+        let git = |action| move |source| FixtureError::Git { action, source };
+        let repo = git2::Repository::open(self.path()).map_err(git("opening the repository"))?;
+        let mut index = repo.index().map_err(git("reading the index"))?;
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .map_err(git("adding files"))?;
+        index.write().map_err(git("writing the index"))?;
+        let tree_id = index.write_tree().map_err(git("writing the tree"))?;
+        let tree = repo.find_tree(tree_id).map_err(git("reading the tree"))?;
+        let sig = git2::Signature::now("Slipway Tests", "tests@slipway.invalid")
+            .map_err(git("making a signature"))?;
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let id = repo
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .map_err(git("committing"))?;
+        Ok(id.to_string())
+    }
+
+    /// Writes `VERSION` and commits it.
+    pub fn commit_version(&self, version: &str) -> Result<String, FixtureError> {
+        self.write("VERSION", &format!("{version}\n"))?;
+        self.commit(&format!("hello {version}"))
+    }
+}
+
+/// Builds the hello image directly (not through Slipway), for `image:` components and
+/// databases in tests. The image carries `slipway.daemon=<daemon_id>` so a [`Janitor`] removes
+/// it.
+pub async fn build_hello_image(
+    docker: &Docker,
+    tag: &str,
+    daemon_id: &str,
+    version: &str,
+) -> Result<String, FixtureError> {
+    let binary = hello_binary()?;
+    let dockerfile =
+        std::fs::read(workspace_root().join("examples/hello/Dockerfile")).map_err(|source| {
+            FixtureError::Io {
+                path: "examples/hello/Dockerfile".into(),
+                source,
+            }
+        })?;
+    let bin = std::fs::read(&binary).map_err(|source| FixtureError::Io {
+        path: binary.clone(),
+        source,
+    })?;
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data, mode) in [
+        ("Dockerfile", dockerfile, 0o644),
+        ("hello", bin, 0o755),
+        ("VERSION", format!("{version}\n").into_bytes(), 0o644),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        tar.append_data(&mut h, name, data.as_slice())
+            .map_err(|source| FixtureError::Io {
+                path: name.into(),
+                source,
+            })?;
+    }
+    let body = tar.into_inner().map_err(|source| FixtureError::Io {
+        path: "context".into(),
+        source,
+    })?;
+    let labels = HashMap::from([(
+        slipway_spec::labels::DAEMON.to_string(),
+        daemon_id.to_string(),
+    )]);
+    let options = bollard::query_parameters::BuildImageOptionsBuilder::default()
+        .t(tag)
+        .rm(true)
+        .labels(&labels)
+        .build();
+    use futures::StreamExt;
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
+    while let Some(item) = stream.next().await {
+        item.map_err(|e| FixtureError::Build(e.to_string()))?;
+    }
+    let inspect = docker
+        .inspect_image(tag)
+        .await
+        .map_err(|e| FixtureError::Build(e.to_string()))?;
+    Ok(inspect.id.unwrap_or_default())
+}
+
+/// Removes, when dropped, every container, network, volume and image labelled
+/// `slipway.daemon=<daemon_id>`: clean-up that runs even when a test panics.
+#[derive(Debug)]
+pub struct Janitor {
+    pub daemon_id: String,
+}
+
+impl Janitor {
+    pub fn new(daemon_id: &str) -> Janitor {
+        Janitor {
+            daemon_id: daemon_id.to_string(),
+        }
+    }
+
+    /// Removes everything now; returns how many objects were removed.
+    pub async fn sweep(docker: &Docker, daemon_id: &str) -> usize {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={daemon_id}", slipway_spec::labels::DAEMON)],
+        )]);
+        let mut removed = 0;
+        if let Ok(list) = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            for c in list {
+                let options = RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build();
+                if docker
+                    .remove_container(c.id.as_deref().unwrap_or_default(), Some(options))
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if let Ok(list) = docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            for n in list {
+                if docker
+                    .remove_network(n.id.as_deref().unwrap_or_default())
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if let Ok(list) = docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            for v in list.volumes.unwrap_or_default() {
+                if docker
+                    .remove_volume(
+                        &v.name,
+                        None::<bollard::query_parameters::RemoveVolumeOptions>,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if let Ok(list) = docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        {
+            for i in list {
+                let options = RemoveImageOptionsBuilder::default().force(true).build();
+                if docker
+                    .remove_image(&i.id, Some(options), None)
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        let daemon_id = self.daemon_id.clone();
+        // A thread of its own, so that this works inside and outside a tokio runtime.
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for clean-up");
+            rt.block_on(async {
+                if let Ok(docker) = Docker::connect_with_local_defaults()
+                    && let Ok(docker) = docker.negotiate_version().await
+                {
+                    Janitor::sweep(&docker, &daemon_id).await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}

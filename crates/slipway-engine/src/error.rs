@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+use slipway_spec::{ComponentKind, Phase};
+
+/// What the engine refuses, or what failed under it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no {what} with ID or name \"{id}\"")]
+    NotFound { what: &'static str, id: String },
+    #[error("app {app} has no component named {}; its services and workers are: {}", quote(.names), if .known.is_empty() { "none".to_string() } else { .known.join(", ") })]
+    UnknownComponents {
+        app: String,
+        names: Vec<String>,
+        known: Vec<String>,
+    },
+    #[error(
+        "{name} is a {kind}: only services and workers are restarted (jobs run with deployments, databases keep running)"
+    )]
+    NotRestartable { name: String, kind: ComponentKind },
+    #[error("app {app} has no active deployment to restart")]
+    NothingToRestart { app: String },
+    #[error("deployment {id} has already ended ({phase})")]
+    AlreadyEnded { id: String, phase: Phase },
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("cannot use the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] slipway_store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] slipway_rollout::RuntimeError),
+    #[error(transparent)]
+    Build(#[from] slipway_build::BuildError),
+}
+
+fn quote(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

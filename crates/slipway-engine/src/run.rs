@@ -1,0 +1,1041 @@
+//! Running one deployment through its phases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, join_all};
+use slipway_build::BuildSpec;
+use slipway_rollout::{ComponentPlan, Event, Instance, InstanceSpec, Observer, RolloutError, roll};
+use slipway_spec::{
+    ComponentImage, ComponentKind, ComponentRef, Deployment, DeploymentComponent, DeploymentKind,
+    EnvType, JobKind, Phase, Source, Step, StepStatus, labels, now,
+};
+use slipway_store::LogKind;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Engine;
+use crate::templates::{self, daemon_labels};
+
+/// Why a deployment stopped: where in the step tree, a code and one sentence.
+#[derive(Debug)]
+struct Failure {
+    path: Vec<String>,
+    code: &'static str,
+    message: String,
+    canceled: bool,
+}
+
+impl Failure {
+    fn new(path: &[&str], code: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            code,
+            message: message.into(),
+            canceled: false,
+        }
+    }
+
+    fn canceled(path: &[&str]) -> Self {
+        Failure {
+            canceled: true,
+            ..Failure::new(path, "Canceled", "the deployment was canceled")
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// One deployment being run: the engine, the deployment (saved on every change) and its
+/// cancellation.
+struct Run {
+    engine: Engine,
+    app_name: String,
+    dep: Mutex<Deployment>,
+    cancel: CancellationToken,
+}
+
+/// Runs a deployment when its app's turn comes.
+pub(crate) async fn execute(engine: Engine, app_id: String, id: String, cancel: CancellationToken) {
+    let slot = engine.slot(&app_id);
+    let turn = slot.turn.lock().await;
+    let span = tracing::info_span!("deployment", deployment.id = %id, app = %app_id);
+    let result = async {
+        let Some(d) = engine.inner.store.deployment(&app_id, &id).await? else {
+            return Ok::<(), crate::EngineError>(());
+        };
+        let app_name = engine
+            .inner
+            .store
+            .app(&app_id)
+            .await?
+            .map_or_else(|| d.spec.name.clone(), |a| a.name);
+        *slot.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
+        let run = Arc::new(Run {
+            engine: engine.clone(),
+            app_name,
+            dep: Mutex::new(d),
+            cancel: cancel.clone(),
+        });
+        run.go().await;
+        Ok(())
+    }
+    .instrument(span)
+    .await;
+    if let Err(e) = result {
+        tracing::error!(deployment.id = %id, error = %chain(&e), "deployment could not run");
+    }
+    *slot.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    slot.cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    drop(turn);
+}
+
+impl Run {
+    fn daemon_id(&self) -> &str {
+        &self.engine.inner.config.daemon_id
+    }
+
+    /// Changes the deployment, saves it and tells the watchers.
+    async fn update(&self, f: impl FnOnce(&mut Deployment)) {
+        let mut d = self.dep.lock().await;
+        f(&mut d);
+        d.touch();
+        if let Err(e) = self.engine.inner.store.save_deployment(&d).await {
+            tracing::error!(deployment.id = %d.id, error = %chain(&e), "saving the deployment failed");
+        }
+        let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
+            deployment: d.clone(),
+        });
+    }
+
+    async fn snapshot(&self) -> Deployment {
+        self.dep.lock().await.clone()
+    }
+
+    async fn phase(&self, phase: Phase) {
+        self.update(|d| d.set_phase(phase)).await;
+    }
+
+    async fn start_step(&self, path: &[&str]) {
+        self.update(|d| d.progress.start(path, now())).await;
+    }
+
+    async fn log(&self, kind: LogKind, component: &str, lines: Vec<String>) {
+        let id = self.dep.lock().await.id.clone();
+        if let Err(e) = self
+            .engine
+            .inner
+            .store
+            .append_log(&id, kind, component, lines)
+            .await
+        {
+            tracing::warn!(error = %chain(&e), "saving log lines failed");
+        }
+    }
+
+    async fn go(self: &Arc<Self>) {
+        let d = self.snapshot().await;
+        if self.cancel.is_cancelled() {
+            self.update(|d| {
+                d.progress.push(&[], Step::new("canceled"));
+                d.progress.fail(
+                    &["canceled"],
+                    now(),
+                    "Canceled",
+                    "canceled before it started",
+                );
+                d.set_phase(Phase::Canceled);
+            })
+            .await;
+            return;
+        }
+        let previous = match self.engine.inner.store.active_deployment(&d.app_id).await {
+            Ok(p) => p.filter(|p| p.id != d.id),
+            Err(e) => {
+                self.finish(Err(Failure::new(&[], "StoreFailed", chain(&e))))
+                    .await;
+                return;
+            }
+        };
+        self.plan_steps(&d).await;
+        let result = match d.kind {
+            DeploymentKind::Build => self.build_and_deploy(previous.as_ref()).await,
+            DeploymentKind::Restart => self.restart(previous.as_ref()).await,
+        };
+        if result.is_err() && d.kind == DeploymentKind::Build {
+            self.run_jobs(JobKind::FailedDeploy, "failed-deploy")
+                .await
+                .ok();
+        }
+        self.finish(result).await;
+    }
+
+    /// Lays out the step tree, all PENDING.
+    async fn plan_steps(&self, d: &Deployment) {
+        let spec = &d.spec;
+        let mut steps = Vec::new();
+        let jobs_of = |kind: JobKind| -> Vec<&str> {
+            spec.jobs
+                .iter()
+                .filter(|j| j.kind() == kind)
+                .map(|j| j.name.as_str())
+                .collect()
+        };
+        if d.kind == DeploymentKind::Build {
+            let mut build = Step::new("build");
+            for (kind, c) in spec.buildable() {
+                build = build.child(
+                    Step::new(c.name)
+                        .component(c.name)
+                        .message(format!("Building {kind} {}", c.name)),
+                );
+            }
+            steps.push(build);
+            let pre = jobs_of(JobKind::PreDeploy);
+            if !pre.is_empty() {
+                let mut s = Step::new("pre-deploy");
+                for j in pre {
+                    s = s.child(
+                        Step::new(j)
+                            .component(j)
+                            .message(format!("Running job {j}")),
+                    );
+                }
+                steps.push(s);
+            }
+        }
+        let mut deploy = Step::new("deploy");
+        if d.kind == DeploymentKind::Build {
+            for db in &spec.databases {
+                deploy = deploy.child(
+                    Step::new(&db.name)
+                        .component(&db.name)
+                        .message(format!("Starting database {}", db.name)),
+                );
+            }
+        }
+        for name in self.rollout_components(d) {
+            let count = templates::instance_count(spec, &name);
+            let kind = spec.kind_of(&name).map_or("service", |k| k.as_str());
+            let mut s = Step::new(&name)
+                .component(&name)
+                .message(format!("Rolling out {kind} {name}"));
+            for i in 1..=count {
+                s = s.child(Step::new(format!("instance {i}/{count}")).component(&name));
+            }
+            deploy = deploy.child(s);
+        }
+        steps.push(deploy);
+        if d.kind == DeploymentKind::Build {
+            let post = jobs_of(JobKind::PostDeploy);
+            if !post.is_empty() {
+                let mut s = Step::new("post-deploy");
+                for j in post {
+                    s = s.child(
+                        Step::new(j)
+                            .component(j)
+                            .message(format!("Running job {j}")),
+                    );
+                }
+                steps.push(s);
+            }
+        }
+        self.update(|d| d.progress = slipway_spec::Progress::new(steps))
+            .await;
+    }
+
+    /// The services and workers this deployment rolls out.
+    fn rollout_components(&self, d: &Deployment) -> Vec<String> {
+        let all = d
+            .spec
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(d.spec.workers.iter().map(|w| w.name.clone()));
+        match d.kind {
+            DeploymentKind::Restart if !d.restart_components.is_empty() => {
+                all.filter(|n| d.restart_components.contains(n)).collect()
+            }
+            _ => all.collect(),
+        }
+    }
+
+    async fn finish(&self, result: Result<(), Failure>) {
+        match result {
+            Ok(()) => {
+                let mut d = self.dep.lock().await;
+                d.progress.succeed_finished(now());
+                d.set_phase(Phase::Active);
+                match self.engine.inner.store.activate(&d).await {
+                    Ok(superseded) => {
+                        tracing::info!(deployment.id = %d.id, superseded = ?superseded, "deployment active");
+                        if let Some(old) = superseded
+                            && let Ok(Some(old)) =
+                                self.engine.inner.store.deployment(&d.app_id, &old).await
+                        {
+                            let _ = self
+                                .engine
+                                .inner
+                                .updates
+                                .send(crate::DeploymentUpdate { deployment: old });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "activating the deployment failed")
+                    }
+                }
+                let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
+                    deployment: d.clone(),
+                });
+            }
+            Err(f) => {
+                tracing::warn!(code = f.code, message = %f.message, "deployment failed");
+                let phase = if f.canceled {
+                    Phase::Canceled
+                } else {
+                    Phase::Error
+                };
+                self.update(|d| {
+                    let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
+                    if path.is_empty() || d.progress.find_mut(&path).is_none() {
+                        d.progress.push(&[], Step::new("error"));
+                        d.progress.fail(&["error"], now(), f.code, &f.message);
+                    } else {
+                        d.progress.fail(&path, now(), f.code, &f.message);
+                    }
+                    d.set_phase(phase);
+                })
+                .await;
+            }
+        }
+    }
+
+    // ---- build ----
+
+    async fn build_and_deploy(
+        self: &Arc<Self>,
+        previous: Option<&Deployment>,
+    ) -> Result<(), Failure> {
+        self.phase(Phase::Building).await;
+        self.start_step(&["build"]).await;
+        let d = self.snapshot().await;
+        let builds = d
+            .spec
+            .buildable()
+            .into_iter()
+            .map(|(kind, c)| self.build_component(kind, c, previous, &d));
+        let results = join_all(builds).await;
+        let mut first_error = None;
+        let mut built = Vec::new();
+        for r in results {
+            match r {
+                Ok(c) => built.push(c),
+                Err(f) => {
+                    first_error.get_or_insert(f);
+                }
+            }
+        }
+        if let Some(f) = first_error {
+            return Err(f);
+        }
+        self.update(|d| {
+            for (kind, component) in built {
+                match kind {
+                    ComponentKind::Service => d.services.push(component),
+                    ComponentKind::Worker => d.workers.push(component),
+                    ComponentKind::Job => d.jobs.push(component),
+                    ComponentKind::Database => {}
+                }
+            }
+            d.progress.succeed(&["build"], now());
+        })
+        .await;
+        self.phase(Phase::PendingDeploy).await;
+        self.deploy(previous, true).await
+    }
+
+    async fn build_component(
+        &self,
+        kind: ComponentKind,
+        c: ComponentRef<'_>,
+        previous: Option<&Deployment>,
+        d: &Deployment,
+    ) -> Result<(ComponentKind, DeploymentComponent), Failure> {
+        let path = ["build", c.name];
+        self.start_step(&path).await;
+        let fail = |code, message: String| Failure::new(&path, code, message);
+        let Some(source) = c.source() else {
+            return Err(fail("InvalidSpec", format!("{} has no source", c.name)));
+        };
+        let inner = &self.engine.inner;
+        match source {
+            Source::Image { reference } => {
+                let id = inner
+                    .builder
+                    .resolve(&reference)
+                    .await
+                    .map_err(|e| fail("ImageMissing", chain(&e)))?;
+                self.update(|d| {
+                    d.progress
+                        .succeed_with(&path, now(), &format!("using image {reference}"))
+                })
+                .await;
+                Ok((
+                    kind,
+                    DeploymentComponent {
+                        name: c.name.to_string(),
+                        image: Some(ComponentImage { id, reference }),
+                        ..DeploymentComponent::default()
+                    },
+                ))
+            }
+            Source::Git { url, branch } => {
+                let fetched = inner
+                    .sources
+                    .fetch(&url, &branch, &self.cancel)
+                    .await
+                    .map_err(|e| match e {
+                        slipway_source::SourceError::Canceled { .. } => Failure::canceled(&path),
+                        e => fail("SourceFetchFailed", chain(&e)),
+                    })?;
+                let source_dir = c.source_dir();
+                let dockerfile = c.dockerfile_path();
+                let args = d.spec.build_args(c);
+                let key = templates::build_key(&fetched.commit, &source_dir, &dockerfile, &args);
+                let short: String = fetched.commit.chars().take(7).collect();
+                if !d.force_build
+                    && let Some(prev) = previous.and_then(|p| p.component(c.name))
+                    && prev.build_key.as_deref() == Some(key.as_str())
+                    && let Some(image) = &prev.image
+                    && matches!(inner.builder.image_id(&image.id).await, Ok(Some(_)))
+                {
+                    self.log(
+                        LogKind::Build,
+                        c.name,
+                        vec![format!(
+                            "commit {short}: nothing that goes into the build changed; previous build reused ({})",
+                            image.reference
+                        )],
+                    )
+                    .await;
+                    self.update(|d| {
+                        d.progress
+                            .succeed_with(&path, now(), "previous build reused")
+                    })
+                    .await;
+                    return Ok((
+                        kind,
+                        DeploymentComponent {
+                            name: c.name.to_string(),
+                            source_commit_hash: Some(fetched.commit),
+                            image: Some(image.clone()),
+                            build_reused: true,
+                            build_key: Some(key),
+                        },
+                    ));
+                }
+                let context = inner
+                    .sources
+                    .context(&fetched, &source_dir, &dockerfile)
+                    .await
+                    .map_err(|e| fail("SourceInvalid", chain(&e)))?;
+                let tag = templates::image_tag(&d.app_id, c.name, &fetched.commit);
+                let mut image_labels = daemon_labels(self.daemon_id(), &d.app_id);
+                image_labels.insert(labels::COMPONENT.into(), c.name.into());
+                image_labels.insert(labels::COMMIT.into(), fetched.commit.clone());
+                image_labels.insert(labels::BUILD_KEY.into(), key.clone());
+                let secrets = d
+                    .spec
+                    .envs
+                    .iter()
+                    .chain(c.envs)
+                    .filter(|e| e.kind == Some(EnvType::Secret))
+                    .filter_map(|e| e.value.clone())
+                    .collect();
+                let spec = BuildSpec {
+                    tag: tag.clone(),
+                    context: context.tar,
+                    dockerfile: context.dockerfile,
+                    build_args: args,
+                    labels: image_labels,
+                    no_cache: d.clear_build_cache,
+                    secrets,
+                };
+                self.log(
+                    LogKind::Build,
+                    c.name,
+                    vec![format!(
+                        "building {tag} from commit {short} of {url} ({branch}){}",
+                        if d.clear_build_cache {
+                            " without the build cache"
+                        } else {
+                            ""
+                        }
+                    )],
+                )
+                .await;
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let store = inner.store.clone();
+                let (dep_id, component) = (d.id.clone(), c.name.to_string());
+                let writer = tokio::spawn(async move {
+                    let mut batch = Vec::new();
+                    while rx.recv_many(&mut batch, 256).await > 0 {
+                        let lines = std::mem::take(&mut batch);
+                        if let Err(e) = store
+                            .append_log(&dep_id, LogKind::Build, &component, lines)
+                            .await
+                        {
+                            tracing::warn!(error = %chain(&e), "saving build log failed");
+                        }
+                    }
+                });
+                let built = inner
+                    .builder
+                    .build(spec, &self.cancel, |line| {
+                        let _ = tx.send(line.to_string());
+                    })
+                    .await;
+                drop(tx);
+                let _ = writer.await;
+                let built = built.map_err(|e| match e {
+                    slipway_build::BuildError::Canceled { .. } => Failure::canceled(&path),
+                    e => fail("BuildFailed", chain(&e)),
+                })?;
+                self.update(|d| {
+                    d.progress.succeed_with(
+                        &path,
+                        now(),
+                        &format!("built {tag} from commit {short}"),
+                    )
+                })
+                .await;
+                Ok((
+                    kind,
+                    DeploymentComponent {
+                        name: c.name.to_string(),
+                        source_commit_hash: Some(fetched.commit),
+                        image: Some(ComponentImage {
+                            id: built.id,
+                            reference: tag,
+                        }),
+                        build_reused: false,
+                        build_key: Some(key),
+                    },
+                ))
+            }
+        }
+    }
+
+    // ---- deploy ----
+
+    async fn restart(self: &Arc<Self>, previous: Option<&Deployment>) -> Result<(), Failure> {
+        self.deploy(previous, false).await
+    }
+
+    async fn deploy(
+        self: &Arc<Self>,
+        previous: Option<&Deployment>,
+        with_jobs: bool,
+    ) -> Result<(), Failure> {
+        if self.cancel.is_cancelled() {
+            return Err(Failure::canceled(&["deploy"]));
+        }
+        self.phase(Phase::Deploying).await;
+        self.start_step(&["deploy"]).await;
+        let d = self.snapshot().await;
+        let inner = &self.engine.inner;
+        let net_labels = daemon_labels(self.daemon_id(), &d.app_id);
+        inner
+            .runtime
+            .ensure_network(&templates::network_name(&d.app_id), &net_labels)
+            .await
+            .map_err(|e| Failure::new(&["deploy"], "DockerFailed", chain(&e)))?;
+
+        if with_jobs {
+            for db in &d.spec.databases {
+                self.ensure_database(&d, db).await?;
+            }
+            self.run_jobs(JobKind::PreDeploy, "pre-deploy").await?;
+        }
+
+        let components = self.rollout_components(&d);
+        self.roll_all(&d, previous, &components).await?;
+
+        if with_jobs {
+            self.remove_dropped_components(&d).await;
+            self.update(|d| d.progress.succeed(&["deploy"], now()))
+                .await;
+            if let Err(f) = self.run_jobs(JobKind::PostDeploy, "post-deploy").await {
+                // The new version runs and stays: a POST_DEPLOY job's failure is reported, not
+                // rolled back.
+                tracing::warn!(message = %f.message, "post-deploy job failed");
+                self.update(|d| {
+                    let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
+                    d.progress.fail(&path, now(), f.code, &f.message);
+                })
+                .await;
+            }
+        } else {
+            self.update(|d| d.progress.succeed(&["deploy"], now()))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn ensure_database(
+        &self,
+        d: &Deployment,
+        db: &slipway_spec::DatabaseSpec,
+    ) -> Result<(), Failure> {
+        let path = ["deploy", db.name.as_str()];
+        self.start_step(&path).await;
+        let fail = |code, message: String| Failure::new(&path, code, message);
+        let (reference, data_dir) = db
+            .image_and_data_dir()
+            .ok_or_else(|| fail("InvalidSpec", format!("database {} has no image", db.name)))?;
+        let inner = &self.engine.inner;
+        let image = inner
+            .builder
+            .resolve(&reference)
+            .await
+            .map_err(|e| fail("ImageMissing", chain(&e)))?;
+        let spec = InstanceSpec {
+            app_id: d.app_id.clone(),
+            app_name: self.app_name.clone(),
+            component: db.name.clone(),
+            kind: Some(ComponentKind::Database),
+            deployment_id: d.id.clone(),
+            image,
+            env: db
+                .envs
+                .iter()
+                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                .collect(),
+            run_command: None,
+            ports: Vec::new(),
+            network: Some(templates::network_name(&d.app_id)),
+            labels: daemon_labels(self.daemon_id(), &d.app_id),
+        };
+        let volume = templates::volume_name(&d.app_id, &db.name);
+        let instance = inner
+            .runtime
+            .ensure_database(&spec, &volume, &data_dir)
+            .await
+            .map_err(|e| fail("DatabaseFailed", chain(&e)))?;
+        self.update(|d| {
+            d.progress.succeed_with(
+                &path,
+                now(),
+                &format!("database {} runs as {}", db.name, instance.name),
+            )
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Runs the jobs of one kind, one after another. The first that fails stops the rest.
+    async fn run_jobs(&self, kind: JobKind, step: &str) -> Result<(), Failure> {
+        let d = self.snapshot().await;
+        let jobs: Vec<String> = d
+            .spec
+            .jobs
+            .iter()
+            .filter(|j| j.kind() == kind)
+            .map(|j| j.name.clone())
+            .collect();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if kind == JobKind::FailedDeploy {
+            self.update(|d| {
+                let mut s = Step::new(step);
+                for j in &jobs {
+                    s = s.child(
+                        Step::new(j)
+                            .component(j)
+                            .message(format!("Running job {j}")),
+                    );
+                }
+                d.progress.push(&[], s);
+            })
+            .await;
+        }
+        self.start_step(&[step]).await;
+        for job in &jobs {
+            let path = [step, job.as_str()];
+            self.start_step(&path).await;
+            let Some(spec) = templates::instance_spec(&self.app_name, &d, job, self.daemon_id())
+            else {
+                return Err(Failure::new(
+                    &path,
+                    "JobFailed",
+                    format!("job {job} has no image in this deployment"),
+                ));
+            };
+            let cancel = if kind == JobKind::FailedDeploy {
+                CancellationToken::new()
+            } else {
+                self.cancel.clone()
+            };
+            let outcome = self
+                .engine
+                .inner
+                .runtime
+                .run_job(&spec, self.engine.inner.config.job_timeout, &cancel)
+                .await
+                .map_err(|e| Failure::new(&path, "JobFailed", chain(&e)))?;
+            let mut lines: Vec<String> = outcome.output.lines().map(str::to_string).collect();
+            lines.push(format!(
+                "job {job} ({}) exited with code {}",
+                outcome.container_name, outcome.exit_code
+            ));
+            self.log(LogKind::Deploy, job, lines).await;
+            if outcome.exit_code != 0 {
+                let tail: Vec<&str> = outcome.output.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Failure::new(
+                    &path,
+                    "JobFailed",
+                    format!(
+                        "job {job} exited with code {}{}",
+                        outcome.exit_code,
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; its last output: {}", tail.join(" | "))
+                        }
+                    ),
+                ));
+            }
+            self.update(|d| d.progress.succeed_with(&path, now(), "exited with code 0"))
+                .await;
+        }
+        self.update(|d| d.progress.succeed(&[step], now())).await;
+        Ok(())
+    }
+
+    /// Rolls out every component concurrently; if one fails, the others stop and every
+    /// component returns to the previous version.
+    async fn roll_all(
+        self: &Arc<Self>,
+        d: &Deployment,
+        previous: Option<&Deployment>,
+        components: &[String],
+    ) -> Result<(), Failure> {
+        let inner = &self.engine.inner;
+        let group = self.cancel.child_token();
+        let mut plans = Vec::new();
+        for name in components {
+            let path = ["deploy", name.as_str()];
+            let Some(template) =
+                templates::instance_spec(&self.app_name, d, name, self.daemon_id())
+            else {
+                return Err(Failure::new(
+                    &path,
+                    "InvalidSpec",
+                    format!("{name} has no image in this deployment"),
+                ));
+            };
+            let has_healthcheck = if d
+                .spec
+                .service(name)
+                .is_some_and(|s| s.health_check.is_none())
+            {
+                inner
+                    .runtime
+                    .image_has_healthcheck(&template.image)
+                    .await
+                    .unwrap_or(false)
+            } else {
+                false
+            };
+            let old = self.current_instances(&d.app_id, name).await?;
+            let target = templates::instance_count(&d.spec, name);
+            let (drain, grace) = templates::termination(&d.spec, name);
+            plans.push(ComponentPlan {
+                component: name.clone(),
+                bounds: templates::bounds(&d.spec, name, target),
+                old,
+                template,
+                readiness: templates::readiness(
+                    &d.spec,
+                    name,
+                    has_healthcheck,
+                    inner.config.worker_min_ready,
+                ),
+                drain,
+                grace,
+            });
+        }
+        for p in &plans {
+            self.start_step(&["deploy", p.component.as_str()]).await;
+        }
+        let rolls = plans.iter().cloned().map(|plan| {
+            let observer: Arc<dyn Observer> = Arc::new(StepObserver {
+                run: Arc::clone(self),
+                component: plan.component.clone(),
+            });
+            let group = group.clone();
+            let runtime = inner.runtime.clone();
+            async move {
+                let result = roll(&runtime, plan, observer, &group).await;
+                if result.is_err() {
+                    group.cancel();
+                }
+                result
+            }
+        });
+        let results = join_all(rolls).await;
+        let failed: Vec<&RolloutError> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .filter(|e| !e.canceled)
+            .collect();
+        let canceled = self.cancel.is_cancelled();
+        if failed.is_empty() && !canceled {
+            for p in &plans {
+                let path = ["deploy", p.component.as_str()];
+                self.update(|d| {
+                    d.progress.succeed_with(
+                        &path,
+                        now(),
+                        &format!("{0}/{0} instances ready", p.bounds.target),
+                    )
+                })
+                .await;
+            }
+            return Ok(());
+        }
+        // Return every component to the previous version.
+        let mut rollback_notes = Vec::new();
+        for (plan, result) in plans.iter().zip(&results) {
+            let (new_ready, old_running) = match result {
+                Ok(new) => (new.clone(), Vec::new()),
+                Err(e) => (e.new_ready.clone(), e.old_running.clone()),
+            };
+            if let Err(note) = self
+                .roll_back(previous, plan, new_ready, old_running.len() as u32)
+                .await
+            {
+                rollback_notes.push(note);
+            }
+        }
+        let note = if rollback_notes.is_empty() {
+            String::new()
+        } else {
+            format!("; rolling back also failed: {}", rollback_notes.join("; "))
+        };
+        if canceled && failed.is_empty() {
+            let mut f = Failure::canceled(&["deploy"]);
+            f.message.push_str(&note);
+            return Err(f);
+        }
+        let first = failed[0];
+        let logs = first.logs.trim();
+        let message = format!(
+            "{}: {}{}; the previous version keeps running{note}",
+            first.component,
+            first.reason,
+            if logs.is_empty() {
+                String::new()
+            } else {
+                let tail: Vec<&str> = logs.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("; its last log lines: {}", tail.join(" | "))
+            }
+        );
+        Err(Failure::new(
+            &["deploy", first.component.as_str()],
+            "RolloutFailed",
+            message,
+        ))
+    }
+
+    /// Replaces `new_ready` instances of a component with instances of the previous
+    /// deployment, as many as the failed rollout had stopped.
+    async fn roll_back(
+        self: &Arc<Self>,
+        previous: Option<&Deployment>,
+        plan: &ComponentPlan,
+        new_ready: Vec<Instance>,
+        old_still_running: u32,
+    ) -> Result<(), String> {
+        let stopped_old = (plan.old.len() as u32).saturating_sub(old_still_running);
+        if new_ready.is_empty() && stopped_old == 0 {
+            return Ok(());
+        }
+        let template = previous.and_then(|p| {
+            templates::instance_spec(&self.app_name, p, &plan.component, self.daemon_id())
+        });
+        let (template, target) = match template {
+            Some(t) => (t, stopped_old),
+            // The component is new in this deployment: rolling back removes it.
+            None => (plan.template.clone(), 0),
+        };
+        let back = ComponentPlan {
+            bounds: slipway_rollout::Bounds::new(
+                target,
+                plan.bounds.max_surge,
+                plan.bounds.max_unavailable,
+            ),
+            old: new_ready,
+            template,
+            ..plan.clone()
+        };
+        tracing::info!(component = %plan.component, target, "rolling back");
+        roll(
+            &self.engine.inner.runtime,
+            back,
+            Arc::new(slipway_rollout::NoTraffic),
+            &CancellationToken::new(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// The containers of a component that run now (any deployment's).
+    async fn current_instances(
+        &self,
+        app_id: &str,
+        component: &str,
+    ) -> Result<Vec<Instance>, Failure> {
+        self.engine
+            .inner
+            .runtime
+            .list(&[
+                (labels::APP, app_id),
+                (labels::COMPONENT, component),
+                (labels::DAEMON, self.daemon_id()),
+            ])
+            .await
+            .map_err(|e| Failure::new(&["deploy", component], "DockerFailed", chain(&e)))
+    }
+
+    /// Stops the containers of services and workers the new spec no longer has.
+    async fn remove_dropped_components(&self, d: &Deployment) {
+        let inner = &self.engine.inner;
+        let Ok(all) = inner
+            .runtime
+            .list(&[
+                (labels::APP, d.app_id.as_str()),
+                (labels::DAEMON, self.daemon_id()),
+            ])
+            .await
+        else {
+            return;
+        };
+        for instance in all {
+            if d.spec.kind_of(&instance.component).is_none() {
+                tracing::info!(instance = %instance.name, "removing a component the spec dropped");
+                let _ = slipway_rollout::Runtime::stop(
+                    &inner.runtime,
+                    &instance,
+                    Duration::from_secs(10),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Reports a component's rollout transitions into the deployment's steps and DEPLOY log.
+struct StepObserver {
+    run: Arc<Run>,
+    component: String,
+}
+
+impl Observer for StepObserver {
+    fn event(&self, event: Event) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let c = self.component.as_str();
+            let line = match &event {
+                Event::Starting { .. } => format!("{c}: starting a new instance"),
+                Event::Ready { instance, .. } => format!("{c}: {} is ready", instance.name),
+                Event::Failed {
+                    instance, reason, ..
+                } => format!("{c}: {instance} {reason}"),
+                Event::Stopping { instance, .. } => format!("{c}: stopping {}", instance.name),
+                Event::Stopped { instance, .. } => {
+                    format!("{c}: {} stopped and removed", instance.name)
+                }
+            };
+            self.run.log(LogKind::Deploy, c, vec![line]).await;
+            self.run
+                .update(|d| {
+                    let Some(step) = d.progress.find_mut(&["deploy", c]) else {
+                        return;
+                    };
+                    let at = now();
+                    match &event {
+                        Event::Starting { .. } => {
+                            if let Some(s) = step
+                                .steps
+                                .iter_mut()
+                                .find(|s| s.status == StepStatus::Pending)
+                            {
+                                s.status = StepStatus::Running;
+                                s.started_at = Some(at);
+                            }
+                        }
+                        Event::Ready { instance, .. } => {
+                            if let Some(s) = step
+                                .steps
+                                .iter_mut()
+                                .find(|s| s.status == StepStatus::Running)
+                            {
+                                s.status = StepStatus::Success;
+                                s.ended_at = Some(at);
+                                s.message_base = Some(format!("{} ready", instance.name));
+                            }
+                        }
+                        Event::Failed {
+                            instance, reason, ..
+                        } => {
+                            if let Some(s) = step
+                                .steps
+                                .iter_mut()
+                                .find(|s| s.status == StepStatus::Running)
+                            {
+                                s.status = StepStatus::Error;
+                                s.ended_at = Some(at);
+                                s.reason = Some(slipway_spec::StepReason {
+                                    code: "InstanceFailed".into(),
+                                    message: format!("{instance} {reason}"),
+                                });
+                            }
+                        }
+                        Event::Stopping { .. } | Event::Stopped { .. } => {}
+                    }
+                    let ready = step
+                        .steps
+                        .iter()
+                        .filter(|s| s.status == StepStatus::Success)
+                        .count();
+                    step.message_base =
+                        Some(format!("{ready}/{} new instances ready", step.steps.len()));
+                })
+                .await;
+        })
+    }
+
+    fn drain<'a>(&'a self, _instance: &'a Instance, _max: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
