@@ -1,1 +1,72 @@
+//! Slipway's HTTP API: App Platform's v2 paths and JSON, so that clients written for App
+//! Platform work by changing only the endpoint and the token.
+//!
+//! Promises:
+//! - every route but `GET /healthz` needs `Authorization: Bearer <token>`, compared in
+//!   constant time;
+//! - errors are App Platform's body `{"id", "message"}` with the matching status: `bad_request`
+//!   400 (malformed JSON, an invalid spec: the message names the field path),
+//!   `unauthorized` 401, `not_found` 404, `request_entity_too_large` 413,
+//!   `unprocessable_entity` 422 (a request the app's state refuses), `internal_server_error`
+//!   500 (the details are logged, not shown);
+//! - objects are wrapped as App Platform wraps them (`{"app": ...}`, `{"deployment": ...}`,
+//!   `{"deployments": [...], "links": ..., "meta": {"total": N}}`).
 
+mod error;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use slipway_engine::Engine;
+
+pub use error::ApiError;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Who may call the API.
+#[derive(Clone)]
+pub struct Auth {
+    token_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth { .. }")
+    }
+}
+
+impl Auth {
+    /// Accepts requests that present `token`.
+    pub fn token(token: &str) -> Auth {
+        Auth {
+            token_digest: digest(token),
+        }
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on where they differ.
+    pub fn accepts(&self, presented: &str) -> bool {
+        let d = digest(presented);
+        d.iter()
+            .zip(self.token_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct State {
+    pub engine: Engine,
+    pub auth: Auth,
+}
+
+/// The API's routes over `engine`.
+pub fn router(engine: Engine, auth: Auth) -> Router {
+    routes::router(Arc::new(State { engine, auth }))
+}

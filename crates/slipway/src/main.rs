@@ -1,1 +1,94 @@
-fn main() {}
+//! `slipway`: the daemon (`slipway serve`), the CLI that talks to it (`slipway apps ...`,
+//! shaped like `doctl apps`), and the demo (`slipway demo`).
+
+mod apps;
+mod client;
+mod demo;
+mod output;
+mod paths;
+mod serve;
+mod wait;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "Rolling restarts and force rebuilds for self-hosted apps on Docker",
+    long_about = "Slipway runs apps on Docker from an App Platform spec. A restart rolls out new \
+containers from the exact same image, without fetching or building; a force rebuild fetches the \
+latest commit, builds a new image and rolls it out. Both drop no request."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: the API, the engine and the store.
+    Serve(serve::ServeArgs),
+    /// Deploy, restart and force-rebuild the example app on a throwaway daemon, then clean up.
+    Demo(demo::DemoArgs),
+    /// Manage apps and their deployments (like `doctl apps`).
+    #[command(subcommand)]
+    Apps(apps::AppsCommand),
+}
+
+/// Exit codes: 0 success (with `--wait`: the deployment is ACTIVE), 1 an error, 2 bad usage,
+/// 3 the deployment ended in ERROR, 4 it was CANCELED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    DeploymentError,
+    DeploymentCanceled,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Ok),
+            Command::Demo(args) => demo::run(args).await.map(|()| Outcome::Ok),
+            Command::Apps(cmd) => apps::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::DeploymentError) => ExitCode::from(3),
+        Ok(Outcome::DeploymentCanceled) => ExitCode::from(4),
+        Err(e) => {
+            eprintln!("error: {}", sentence(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its causes as one sentence, each cause once.
+fn sentence(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

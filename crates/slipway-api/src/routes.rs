@@ -1,0 +1,319 @@
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxumState};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use slipway_spec::{App, parse_spec_value};
+
+use crate::error::ApiError;
+use crate::{MAX_BODY_BYTES, State};
+
+type S = AxumState<Arc<State>>;
+type Body = Result<Bytes, BytesRejection>;
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let v2 = Router::new()
+        .route("/apps", get(list_apps).post(create_app))
+        .route("/apps/propose", post(propose))
+        .route(
+            "/apps/{app}",
+            get(get_app).put(update_app).delete(delete_app),
+        )
+        .route("/apps/{app}/restart", post(restart))
+        .route(
+            "/apps/{app}/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route("/apps/{app}/deployments/{dep}", get(get_deployment))
+        .route(
+            "/apps/{app}/deployments/{dep}/cancel",
+            post(cancel_deployment),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .nest("/v2", v2)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    match presented {
+        None => ApiError::unauthorized("this API needs an Authorization: Bearer <token> header")
+            .into_response(),
+        Some(token) if !state.auth.accepts(token.trim()) => {
+            ApiError::unauthorized("the token is not valid").into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+/// Parses a JSON body; a problem names the field path. An empty body is `{}`.
+fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_entity_too_large",
+                format!("the request body is larger than the {MAX_BODY_BYTES} bytes accepted"),
+            )
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("the body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::bad_request(format!("the body is not what this endpoint takes: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecBody {
+    spec: Value,
+    /// With propose: the app the spec is for, so that its own name counts as available.
+    #[serde(default)]
+    app_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Paging {
+    page: Option<u64>,
+    per_page: Option<u64>,
+}
+
+impl Paging {
+    fn resolve(&self) -> Result<(u64, u64), ApiError> {
+        let page = self.page.unwrap_or(1);
+        let per_page = self.per_page.unwrap_or(20);
+        if page == 0 {
+            return Err(ApiError::bad_request("page: must be 1 or more"));
+        }
+        if !(1..=200).contains(&per_page) {
+            return Err(ApiError::bad_request("per_page: must be from 1 to 200"));
+        }
+        Ok((page, per_page))
+    }
+}
+
+/// App Platform's `links` and `meta` of a page.
+fn page_links(path: &str, page: u64, per_page: u64, total: u64) -> (Value, Value) {
+    let last = total.div_ceil(per_page).max(1);
+    let url = |p: u64| format!("/v2{path}?page={p}&per_page={per_page}");
+    let mut pages = serde_json::Map::new();
+    if page > 1 {
+        pages.insert("first".into(), url(1).into());
+        pages.insert("prev".into(), url(page - 1).into());
+    }
+    if page < last {
+        pages.insert("next".into(), url(page + 1).into());
+        pages.insert("last".into(), url(last).into());
+    }
+    (json!({"pages": pages}), json!({"total": total}))
+}
+
+async fn view(state: &State, id: &str) -> Result<App, ApiError> {
+    let record = state.engine.app(id).await?;
+    Ok(state.engine.app_view(&record).await?)
+}
+
+async fn list_apps(
+    AxumState(state): S,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, per_page) = paging.resolve()?;
+    let (records, total) = state
+        .engine
+        .store()
+        .apps((page - 1) * per_page, per_page)
+        .await
+        .map_err(slipway_engine::EngineError::from)?;
+    let mut apps = Vec::with_capacity(records.len());
+    for r in &records {
+        apps.push(state.engine.app_view(r).await?);
+    }
+    let (links, meta) = page_links("/apps", page, per_page, total);
+    Ok(Json(json!({"apps": apps, "links": links, "meta": meta})))
+}
+
+async fn create_app(AxumState(state): S, body: Body) -> Result<Json<Value>, ApiError> {
+    let body: SpecBody = parse(body)?;
+    let parsed = parse_spec_value(body.spec)?;
+    for w in &parsed.warnings {
+        tracing::info!(warning = %w, "spec warning");
+    }
+    let (record, _) = state.engine.create_app(parsed.spec).await?;
+    let app = state.engine.app_view(&record).await?;
+    Ok(Json(json!({"app": app, "warnings": parsed.warnings})))
+}
+
+async fn get_app(AxumState(state): S, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"app": view(&state, &app).await?})))
+}
+
+async fn update_app(
+    AxumState(state): S,
+    Path(app): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body: SpecBody = parse(body)?;
+    let parsed = parse_spec_value(body.spec)?;
+    let (record, _) = state.engine.update_app(&app, parsed.spec).await?;
+    let app = state.engine.app_view(&record).await?;
+    Ok(Json(json!({"app": app, "warnings": parsed.warnings})))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+async fn delete_app(
+    AxumState(state): S,
+    Path(app): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = state.engine.delete_app(&app, q.purge).await?;
+    Ok(Json(json!({"id": id})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    #[serde(default)]
+    components: Vec<String>,
+}
+
+async fn restart(
+    AxumState(state): S,
+    Path(app): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body: RestartBody = parse(body)?;
+    let d = state.engine.restart(&app, &body.components).await?;
+    Ok(Json(json!({"deployment": d})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentBody {
+    #[serde(default)]
+    force_build: bool,
+    #[serde(default)]
+    clear_build_cache: bool,
+}
+
+async fn create_deployment(
+    AxumState(state): S,
+    Path(app): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body: DeploymentBody = parse(body)?;
+    if body.clear_build_cache && !body.force_build {
+        return Err(ApiError::bad_request(
+            "clear_build_cache: only takes effect with force_build: true",
+        ));
+    }
+    let d = state
+        .engine
+        .create_deployment(&app, body.force_build, body.clear_build_cache)
+        .await?;
+    Ok(Json(json!({"deployment": d})))
+}
+
+async fn list_deployments(
+    AxumState(state): S,
+    Path(app): Path<String>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    let (page, per_page) = paging.resolve()?;
+    let record = state.engine.app(&app).await?;
+    let (list, total) = state
+        .engine
+        .store()
+        .deployments(&record.id, (page - 1) * per_page, per_page)
+        .await
+        .map_err(slipway_engine::EngineError::from)?;
+    let (links, meta) = page_links(
+        &format!("/apps/{}/deployments", record.id),
+        page,
+        per_page,
+        total,
+    );
+    Ok(Json(
+        json!({"deployments": list, "links": links, "meta": meta}),
+    ))
+}
+
+async fn get_deployment(
+    AxumState(state): S,
+    Path((app, dep)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state.engine.app(&app).await?;
+    let d = state.engine.deployment(&record.id, &dep).await?;
+    Ok(Json(json!({"deployment": d})))
+}
+
+async fn cancel_deployment(
+    AxumState(state): S,
+    Path((app, dep)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state.engine.app(&app).await?;
+    let d = state.engine.cancel(&record.id, &dep).await?;
+    Ok(Json(json!({"deployment": d})))
+}
+
+async fn propose(AxumState(state): S, body: Body) -> Result<Json<Value>, ApiError> {
+    let body: SpecBody = parse(body)?;
+    let parsed = parse_spec_value(body.spec)?;
+    let taken = state
+        .engine
+        .store()
+        .app(&parsed.spec.name)
+        .await
+        .map_err(slipway_engine::EngineError::from)?
+        .is_some_and(|a| Some(&a.id) != body.app_id.as_ref());
+    Ok(Json(json!({
+        "app_name_available": !taken,
+        "spec": parsed.spec,
+        "warnings": parsed.warnings,
+    })))
+}

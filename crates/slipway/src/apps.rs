@@ -1,0 +1,338 @@
+//! `slipway apps ...`: doctl's `apps` commands against a Slipway daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{Value, json};
+use slipway_spec::{App, Deployment, parse_spec};
+
+use crate::Outcome;
+use crate::client::{Client, field};
+use crate::output::{self, Format, OutputArgs};
+use crate::wait;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AppsCommand {
+    /// Create an app from a spec file (YAML or JSON); its first deployment starts at once.
+    Create {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Wait until the first deployment ends.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// List apps.
+    List {
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Show an app (APP is its ID or its name).
+    Get {
+        app: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Replace an app's spec and deploy it.
+    Update {
+        app: String,
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Delete an app: its containers, network and built images. Databases' volumes are kept
+    /// unless --purge.
+    Delete {
+        app: String,
+        /// Also remove the databases' volumes (their data).
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Rolling restart of services and workers from the exact same image: nothing is fetched
+    /// or built; jobs and databases are not touched.
+    Restart {
+        app: String,
+        /// Only these components (comma-separated); all services and workers when absent.
+        #[arg(long, value_delimiter = ',')]
+        components: Vec<String>,
+        /// Wait until the restart ends; exit 0 only if it is ACTIVE.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Create a deployment of the app's spec; with --force-rebuild, fetch the latest commit and
+    /// build even if the previous build could be reused.
+    CreateDeployment {
+        app: String,
+        #[arg(long)]
+        force_rebuild: bool,
+        /// With --force-rebuild: build without the layer cache.
+        #[arg(long, requires = "force_rebuild")]
+        clear_build_cache: bool,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// List an app's deployments, newest first.
+    ListDeployments {
+        app: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Show one deployment.
+    GetDeployment {
+        app: String,
+        deployment: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Cancel a deployment that has not ended; the previous version keeps serving.
+    CancelDeployment {
+        app: String,
+        deployment: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Validate a spec without deploying it.
+    Propose {
+        #[arg(long)]
+        spec: PathBuf,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+fn read_spec(path: &PathBuf) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Parse locally only to turn YAML into JSON; the daemon validates.
+    match parse_spec(&text) {
+        Ok(p) => Ok(serde_json::to_value(p.spec)?),
+        Err(slipway_spec::SpecError::Syntax(e)) => anyhow::bail!("{}: {e}", path.display()),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+    }
+}
+
+pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
+    let client = Client::from_env()?;
+    match cmd {
+        AppsCommand::Create { spec, wait, out } => {
+            let body = json!({"spec": read_spec(&spec)?});
+            let v = client.post("/v2/apps", &body).await?;
+            let app: App = field(v.clone(), "app")?;
+            print_warnings(&v);
+            let Some(d) = app
+                .in_progress_deployment
+                .clone()
+                .or(app.pending_deployment.clone())
+            else {
+                output::apps(&out, &v, &[app])?;
+                return Ok(Outcome::Ok);
+            };
+            deployment_result(
+                &client,
+                &app.id,
+                d,
+                wait,
+                &out,
+                Some(json!({"app": v["app"]})),
+            )
+            .await
+        }
+        AppsCommand::List { out } => {
+            let v = client.get("/v2/apps?per_page=200").await?;
+            let apps: Vec<App> = field(v.clone(), "apps")?;
+            output::apps(&out, &v, &apps)?;
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::Get { app, out } => {
+            let v = client.get(&format!("/v2/apps/{app}")).await?;
+            let a: App = field(v.clone(), "app")?;
+            output::apps(&out, &v, &[a])?;
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::Update {
+            app,
+            spec,
+            wait,
+            out,
+        } => {
+            let body = json!({"spec": read_spec(&spec)?});
+            let v = client.put(&format!("/v2/apps/{app}"), &body).await?;
+            print_warnings(&v);
+            let a: App = field(v.clone(), "app")?;
+            let (list, _) = latest(&client, &a.id).await?;
+            match list {
+                Some(d) => deployment_result(&client, &a.id, d, wait, &out, None).await,
+                None => {
+                    output::apps(&out, &v, &[a])?;
+                    Ok(Outcome::Ok)
+                }
+            }
+        }
+        AppsCommand::Delete { app, purge, out } => {
+            let v = client
+                .delete(&format!(
+                    "/v2/apps/{app}{}",
+                    if purge { "?purge=true" } else { "" }
+                ))
+                .await?;
+            if out.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("deleted app {}", v["id"].as_str().unwrap_or(&app));
+            }
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::Restart {
+            app,
+            components,
+            wait,
+            out,
+        } => {
+            let body = json!({"components": components});
+            let v = client
+                .post(&format!("/v2/apps/{app}/restart"), &body)
+                .await?;
+            let d: Deployment = field(v, "deployment")?;
+            deployment_result(&client, &app, d, wait, &out, None).await
+        }
+        AppsCommand::CreateDeployment {
+            app,
+            force_rebuild,
+            clear_build_cache,
+            wait,
+            out,
+        } => {
+            let body =
+                json!({"force_build": force_rebuild, "clear_build_cache": clear_build_cache});
+            let v = client
+                .post(&format!("/v2/apps/{app}/deployments"), &body)
+                .await?;
+            let d: Deployment = field(v, "deployment")?;
+            deployment_result(&client, &app, d, wait, &out, None).await
+        }
+        AppsCommand::ListDeployments { app, out } => {
+            let v = client
+                .get(&format!("/v2/apps/{app}/deployments?per_page=200"))
+                .await?;
+            let list: Vec<Deployment> = field(v.clone(), "deployments")?;
+            output::deployments(&out, &v, &list)?;
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::GetDeployment {
+            app,
+            deployment,
+            out,
+        } => {
+            let v = client
+                .get(&format!("/v2/apps/{app}/deployments/{deployment}"))
+                .await?;
+            let d: Deployment = field(v.clone(), "deployment")?;
+            output::deployments(&out, &v, &[d])?;
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::CancelDeployment {
+            app,
+            deployment,
+            out,
+        } => {
+            let v = client
+                .post(
+                    &format!("/v2/apps/{app}/deployments/{deployment}/cancel"),
+                    &json!({}),
+                )
+                .await?;
+            let d: Deployment = field(v.clone(), "deployment")?;
+            output::deployments(&out, &v, &[d])?;
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::Propose { spec, out } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("cannot read {}", spec.display()))?;
+            let value: Value = match parse_spec(&text) {
+                Ok(p) => serde_json::to_value(p.spec)?,
+                Err(slipway_spec::SpecError::Syntax(e)) => anyhow::bail!("{}: {e}", spec.display()),
+                Err(slipway_spec::SpecError::Invalid(problems)) => {
+                    // Send it anyway: the daemon's answer is the one that counts, but say
+                    // what is wrong even if the daemon cannot be reached.
+                    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    anyhow::bail!("invalid app spec:\n  {}", lines.join("\n  "))
+                }
+            };
+            let v = client
+                .post("/v2/apps/propose", &json!({"spec": value}))
+                .await?;
+            if out.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_warnings(&v);
+                println!(
+                    "the spec is valid; the name is {}",
+                    if v["app_name_available"].as_bool() == Some(true) {
+                        "available"
+                    } else {
+                        "taken"
+                    }
+                );
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn print_warnings(v: &Value) {
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!(
+            "warning: {}: {}",
+            w["path"].as_str().unwrap_or(""),
+            w["message"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn latest(client: &Client, app: &str) -> anyhow::Result<(Option<Deployment>, u64)> {
+    let v = client
+        .get(&format!("/v2/apps/{app}/deployments?per_page=1"))
+        .await?;
+    let total = v["meta"]["total"].as_u64().unwrap_or(0);
+    let list: Vec<Deployment> = field(v, "deployments")?;
+    Ok((list.into_iter().next(), total))
+}
+
+/// Prints a deployment, after following it to its end with `--wait`.
+async fn deployment_result(
+    client: &Client,
+    app: &str,
+    d: Deployment,
+    wait: bool,
+    out: &OutputArgs,
+    extra: Option<Value>,
+) -> anyhow::Result<Outcome> {
+    let json_out = out.output == Format::Json;
+    let (d, outcome) = if wait {
+        wait::follow(client, app, d, json_out).await?
+    } else {
+        (d, Outcome::Ok)
+    };
+    let mut v = json!({"deployment": d});
+    if let Some(Value::Object(extra)) = extra {
+        for (k, val) in extra {
+            v[k] = val;
+        }
+    }
+    output::deployments(out, &v, std::slice::from_ref(&d))?;
+    if wait && !json_out {
+        eprintln!("{}", wait::summary(&d));
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,142 @@
+//! The API client the CLI uses.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use slipway_spec::Deployment;
+
+use crate::paths;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub(crate) fn new(base: &str, token: &str) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot make an HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// From `SLIPWAY_API_URL` (default `http://127.0.0.1:7400`) and `SLIPWAY_TOKEN`, else the
+    /// token file of the default data dir.
+    pub(crate) fn from_env() -> anyhow::Result<Client> {
+        let base =
+            std::env::var("SLIPWAY_API_URL").unwrap_or_else(|_| "http://127.0.0.1:7400".into());
+        let token = match std::env::var("SLIPWAY_TOKEN") {
+            Ok(t) if !t.is_empty() => t,
+            _ => {
+                let path = paths::default_data_dir().join("token");
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|_| {
+                        anyhow!(
+                            "no API token: set SLIPWAY_TOKEN, or run the CLI as the user whose daemon keeps its token in {}",
+                            path.display()
+                        )
+                    })?
+            }
+        };
+        Client::new(&base, &token)
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the Slipway API at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("the API's answer was cut off")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("{status}: {text}"), str::to_string);
+        let mut message = message;
+        if let Some(problems) = value.get("problems").and_then(Value::as_array)
+            && problems.len() > 1
+        {
+            message = problems
+                .iter()
+                .filter_map(|p| {
+                    Some(format!(
+                        "{}: {}",
+                        p.get("path")?.as_str()?,
+                        p.get("message")?.as_str()?
+                    ))
+                })
+                .collect::<Vec<_>>()
+                .join("\n  ");
+            message = format!("invalid app spec:\n  {message}");
+        }
+        Err(anyhow!(message))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub(crate) async fn deployment(&self, app: &str, id: &str) -> anyhow::Result<Deployment> {
+        let v = self
+            .get(&format!("/v2/apps/{app}/deployments/{id}"))
+            .await?;
+        field(v, "deployment")
+    }
+}
+
+/// Takes `key` out of an API answer and reads it as `T`.
+pub(crate) fn field<T: DeserializeOwned>(mut v: Value, key: &str) -> anyhow::Result<T> {
+    let inner = v
+        .get_mut(key)
+        .map(Value::take)
+        .ok_or_else(|| anyhow!("the API's answer has no \"{key}\""))?;
+    serde_json::from_value(inner)
+        .with_context(|| format!("the API's \"{key}\" is not what this CLI reads"))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,210 @@
+//! `slipway demo`: the main job end to end, on a throwaway daemon.
+//!
+//! Builds the example app, makes a local git repository of it, deploys it, shows it
+//! answering, restarts it (new containers, same image), commits a change, force-rebuilds,
+//! shows the new version answering, prints every deployment, and removes all it created.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+use slipway_spec::{Deployment, Phase};
+use slipway_testkit::{HelloRepo, Janitor};
+
+use crate::client::{Client, field};
+use crate::output::{self, Format, OutputArgs};
+use crate::serve::{Daemon, ServeArgs};
+use crate::{paths, wait};
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Instances of the example service.
+    #[arg(long, default_value_t = 3)]
+    instances: u32,
+}
+
+fn say(text: &str) {
+    println!("\n==> {text}");
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.instances == 0 {
+        bail!("--instances must be at least 1");
+    }
+    println!(
+        "Slipway demo: deploy, restart and force-rebuild examples/hello on a throwaway daemon."
+    );
+    say(
+        "Building the example app as a static binary (its image is FROM scratch: no registry needed)",
+    );
+    let binary = tokio::task::spawn_blocking(slipway_testkit::hello_binary)
+        .await
+        .context("the build task failed")??;
+    println!("    {}", binary.display());
+
+    let data = tempfile::Builder::new()
+        .prefix("slipway-demo-")
+        .tempdir()
+        .context("cannot make a temporary data directory")?;
+    let daemon_id = format!("demo-{}", paths::random_hex(4));
+    // Removes everything labelled with this daemon's ID when the demo ends, however it ends.
+    let _janitor = Janitor::new(&daemon_id);
+    let serve = ServeArgs {
+        data_dir: Some(data.path().to_path_buf()),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        token: Some(paths::random_hex(16)),
+    };
+    say("Starting an embedded daemon on a temporary data directory");
+    let daemon = Daemon::start(&serve, Some(daemon_id)).await?;
+    println!("    API {}  data {}", daemon.url(), data.path().display());
+    let client = Client::new(&daemon.url(), &daemon.token)?;
+    let result = scenario(&client, &daemon, args.instances).await;
+    say("Cleaning up: deleting the app and stopping the daemon");
+    if let Ok(apps) = client.get("/v2/apps").await {
+        for app in apps["apps"].as_array().into_iter().flatten() {
+            if let Some(id) = app["id"].as_str() {
+                client
+                    .delete(&format!("/v2/apps/{id}?purge=true"))
+                    .await
+                    .ok();
+            }
+        }
+    }
+    daemon.stop().await?;
+    match &result {
+        Ok(()) => println!("\nDone: everything the demo created has been removed."),
+        Err(_) => println!("\nThe demo failed; everything it created has been removed."),
+    }
+    result
+}
+
+async fn scenario(client: &Client, daemon: &Daemon, instances: u32) -> anyhow::Result<()> {
+    say("Making a local git repository of examples/hello (VERSION = v1)");
+    let repo = HelloRepo::new("v1")?;
+    println!("    {}", repo.path().display());
+
+    let spec = json!({
+        "name": "hello-demo",
+        "services": [{
+            "name": "web",
+            "git": {"repo_clone_url": repo.url(), "branch": "main"},
+            "instance_count": instances,
+            "http_port": 8080,
+            "health_check": {"http_path": "/healthz", "period_seconds": 0.5, "failure_threshold": 40},
+            "termination": {"drain_seconds": 0, "grace_period_seconds": 10},
+        }],
+    });
+    say(&format!(
+        "Creating app hello-demo: build the image, start {instances} instances"
+    ));
+    let v = client.post("/v2/apps", &json!({"spec": spec})).await?;
+    let app_id: String = v["app"]["id"]
+        .as_str()
+        .context("the API returned no app ID")?
+        .to_string();
+    let first: Deployment = field(v["app"].clone(), "in_progress_deployment")
+        .or_else(|_| field(v["app"].clone(), "pending_deployment"))?;
+    let first = finish(client, &app_id, first).await?;
+    let before = show(daemon, &app_id).await?;
+
+    say("Restarting: new containers from the exact same image, no fetch, no build");
+    let v = client
+        .post(&format!("/v2/apps/{app_id}/restart"), &json!({}))
+        .await?;
+    let restart = finish(client, &app_id, field(v, "deployment")?).await?;
+    let after = show(daemon, &app_id).await?;
+    let replaced = after.keys().filter(|id| !before.contains_key(*id)).count();
+    let same_image = after
+        .values()
+        .all(|(img, _)| before.values().any(|(b, _)| b == img));
+    println!(
+        "    {replaced} of {} containers replaced; image unchanged: {}",
+        after.len(),
+        if same_image { "yes" } else { "NO" }
+    );
+    if replaced != after.len() || !same_image {
+        bail!("the restart did not replace every container with the same image");
+    }
+
+    say("Committing VERSION = v2 and force-rebuilding: fetch, build, roll out");
+    let commit = repo.commit_version("v2")?;
+    println!("    commit {}", &commit[..12]);
+    let v = client
+        .post(
+            &format!("/v2/apps/{app_id}/deployments"),
+            &json!({"force_build": true}),
+        )
+        .await?;
+    let rebuild = finish(client, &app_id, field(v, "deployment")?).await?;
+    let rebuilt = show(daemon, &app_id).await?;
+    if !rebuilt.values().all(|(_, answer)| answer.contains("v2")) {
+        bail!("after the force rebuild not every instance answers with v2");
+    }
+
+    say("Deployments");
+    let v = client
+        .get(&format!("/v2/apps/{app_id}/deployments"))
+        .await?;
+    let list: Vec<Deployment> = field(v.clone(), "deployments")?;
+    let out = OutputArgs {
+        output: Format::Text,
+        format: ["ID", "Cause", "Phase", "Duration"]
+            .map(String::from)
+            .to_vec(),
+        no_header: false,
+    };
+    output::deployments(&out, &v, &list)?;
+    for d in [&first, &restart, &rebuild] {
+        if !matches!(d.phase, Phase::Active | Phase::Superseded) {
+            bail!("deployment {} ended {}", d.id, d.phase);
+        }
+    }
+    Ok(())
+}
+
+/// Follows a deployment to its end with live progress.
+async fn finish(client: &Client, app: &str, d: Deployment) -> anyhow::Result<Deployment> {
+    let (d, _) = wait::follow(client, app, d, false).await?;
+    println!(
+        "    {}  {}  {}  {}",
+        d.id,
+        d.cause,
+        d.phase,
+        output::duration(&d)
+    );
+    if d.phase != Phase::Active {
+        bail!("{}", wait::summary(&d));
+    }
+    Ok(d)
+}
+
+/// Prints every instance of `web` and its answer; returns container ID to (image, answer).
+async fn show(daemon: &Daemon, app: &str) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut out = BTreeMap::new();
+    for (component, _, instance) in daemon.engine.instances(app).await? {
+        let Some(addr) = instance.address(8080) else {
+            continue;
+        };
+        let answer = http
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .with_context(|| format!("{} does not answer", instance.name))?
+            .text()
+            .await?;
+        println!(
+            "    {component} {}  image {}  {addr} -> {}",
+            &instance.id[..12],
+            &instance.image.trim_start_matches("sha256:")[..12],
+            answer.trim()
+        );
+        out.insert(instance.id.clone(), (instance.image.clone(), answer));
+    }
+    Ok(out)
+}

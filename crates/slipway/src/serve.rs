@@ -1,0 +1,137 @@
+//! `slipway serve`: the daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use slipway_engine::{Engine, EngineConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::paths;
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// Where the store, git mirrors and token live [default: $XDG_DATA_HOME/slipway, else
+    /// ~/.local/share/slipway].
+    #[arg(long, env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The API's address.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// The API token; without it, one is generated on first start and kept in DATA_DIR/token.
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// A running daemon: the engine and the API server.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub engine: Engine,
+    pub addr: SocketAddr,
+    pub token: String,
+    pub data_dir: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Daemon {
+    /// Starts the engine and the API on `args.listen`.
+    pub(crate) async fn start(
+        args: &ServeArgs,
+        daemon_id: Option<String>,
+    ) -> anyhow::Result<Daemon> {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(paths::default_data_dir);
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        let token = match &args.token {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => paths::read_or_create(&data_dir.join("token"), || paths::random_hex(32))?,
+        };
+        let daemon_id = match daemon_id {
+            Some(id) => id,
+            None => paths::read_or_create(&data_dir.join("daemon-id"), || paths::random_hex(8))?,
+        };
+        let docker = slipway_rollout::connect()
+            .await
+            .context("Slipway needs a Docker engine (is the Docker daemon running, and may this user use its socket?)")?;
+        let mut config = EngineConfig::new(&data_dir);
+        config.daemon_id = daemon_id;
+        let engine = Engine::start(config, docker).await?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the API listens beyond loopback over plain HTTP: tokens cross the network in clear text");
+        }
+        let router = slipway_api::router(engine.clone(), slipway_api::Auth::token(&token));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Daemon {
+            engine,
+            addr,
+            token,
+            data_dir,
+            stop,
+            server,
+        })
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking requests, lets running deployments end, and returns.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await.context("the API server task failed")??;
+        self.engine.shutdown().await;
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let daemon = Daemon::start(&args, None).await?;
+    tracing::info!(
+        url = %daemon.url(),
+        data_dir = %daemon.data_dir.display(),
+        "Slipway is serving; the API token is in {}",
+        if args.token.is_some() { "SLIPWAY_TOKEN / --token".to_string() } else { daemon.data_dir.join("token").display().to_string() }
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping: no new deployment starts; running ones are canceled cleanly");
+    daemon.stop().await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,137 @@
+//! `--wait`: following a deployment until it ends, with live progress.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use slipway_spec::{Deployment, Phase, Step, StepStatus};
+
+use crate::Outcome;
+use crate::client::Client;
+
+/// One line per step that changed status, for logs and scripts.
+fn transitions(before: Option<&Deployment>, now: &Deployment) -> Vec<String> {
+    fn flatten(steps: &[Step], prefix: &str, out: &mut Vec<(String, StepStatus, String)>) {
+        for s in steps {
+            let path = if prefix.is_empty() {
+                s.name.clone()
+            } else {
+                format!("{prefix}/{}", s.name)
+            };
+            let detail = match (&s.reason, &s.message_base) {
+                (Some(r), _) => format!(": {}", r.message),
+                (None, Some(m)) if matches!(s.status, StepStatus::Success) => format!(": {m}"),
+                _ => String::new(),
+            };
+            out.push((path.clone(), s.status, detail));
+            flatten(&s.steps, &path, out);
+        }
+    }
+    let mut old = Vec::new();
+    if let Some(b) = before {
+        flatten(&b.progress.steps, "", &mut old);
+    }
+    let mut new = Vec::new();
+    flatten(&now.progress.steps, "", &mut new);
+    let mut lines = Vec::new();
+    if before.map(|b| b.phase) != Some(now.phase) {
+        lines.push(format!("phase {}", now.phase));
+    }
+    for (path, status, detail) in new {
+        let was = old.iter().find(|(p, _, _)| *p == path).map(|(_, s, _)| *s);
+        if was != Some(status) && status != StepStatus::Pending {
+            lines.push(
+                format!("{path} {status:?}{detail}")
+                    .replace(" Running", " RUNNING")
+                    .replace(" Success", " SUCCESS")
+                    .replace(" Error", " ERROR"),
+            );
+        }
+    }
+    lines
+}
+
+/// Follows a deployment until it ends. On a terminal, a live progress line; otherwise one line
+/// per transition (on stderr when `quiet_lines`, so that JSON on stdout stays clean).
+pub(crate) async fn follow(
+    client: &Client,
+    app: &str,
+    initial: Deployment,
+    json: bool,
+) -> anyhow::Result<(Deployment, Outcome)> {
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal() && !json;
+    let bar = terminal.then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let mut last: Option<Deployment> = None;
+    let mut current = initial;
+    loop {
+        if let Some(bar) = &bar {
+            bar.set_message(live_line(&current));
+        } else if !json {
+            for line in transitions(last.as_ref(), &current) {
+                eprintln!("{:>7.2}s {line}", started.elapsed().as_secs_f64());
+            }
+        }
+        if current.phase.is_terminal() {
+            break;
+        }
+        last = Some(current.clone());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        current = client.deployment(app, &current.id).await?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let outcome = match current.phase {
+        Phase::Active | Phase::Superseded => Outcome::Ok,
+        Phase::Canceled => Outcome::DeploymentCanceled,
+        _ => Outcome::DeploymentError,
+    };
+    Ok((current, outcome))
+}
+
+/// `DEPLOYING  deploy › web  [██░] 2/3 instances`.
+fn live_line(d: &Deployment) -> String {
+    let path = d.progress.running_path();
+    let mut line = format!("{:<14} {}", d.phase.to_string(), path.join(" › "));
+    if let [top, component, ..] = path.as_slice()
+        && top == "deploy"
+        && let Some(step) = d
+            .progress
+            .steps
+            .iter()
+            .find(|s| s.name == *top)
+            .and_then(|s| s.steps.iter().find(|c| c.name == *component))
+        && !step.steps.is_empty()
+    {
+        let done = step
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Success)
+            .count();
+        let total = step.steps.len();
+        let bar: String = (0..total)
+            .map(|i| if i < done { '█' } else { '░' })
+            .collect();
+        line.push_str(&format!("  [{bar}] {done}/{total} instances"));
+    }
+    line
+}
+
+/// One sentence on how a deployment ended, for the CLI's last line.
+pub(crate) fn summary(d: &Deployment) -> String {
+    match d.progress.first_error() {
+        Some((step, reason)) if d.phase == Phase::Error || d.phase == Phase::Canceled => {
+            format!("{} {} ({}): {}", d.id, d.phase, step.name, reason.message)
+        }
+        _ => format!("{} {} in {}", d.id, d.phase, crate::output::duration(d)),
+    }
+}
