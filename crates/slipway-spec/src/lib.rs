@@ -23,7 +23,9 @@ pub use model::{
     App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentKind, Phase, Progress,
     Step, StepReason, StepStatus, new_id, now,
 };
-pub use parse::{ParsedSpec, Problem, SpecError, component_kind, parse_spec, parse_spec_value};
+pub use parse::{
+    ParsedSpec, Problem, SpecError, component_kind, parse_document, parse_spec, parse_spec_value,
+};
 pub use spec::{
     Amount, AppSpec, ComponentKind, ComponentRef, DatabaseEngine, DatabaseSpec, EnvScope, EnvType,
     EnvVar, GitSource, HealthCheck, HostedGitSource, ImageSource, Ingress, IngressComponent,

@@ -72,12 +72,17 @@ pub struct ParsedSpec {
 
 /// Parses a spec from YAML or JSON text and validates it.
 pub fn parse_spec(text: &str) -> Result<ParsedSpec, SpecError> {
-    let value: Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
+    parse_spec_value(parse_document(text)?)
+}
+
+/// Reads YAML or JSON text into a JSON value, without validating it as a spec (what a client
+/// sends for the daemon to validate).
+pub fn parse_document(text: &str) -> Result<Value, SpecError> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?
-    };
-    parse_spec_value(value)
+        serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
+    }
 }
 
 /// Validates a spec already parsed into a JSON value (the body of an API request).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
-use slipway_spec::{App, Deployment, parse_spec};
+use slipway_spec::{App, Deployment, parse_document};
 
 use crate::Outcome;
 use crate::client::{Client, field};
@@ -111,15 +111,12 @@ pub(crate) enum AppsCommand {
     },
 }
 
+/// Reads a spec file as JSON for the daemon, which validates it (and warns about fields it
+/// accepts without implementing them).
 fn read_spec(path: &PathBuf) -> anyhow::Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // Parse locally only to turn YAML into JSON; the daemon validates.
-    match parse_spec(&text) {
-        Ok(p) => Ok(serde_json::to_value(p.spec)?),
-        Err(slipway_spec::SpecError::Syntax(e)) => anyhow::bail!("{}: {e}", path.display()),
-        Err(e) => anyhow::bail!("{}: {e}", path.display()),
-    }
+    parse_document(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
@@ -257,20 +254,8 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         AppsCommand::Propose { spec, out } => {
-            let text = std::fs::read_to_string(&spec)
-                .with_context(|| format!("cannot read {}", spec.display()))?;
-            let value: Value = match parse_spec(&text) {
-                Ok(p) => serde_json::to_value(p.spec)?,
-                Err(slipway_spec::SpecError::Syntax(e)) => anyhow::bail!("{}: {e}", spec.display()),
-                Err(slipway_spec::SpecError::Invalid(problems)) => {
-                    // Send it anyway: the daemon's answer is the one that counts, but say
-                    // what is wrong even if the daemon cannot be reached.
-                    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                    anyhow::bail!("invalid app spec:\n  {}", lines.join("\n  "))
-                }
-            };
             let v = client
-                .post("/v2/apps/propose", &json!({"spec": value}))
+                .post("/v2/apps/propose", &json!({"spec": read_spec(&spec)?}))
                 .await?;
             if out.output == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -1,0 +1,327 @@
+//! The API over real HTTP, against a real engine, Docker and store.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use slipway_engine::{Engine, EngineConfig};
+use slipway_testkit::{Janitor, build_hello_image, unique};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    tag: String,
+    _data: tempfile::TempDir,
+    _janitor: Janitor,
+}
+
+const TOKEN: &str = "test-token-for-the-api";
+
+async fn api() -> Option<Api> {
+    let docker = slipway_testkit::docker().await?;
+    let daemon_id = unique("api");
+    let janitor = Janitor::new(&daemon_id);
+    let tag = format!("slipway-api-test:{daemon_id}");
+    build_hello_image(&docker, &tag, &daemon_id, "v1")
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(data.path());
+    config.daemon_id = daemon_id;
+    let engine = Engine::start(config, docker).await.unwrap();
+    let router = slipway_api::router(engine, slipway_api::Auth::token(TOKEN));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Some(Api {
+        base,
+        http: reqwest::Client::new(),
+        tag,
+        _data: data,
+        _janitor: janitor,
+    })
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    fn spec(&self, name: &str) -> Value {
+        let (repo, tag) = self.tag.split_once(':').unwrap();
+        json!({
+            "name": name,
+            "services": [{"name": "web", "image": {"repository": repo, "tag": tag},
+                          "health_check": {"http_path": "/healthz", "period_seconds": 0.2}}],
+            "workers": [{"name": "worker", "image": {"repository": repo, "tag": tag},
+                         "envs": [{"key": "ROLE", "value": "worker"}],
+                         "rollout": {"min_ready_seconds": 0.2}}],
+            "jobs": [{"name": "once", "image": {"repository": repo, "tag": tag},
+                      "envs": [{"key": "ROLE", "value": "job"}]}],
+        })
+    }
+
+    async fn wait_phase(&self, app: &str, dep: &str) -> Value {
+        for _ in 0..600 {
+            let (status, v) = self.get(&format!("/v2/apps/{app}/deployments/{dep}")).await;
+            assert_eq!(status, 200, "{v}");
+            let phase = v["deployment"]["phase"].as_str().unwrap().to_string();
+            if ["ACTIVE", "ERROR", "CANCELED", "SUPERSEDED"].contains(&phase.as_str()) {
+                return v["deployment"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("deployment {dep} did not end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_errors_and_bodies_are_app_platform_shaped() {
+    let Some(api) = api().await else { return };
+    let url = format!("{}/v2/apps", api.base);
+
+    let r = api.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], "unauthorized");
+    let r = api
+        .http
+        .get(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = api
+        .http
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the health probe needs no token");
+
+    let r = api
+        .http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], "bad_request");
+    assert!(
+        v["message"].as_str().unwrap().contains("not valid JSON"),
+        "{v}"
+    );
+
+    let (status, v) = api
+        .post("/v2/apps", json!({"spec": {"name": "x", "services": [{"name": "Web", "image": {"repository": "a"}}]}}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["id"], "bad_request");
+    assert_eq!(v["problems"][0]["path"], "name");
+    assert_eq!(v["problems"][1]["path"], "services[0].name");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("services[0].name: \"Web\" must match"),
+        "{v}"
+    );
+
+    let (status, v) = api.post("/v2/apps", json!({"specs": {}})).await;
+    assert_eq!(status, 400);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `specs`"),
+        "{v}"
+    );
+
+    let big = "x".repeat(slipway_api::MAX_BODY_BYTES + 10);
+    let r = api
+        .http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], "request_entity_too_large");
+
+    let (status, v) = api.get("/v2/apps/no-such-app").await;
+    assert_eq!(status, 404);
+    assert_eq!(v["id"], "not_found");
+    assert_eq!(v["message"], "no app with ID or name \"no-such-app\"");
+    let (status, _) = api.get("/v2/nothing-here").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_deployments_restart_and_pagination() {
+    let Some(api) = api().await else { return };
+    let name = unique("apiapp");
+    let (status, v) = api.post("/v2/apps", json!({"spec": api.spec(&name)})).await;
+    assert_eq!(status, 200, "{v}");
+    let app = v["app"].clone();
+    let id = app["id"].as_str().unwrap().to_string();
+    assert_eq!(app["spec"]["name"], name);
+    let first = app["in_progress_deployment"]["id"]
+        .as_str()
+        .or(app["pending_deployment"]["id"].as_str())
+        .expect("the first deployment is under way")
+        .to_string();
+    let d = api.wait_phase(&id, &first).await;
+    assert_eq!(d["phase"], "ACTIVE", "{d}");
+    assert_eq!(d["cause"], "app created");
+    assert!(d["progress"]["total_steps"].as_u64().unwrap() >= 2);
+    assert_eq!(d["progress"]["error_steps"], 0);
+    assert!(
+        d["services"][0]["image"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    // The app by name, with its active deployment.
+    let (status, v) = api.get(&format!("/v2/apps/{name}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["app"]["id"], id.as_str());
+    assert_eq!(v["app"]["active_deployment"]["id"], first.as_str());
+
+    // Restart refusals name what is wrong; nothing is created.
+    let (status, v) = api
+        .post(
+            &format!("/v2/apps/{id}/restart"),
+            json!({"components": ["nope"]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(v["id"], "unprocessable_entity");
+    assert!(v["message"].as_str().unwrap().contains("\"nope\""), "{v}");
+    let (status, v) = api
+        .post(
+            &format!("/v2/apps/{id}/restart"),
+            json!({"components": ["once"]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        v["message"].as_str().unwrap().contains("once is a job"),
+        "{v}"
+    );
+    let (status, v) = api
+        .post(
+            &format!("/v2/apps/{id}/deployments"),
+            json!({"force_build": "yes"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("force_build: invalid type"),
+        "{v}"
+    );
+
+    // A restart of one component, then a deployment without a body.
+    let (status, v) = api
+        .post(
+            &format!("/v2/apps/{id}/restart"),
+            json!({"components": ["worker"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["deployment"]["cause"], "manual restart");
+    assert_eq!(v["deployment"]["phase"], "PENDING_DEPLOY");
+    let restart = v["deployment"]["id"].as_str().unwrap().to_string();
+    assert_eq!(api.wait_phase(&id, &restart).await["phase"], "ACTIVE");
+    let r = api
+        .http
+        .post(format!("{}/v2/apps/{id}/deployments", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["deployment"]["cause"], "manual");
+    let third = v["deployment"]["id"].as_str().unwrap().to_string();
+    assert_eq!(api.wait_phase(&id, &third).await["phase"], "ACTIVE");
+
+    // Pagination: newest first, links and meta.
+    let (status, v) = api
+        .get(&format!("/v2/apps/{id}/deployments?per_page=2"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["meta"]["total"], 3);
+    assert_eq!(v["deployments"].as_array().unwrap().len(), 2);
+    assert_eq!(v["deployments"][0]["id"], third.as_str());
+    assert_eq!(v["deployments"][1]["phase"], "SUPERSEDED");
+    assert_eq!(
+        v["links"]["pages"]["next"],
+        format!("/v2/apps/{id}/deployments?page=2&per_page=2")
+    );
+    let (_, v) = api
+        .get(&format!("/v2/apps/{id}/deployments?page=2&per_page=2"))
+        .await;
+    assert_eq!(v["deployments"][0]["id"], first.as_str());
+    assert!(v["links"]["pages"].get("next").is_none());
+    let (status, _) = api
+        .get(&format!("/v2/apps/{id}/deployments?per_page=0"))
+        .await;
+    assert_eq!(status, 400);
+
+    // Propose: the name is taken; a bad spec is refused with its problems.
+    let (status, v) = api
+        .post("/v2/apps/propose", json!({"spec": api.spec(&name)}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["app_name_available"], false);
+    let (status, v) = api
+        .post(
+            "/v2/apps/propose",
+            json!({"spec": {"name": "ok-name", "services": [{"name": "w"}]}}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["problems"][0]["path"], "services[0].name");
+
+    // Cancel of an ended deployment is refused; delete removes the app.
+    let (status, _) = api
+        .post(
+            &format!("/v2/apps/{id}/deployments/{first}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, v) = api
+        .call(reqwest::Method::DELETE, &format!("/v2/apps/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["id"], id.as_str());
+    let (status, _) = api.get(&format!("/v2/apps/{id}")).await;
+    assert_eq!(status, 404);
+}

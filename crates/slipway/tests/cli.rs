@@ -1,0 +1,241 @@
+//! The real `slipway` binary: a daemon process, and the CLI talking to it.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use slipway_testkit::{HelloRepo, Janitor, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slipway");
+
+struct Daemon {
+    child: Child,
+    url: String,
+    token: String,
+    _data: tempfile::TempDir,
+    _janitor: Janitor,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM, the way a service manager stops it; then make sure it is gone.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_daemon() -> Daemon {
+    let data = tempfile::tempdir().unwrap();
+    let daemon_id = unique("cli");
+    std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
+    let janitor = Janitor::new(&daemon_id);
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env_remove("SLIPWAY_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token_file = data.path().join("token");
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && token_file.exists() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(token.len(), 64, "a generated token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    Daemon {
+        child,
+        url,
+        token,
+        _data: data,
+        _janitor: janitor,
+    }
+}
+
+impl Daemon {
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SLIPWAY_API_URL", &self.url)
+            .env("SLIPWAY_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_spec(dir: &Path, name: &str, repo: &HelloRepo) -> std::path::PathBuf {
+    let path = dir.join("app.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "name: {name}\nregion: ams\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{}\", branch: main}}\n    instance_count: 2\n    health_check: {{http_path: /healthz, period_seconds: 0.2}}\nworkers:\n  - name: worker\n    git: {{repo_clone_url: \"{}\", branch: main}}\n    envs: [{{key: ROLE, value: worker}}]\n    rollout: {{min_ready_seconds: 0.2}}\n",
+            repo.url(),
+            repo.url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_cli_drives_a_real_daemon() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if rt.block_on(slipway_testkit::docker()).is_none() {
+        return;
+    }
+    let daemon = start_daemon();
+    let repo = HelloRepo::new("v1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("cli");
+    let spec = write_spec(dir.path(), &name, &repo);
+
+    // Create and wait: off a terminal, one line per transition, then the table.
+    let out = daemon.cli(&["apps", "create", "--spec", spec.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: region: accepted for compatibility"),
+        "{err}"
+    );
+    assert!(err.contains("phase BUILDING"), "{err}");
+    assert!(err.contains("deploy/web/instance 2/2 SUCCESS"), "{err}");
+    let table = stdout(&out);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains("app created") && table.contains("ACTIVE"),
+        "{table}"
+    );
+
+    // Restart one component by the app's name, JSON for scripts.
+    let out = daemon.cli(&[
+        "apps",
+        "restart",
+        &name,
+        "--components",
+        "web",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["deployment"]["phase"], "ACTIVE");
+    assert_eq!(v["deployment"]["restart_components"][0], "web");
+    assert!(v["deployment"]["progress"]["steps"][0]["started_at"].is_string());
+
+    // Columns chosen with --format, no header.
+    let out = daemon.cli(&[
+        "apps",
+        "list-deployments",
+        &name,
+        "--format",
+        "Cause,Phase",
+        "--no-header",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(rows, ["manual restart ACTIVE", "app created SUPERSEDED"]);
+
+    // Errors are one sentence and exit 1.
+    let out = daemon.cli(&["apps", "restart", &name, "--components", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: app") && err.contains("no component named \"nope\""),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A deployment that fails exits 3.
+    repo.write("Dockerfile", "FROM scratch\nNOT AN INSTRUCTION\n")
+        .unwrap();
+    repo.commit("break it").unwrap();
+    let out = daemon.cli(&[
+        "apps",
+        "create-deployment",
+        &name,
+        "--force-rebuild",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ERROR (web)"), "{}", stderr(&out));
+
+    let out = daemon.cli(&["apps", "delete", &name, "--purge"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = daemon.cli(&["apps", "get", &name]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_wrong_token_or_no_daemon_is_one_clear_sentence() {
+    let out = Command::new(BIN)
+        .args(["apps", "list"])
+        .env(
+            "SLIPWAY_API_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("SLIPWAY_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: cannot reach the Slipway API at http://127.0.0.1:"),
+        "{err}"
+    );
+}
