@@ -560,7 +560,10 @@ impl Run {
         self.start_step(&["deploy"]).await;
         let d = self.snapshot().await;
         let inner = &self.engine.inner;
-        let net_labels = daemon_labels(self.daemon_id(), &d.app_id);
+        // The network belongs to the whole app: its component label is empty.
+        let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
+        net_labels.insert(labels::COMPONENT.into(), String::new());
+        net_labels.insert(labels::DEPLOYMENT.into(), d.id.clone());
         inner
             .runtime
             .ensure_network(&templates::network_name(&d.app_id), &net_labels)

@@ -1,102 +1,11 @@
 //! The engine against a real Docker engine, real git repositories and a real SQLite store.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+mod common;
 
-use slipway_engine::{Engine, EngineConfig, EngineError, LogKind};
-use slipway_spec::{ComponentKind, Deployment, Phase, StepStatus, parse_spec};
-use slipway_testkit::{HelloRepo, Janitor, build_hello_image, unique};
-
-struct Env {
-    engine: Engine,
-    docker: bollard::Docker,
-    daemon_id: String,
-    _data: tempfile::TempDir,
-    _janitor: Janitor,
-}
-
-async fn env() -> Option<Env> {
-    let docker = slipway_testkit::docker().await?;
-    let daemon_id = unique("test");
-    let janitor = Janitor::new(&daemon_id);
-    let data = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(data.path());
-    config.daemon_id = daemon_id.clone();
-    config.worker_min_ready = Duration::from_millis(300);
-    let engine = Engine::start(config, docker.clone()).await.unwrap();
-    Some(Env {
-        engine,
-        docker,
-        daemon_id,
-        _data: data,
-        _janitor: janitor,
-    })
-}
-
-const HEALTH: &str =
-    "health_check: {http_path: /healthz, period_seconds: 0.2, failure_threshold: 50}";
-
-fn git(repo: &HelloRepo) -> String {
-    format!("git: {{repo_clone_url: \"{}\", branch: main}}", repo.url())
-}
-
-/// Container IDs by component.
-async fn containers(env: &Env, app: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (component, _, instance) in env.engine.instances(app).await.unwrap() {
-        out.entry(component).or_default().push(instance.id);
-    }
-    for ids in out.values_mut() {
-        ids.sort();
-    }
-    out
-}
-
-/// Image IDs by component.
-async fn images(env: &Env, app: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (component, _, instance) in env.engine.instances(app).await.unwrap() {
-        out.entry(component).or_default().push(instance.image);
-    }
-    out
-}
-
-/// GETs `/` from every instance of the service `web`.
-async fn answers(env: &Env, app: &str) -> Vec<String> {
-    let client = reqwest::Client::new();
-    let mut out = Vec::new();
-    for (component, kind, instance) in env.engine.instances(app).await.unwrap() {
-        if component != "web" || kind != ComponentKind::Service {
-            continue;
-        }
-        let addr = instance.address(8080).expect("web publishes 8080");
-        let body = client
-            .get(format!("http://{addr}/"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        out.push(body);
-    }
-    out
-}
-
-async fn wait_ok(env: &Env, d: &Deployment) -> Deployment {
-    let d = tokio::time::timeout(Duration::from_secs(240), env.engine.wait(&d.app_id, &d.id))
-        .await
-        .expect("the deployment ends within 4 minutes")
-        .unwrap();
-    assert_eq!(
-        d.phase,
-        Phase::Active,
-        "deployment failed: {:?}",
-        d.progress.first_error()
-    );
-    d
-}
+use common::{HEALTH, answers, containers, env, git, images, wait_ok};
+use slipway_engine::{EngineError, LogKind};
+use slipway_spec::{Phase, StepStatus, parse_spec};
+use slipway_testkit::{HelloRepo, build_hello_image, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_restart_and_force_rebuild() {
@@ -213,6 +122,15 @@ jobs:
         "jobs are not restarted"
     );
     assert_eq!(after["db"], before["db"], "databases are not restarted");
+    let db = &after["db"][0];
+    assert_eq!(
+        common::read_file(&env.docker, db, "/data/boots")
+            .await
+            .lines()
+            .count(),
+        1,
+        "the database booted once and kept its data"
+    );
     let first_now = env.engine.deployment(&app.id, &first.id).await.unwrap();
     assert_eq!(first_now.phase, Phase::Superseded);
     assert!(
@@ -259,8 +177,43 @@ jobs:
         .unwrap();
     assert!(log.len() > 2, "the build's output is kept: {log:?}");
 
-    // Delete: nothing of the app is left in Docker but the database volume.
-    env.engine.delete_app(&app.id, true).await.unwrap();
+    assert_eq!(
+        common::read_file(&env.docker, &rebuilt["db"][0], "/data/boots")
+            .await
+            .lines()
+            .count(),
+        1,
+        "the rebuild did not restart the database"
+    );
+
+    // Every network and volume carries the app, component and deployment labels.
+    let net = env
+        .docker
+        .inspect_network(
+            &format!("slipway-{}", app.id.replace('-', "")[..12].to_string()),
+            None,
+        )
+        .await
+        .unwrap();
+    let net_labels = net.labels.unwrap_or_default();
+    assert_eq!(net_labels.get("slipway.app"), Some(&app.id));
+    assert_eq!(net_labels.get("slipway.deployment"), Some(&first.id));
+    assert!(net_labels.contains_key("slipway.component"));
+    let volume_name = format!("slipway-{}-db", &app.id.replace('-', "")[..12]);
+    let volume = env.docker.inspect_volume(&volume_name).await.unwrap();
+    assert_eq!(
+        volume.labels.get("slipway.component").map(String::as_str),
+        Some("db")
+    );
+    assert_eq!(volume.labels.get("slipway.deployment"), Some(&first.id));
+
+    // Delete: nothing of the app is left in Docker but the database's volume, kept without
+    // --purge.
+    env.engine.delete_app(&app.id, false).await.unwrap();
+    assert!(
+        env.docker.inspect_volume(&volume_name).await.is_ok(),
+        "the data is kept"
+    );
     assert!(env.engine.instances(&app.id).await.is_err());
     let left = slipway_rollout::DockerRuntime::new(env.docker.clone())
         .list(&[(slipway_spec::labels::APP, app.id.as_str())])

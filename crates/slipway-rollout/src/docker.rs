@@ -7,9 +7,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, Mount, MountType,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerUpdateBody, EndpointSettings, HealthStatusEnum, HostConfig,
+    Mount, MountType, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -257,8 +257,9 @@ impl DockerRuntime {
     async fn exited(&self, id: &str) -> Option<i64> {
         match self.docker.inspect_container(id, None).await {
             Ok(c) => {
+                let restarted = c.restart_count.unwrap_or(0) > 0;
                 let state = c.state.unwrap_or_default();
-                if state.running == Some(true) && state.restarting != Some(true) {
+                if state.running == Some(true) && state.restarting != Some(true) && !restarted {
                     None
                 } else {
                     Some(state.exit_code.unwrap_or(-1))
@@ -326,8 +327,9 @@ impl DockerRuntime {
             }
             return Ok(db);
         }
-        let mut volume_labels = Self::container_labels(spec);
-        volume_labels.remove(labels::DEPLOYMENT);
+        // The volume carries the same labels as its container: the app, the database's name
+        // and the deployment that created it.
+        let volume_labels = Self::container_labels(spec);
         match self
             .docker
             .create_volume(VolumeCreateRequest {
@@ -567,8 +569,26 @@ impl DockerRuntime {
 
 impl Runtime for DockerRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
-        let body = Self::container_body(spec, true, Vec::new());
+        // No restart policy until it is ready: a crash while starting must end it.
+        let body = Self::container_body(spec, false, Vec::new());
         self.create_and_start(spec, body).await
+    }
+
+    async fn keep_running(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        let update = ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            ..ContainerUpdateBody::default()
+        };
+        self.docker
+            .update_container(&instance.id, update)
+            .await
+            .map_err(docker_err(
+                "set the restart policy of",
+                format!("container {}", instance.name),
+            ))
     }
 
     async fn probe(&self, instance: &Instance, probe: &Probe, timeout: Duration) -> ProbeResult {
@@ -596,24 +616,24 @@ impl Runtime for DockerRuntime {
                 Err(e) => Err(format!("inspect failed: {e}")),
                 Ok(c) => {
                     let health = c.state.and_then(|s| s.health);
-                    match health.as_ref().and_then(|h| h.status) {
+                    let status = health.as_ref().and_then(|h| h.status);
+                    let last = health
+                        .and_then(|h| h.log)
+                        .and_then(|l| l.into_iter().last())
+                        .and_then(|r| r.output)
+                        .map(|o| o.trim().to_string())
+                        .filter(|o| !o.is_empty());
+                    let said = |what: &str| match &last {
+                        Some(out) => format!("the image's HEALTHCHECK says {what}: {out}"),
+                        None => format!("the image's HEALTHCHECK says {what}"),
+                    };
+                    match status {
                         Some(HealthStatusEnum::HEALTHY) => Ok(()),
-                        status => {
-                            let last = health
-                                .and_then(|h| h.log)
-                                .and_then(|l| l.into_iter().last())
-                                .and_then(|r| r.output)
-                                .unwrap_or_default();
-                            Err(format!(
-                                "the image's HEALTHCHECK says {}{}",
-                                status.map_or("nothing yet".to_string(), |s| s.to_string()),
-                                if last.trim().is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(": {}", last.trim())
-                                }
-                            ))
+                        Some(HealthStatusEnum::UNHEALTHY) => {
+                            return ProbeResult::Unhealthy(said("unhealthy"));
                         }
+                        Some(s) => Err(said(s.as_ref())),
+                        None => Err(said("nothing yet")),
                     }
                 }
             },

@@ -276,7 +276,17 @@ async fn start_one<R: Runtime>(
         logs: String::new(),
         canceled: false,
     })?;
-    match wait_ready(rt, &instance, readiness, cancel).await {
+    let ready = match wait_ready(rt, &instance, readiness, cancel).await {
+        Ok(()) => rt
+            .keep_running(&instance)
+            .await
+            .map_err(|e| NotReady::Timeout {
+                seconds: 0.0,
+                last: format!("could not set its restart policy: {}", error_chain(&e)),
+            }),
+        Err(why) => Err(why),
+    };
+    match ready {
         Ok(()) => Ok(instance),
         Err(why) => {
             let logs = match why {

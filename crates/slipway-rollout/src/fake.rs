@@ -79,6 +79,10 @@ impl Runtime for Fake {
         })
     }
 
+    async fn keep_running(&self, _instance: &Instance) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     async fn probe(&self, instance: &Instance, _probe: &Probe, _t: Duration) -> ProbeResult {
         tokio::time::sleep(Duration::from_millis(1)).await;
         let s = self.state.lock().unwrap();

@@ -59,6 +59,8 @@ pub enum NotReady {
     Timeout { seconds: f64, last: String },
     #[error("exited with code {code} before it was ready")]
     Exited { code: i64 },
+    #[error("is unhealthy: {why}")]
+    Unhealthy { why: String },
     #[error("canceled before it was ready")]
     Canceled,
 }
@@ -98,6 +100,7 @@ pub(crate) async fn wait_ready<R: Runtime>(
                 last = why;
             }
             ProbeResult::Exited(code) => return Err(NotReady::Exited { code }),
+            ProbeResult::Unhealthy(why) => return Err(NotReady::Unhealthy { why }),
         }
         if Instant::now() >= deadline {
             return Err(NotReady::Timeout {

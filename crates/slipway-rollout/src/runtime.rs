@@ -71,6 +71,8 @@ pub enum ProbeResult {
     NotReady(String),
     /// The instance is no longer running.
     Exited(i64),
+    /// The instance will not become ready (its image's HEALTHCHECK gave up on it).
+    Unhealthy(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,13 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         &self,
         spec: &InstanceSpec,
     ) -> impl Future<Output = Result<Instance, RuntimeError>> + Send;
+
+    /// Called once a new instance is ready: from then on the engine restarts it when it
+    /// crashes. (Before, a crash must end the instance, so that the rollout sees it.)
+    fn keep_running(
+        &self,
+        instance: &Instance,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Probes an instance once, waiting at most `timeout`.
     fn probe(

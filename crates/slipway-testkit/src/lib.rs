@@ -206,14 +206,24 @@ pub async fn build_hello_image(
     daemon_id: &str,
     version: &str,
 ) -> Result<String, FixtureError> {
+    build_hello_image_with(docker, tag, daemon_id, version, "").await
+}
+
+/// [`build_hello_image`] with `extra` appended to the Dockerfile (e.g. a `HEALTHCHECK`).
+pub async fn build_hello_image_with(
+    docker: &Docker,
+    tag: &str,
+    daemon_id: &str,
+    version: &str,
+    extra: &str,
+) -> Result<String, FixtureError> {
     let binary = hello_binary()?;
-    let dockerfile =
-        std::fs::read(workspace_root().join("examples/hello/Dockerfile")).map_err(|source| {
-            FixtureError::Io {
-                path: "examples/hello/Dockerfile".into(),
-                source,
-            }
+    let mut dockerfile = std::fs::read(workspace_root().join("examples/hello/Dockerfile"))
+        .map_err(|source| FixtureError::Io {
+            path: "examples/hello/Dockerfile".into(),
+            source,
         })?;
+    dockerfile.extend_from_slice(extra.as_bytes());
     let bin = std::fs::read(&binary).map_err(|source| FixtureError::Io {
         path: binary.clone(),
         source,

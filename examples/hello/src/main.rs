@@ -14,6 +14,9 @@ fn env_ms(key: &str) -> Option<Duration> {
 }
 
 fn main() {
+    if env::args().nth(1).as_deref() == Some("check") {
+        process::exit(check());
+    }
     let role = env::var("ROLE").unwrap_or_else(|_| "web".into());
     watch_signals();
     if let Some(after) = env_ms("EXIT_AFTER_MS") {
@@ -51,6 +54,28 @@ fn main() {
         }
         _ => serve(),
     }
+}
+
+/// `hello check`: a HEALTHCHECK command for images without a shell. Exits 0 when
+/// `GET /healthz` on `PORT` answers 200.
+fn check() -> i32 {
+    let port = env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let Ok(mut stream) = TcpStream::connect(format!("127.0.0.1:{port}")) else {
+        eprintln!("nothing listens on port {port}");
+        return 1;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return 1;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.lines().next().unwrap_or("").to_string();
+    println!("{status}");
+    i32::from(!status.contains(" 200 "))
 }
 
 fn idle(role: &str) -> ! {
