@@ -189,10 +189,7 @@ jobs:
     // Every network and volume carries the app, component and deployment labels.
     let net = env
         .docker
-        .inspect_network(
-            &format!("slipway-{}", app.id.replace('-', "")[..12].to_string()),
-            None,
-        )
+        .inspect_network(&format!("slipway-{}", &app.id.replace('-', "")[..12]), None)
         .await
         .unwrap();
     let net_labels = net.labels.unwrap_or_default();
