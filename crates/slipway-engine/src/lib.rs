@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use slipway_build::ImageBuilder;
+use slipway_ingress::{Ingress, IngressConfig};
 use slipway_rollout::{DockerRuntime, Instance};
 use slipway_source::SourceCache;
 use slipway_spec::{
@@ -54,6 +55,8 @@ pub struct EngineConfig {
     pub job_timeout: Duration,
     /// How long a worker must run without exiting to count as ready, unless its spec says.
     pub worker_min_ready: Duration,
+    /// How apps are served through the ingress (their host names, limits).
+    pub ingress: IngressConfig,
 }
 
 impl EngineConfig {
@@ -65,6 +68,7 @@ impl EngineConfig {
             build_timeout: Duration::from_secs(1800),
             job_timeout: Duration::from_secs(1800),
             worker_min_ready: Duration::from_secs(1),
+            ingress: IngressConfig::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ struct Inner {
     runtime: DockerRuntime,
     builder: ImageBuilder,
     sources: SourceCache,
+    ingress: Arc<Ingress>,
     slots: Mutex<HashMap<String, Arc<AppSlot>>>,
     updates: broadcast::Sender<DeploymentUpdate>,
     tasks: TaskTracker,
@@ -115,9 +120,11 @@ impl Engine {
             SourceCache::new(config.data_dir.join("git")).with_timeout(config.fetch_timeout);
         let builder = ImageBuilder::new(docker.clone()).with_timeout(config.build_timeout);
         let (updates, _) = broadcast::channel(1024);
+        let ingress = Ingress::new(config.ingress.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
                 runtime: DockerRuntime::new(docker),
+                ingress,
                 config,
                 store,
                 builder,
@@ -129,7 +136,97 @@ impl Engine {
             }),
         };
         engine.recover().await?;
+        engine.restore_routes().await?;
+        let watcher = engine.clone();
+        engine
+            .inner
+            .tasks
+            .spawn(async move { watcher.watch_crashes().await });
         Ok(engine)
+    }
+
+    /// The ingress's routing table, which the engine keeps in step with every rollout.
+    pub fn ingress(&self) -> Arc<Ingress> {
+        Arc::clone(&self.inner.ingress)
+    }
+
+    /// Routes every app with an active deployment to the service instances that run now.
+    async fn restore_routes(&self) -> Result<(), EngineError> {
+        let (apps, _) = self.inner.store.apps(0, u64::MAX >> 1).await?;
+        for app in apps {
+            let Some(active) = self.inner.store.active_deployment(&app.id).await? else {
+                continue;
+            };
+            self.inner.ingress.set_app(&app.id, &active.spec);
+            let running = self
+                .inner
+                .runtime
+                .list(&[
+                    (labels::APP, app.id.as_str()),
+                    (labels::DAEMON, self.inner.config.daemon_id.as_str()),
+                ])
+                .await?;
+            for instance in running {
+                if let Some(service) = active.spec.service(&instance.component)
+                    && let Some(addr) = instance.address(service.http_port.unwrap_or(8080))
+                {
+                    self.inner
+                        .ingress
+                        .add(&app.id, &instance.component, &instance.id, addr);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes instances that die out of the ingress at once, from Docker's event stream.
+    async fn watch_crashes(&self) {
+        use futures::StreamExt;
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["die".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!(
+                    "{}={}",
+                    labels::DAEMON,
+                    self.inner.config.daemon_id
+                )],
+            ),
+        ]);
+        let mut backoff = Duration::from_millis(200);
+        while !self.inner.shutdown.is_cancelled() {
+            let options = bollard::query_parameters::EventsOptions {
+                filters: Some(filters.clone()),
+                ..Default::default()
+            };
+            let mut events = self.inner.runtime.docker().events(Some(options));
+            loop {
+                let next = tokio::select! {
+                    n = events.next() => n,
+                    () = self.inner.shutdown.cancelled() => return,
+                };
+                match next {
+                    Some(Ok(event)) => {
+                        backoff = Duration::from_millis(200);
+                        if let Some(id) = event.actor.and_then(|a| a.id) {
+                            tracing::debug!(container = %id, "an instance died");
+                            self.inner.ingress.eject(&id);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Docker's event stream failed; watching again");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -211,11 +308,13 @@ impl Engine {
             .iter()
             .rfind(|d| d.phase.is_in_progress() && Some(&d.id) != running.as_ref())
             .cloned();
+        let url =
+            (!record.spec.services.is_empty()).then(|| self.inner.ingress.live_url(&record.name));
         Ok(App {
             id: record.id.clone(),
             spec: record.spec.clone(),
-            default_ingress: None,
-            live_url: None,
+            default_ingress: url.clone(),
+            live_url: url,
             created_at: record.created_at,
             updated_at: record.updated_at,
             last_deployment_created_at: recent.first().map(|d| d.created_at),
@@ -444,6 +543,7 @@ impl Engine {
         ];
         self.inner.runtime.remove_labelled(&filter, purge).await?;
         self.inner.builder.remove_labelled(&filter).await?;
+        self.inner.ingress.remove_app(&record.id);
         self.inner.store.delete_app(&record.id).await?;
         self.inner
             .slots

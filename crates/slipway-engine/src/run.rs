@@ -284,6 +284,7 @@ impl Run {
                 d.set_phase(Phase::Active);
                 match self.engine.inner.store.activate(&d).await {
                     Ok(superseded) => {
+                        self.engine.inner.ingress.set_app(&d.app_id, &d.spec);
                         tracing::info!(deployment.id = %d.id, superseded = ?superseded, "deployment active");
                         if let Some(old) = superseded
                             && let Ok(Some(old)) =
@@ -793,6 +794,7 @@ impl Run {
             let observer: Arc<dyn Observer> = Arc::new(StepObserver {
                 run: Arc::clone(self),
                 component: plan.component.clone(),
+                steps: true,
             });
             let group = group.clone();
             let runtime = inner.runtime.clone();
@@ -902,10 +904,15 @@ impl Run {
             ..plan.clone()
         };
         tracing::info!(component = %plan.component, target, "rolling back");
+        let observer = Arc::new(StepObserver {
+            run: Arc::clone(self),
+            component: plan.component.clone(),
+            steps: false,
+        });
         roll(
             &self.engine.inner.runtime,
             back,
-            Arc::new(slipway_rollout::NoTraffic),
+            observer,
             &CancellationToken::new(),
         )
         .await
@@ -947,6 +954,7 @@ impl Run {
         for instance in all {
             if d.spec.kind_of(&instance.component).is_none() {
                 tracing::info!(instance = %instance.name, "removing a component the spec dropped");
+                inner.ingress.eject(&instance.id);
                 let _ = slipway_rollout::Runtime::stop(
                     &inner.runtime,
                     &instance,
@@ -958,10 +966,21 @@ impl Run {
     }
 }
 
-/// Reports a component's rollout transitions into the deployment's steps and DEPLOY log.
+/// Reports a component's rollout transitions into the deployment's steps (unless `steps` is
+/// false, for a rollback) and DEPLOY log, and keeps the ingress's pool in step: a ready
+/// instance joins it, an old one is drained out of it before it is stopped.
 struct StepObserver {
     run: Arc<Run>,
     component: String,
+    steps: bool,
+}
+
+impl StepObserver {
+    fn http_port(&self, d: &Deployment) -> Option<u16> {
+        d.spec
+            .service(&self.component)
+            .map(|s| s.http_port.unwrap_or(8080))
+    }
 }
 
 impl Observer for StepObserver {
@@ -980,6 +999,19 @@ impl Observer for StepObserver {
                 }
             };
             self.run.log(LogKind::Deploy, c, vec![line]).await;
+            if let Event::Ready { instance, .. } = &event {
+                let d = self.run.snapshot().await;
+                if let Some(addr) = self.http_port(&d).and_then(|p| instance.address(p)) {
+                    self.run
+                        .engine
+                        .inner
+                        .ingress
+                        .add(&d.app_id, c, &instance.id, addr);
+                }
+            }
+            if !self.steps {
+                return;
+            }
             self.run
                 .update(|d| {
                     let Some(step) = d.progress.find_mut(&["deploy", c]) else {
@@ -1038,7 +1070,15 @@ impl Observer for StepObserver {
         })
     }
 
-    fn drain<'a>(&'a self, _instance: &'a Instance, _max: Duration) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    fn drain<'a>(&'a self, instance: &'a Instance, max: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let app_id = self.run.dep.lock().await.app_id.clone();
+            self.run
+                .engine
+                .inner
+                .ingress
+                .drain(&app_id, &self.component, &instance.id, max)
+                .await;
+        })
     }
 }

@@ -56,10 +56,17 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: Some(data.path().to_path_buf()),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         token: Some(paths::random_hex(16)),
+        ingress: SocketAddr::from(([127, 0, 0, 1], 0)),
+        base_domain: "localhost".into(),
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;
-    println!("    API {}  data {}", daemon.url(), data.path().display());
+    println!(
+        "    API {}  ingress {}  data {}",
+        daemon.url(),
+        daemon.ingress_addr,
+        data.path().display()
+    );
     let client = Client::new(&daemon.url(), &daemon.token)?;
     let result = scenario(&client, &daemon, args.instances).await;
     say("Cleaning up: deleting the app and stopping the daemon");
@@ -111,10 +118,13 @@ async fn scenario(client: &Client, daemon: &Daemon, instances: u32) -> anyhow::R
     let before = show(daemon, &app_id).await?;
 
     say("Restarting: new containers from the exact same image, no fetch, no build");
+    let live = daemon.engine.ingress().live_url("hello-demo");
+    let load = Load::start(daemon, &live)?;
     let v = client
         .post(&format!("/v2/apps/{app_id}/restart"), &json!({}))
         .await?;
     let restart = finish(client, &app_id, field(v, "deployment")?).await?;
+    load.report("the restart").await?;
     let after = show(daemon, &app_id).await?;
     let replaced = after.keys().filter(|id| !before.contains_key(*id)).count();
     let same_image = after
@@ -132,6 +142,7 @@ async fn scenario(client: &Client, daemon: &Daemon, instances: u32) -> anyhow::R
     say("Committing VERSION = v2 and force-rebuilding: fetch, build, roll out");
     let commit = repo.commit_version("v2")?;
     println!("    commit {}", &commit[..12]);
+    let load = Load::start(daemon, &live)?;
     let v = client
         .post(
             &format!("/v2/apps/{app_id}/deployments"),
@@ -139,6 +150,7 @@ async fn scenario(client: &Client, daemon: &Daemon, instances: u32) -> anyhow::R
         )
         .await?;
     let rebuild = finish(client, &app_id, field(v, "deployment")?).await?;
+    load.report("the force rebuild").await?;
     let rebuilt = show(daemon, &app_id).await?;
     if !rebuilt.values().all(|(_, answer)| answer.contains("v2")) {
         bail!("after the force rebuild not every instance answers with v2");
@@ -181,9 +193,72 @@ async fn finish(client: &Client, app: &str, d: Deployment) -> anyhow::Result<Dep
     Ok(d)
 }
 
+/// Clients sending requests through the ingress while a deployment runs.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, u64, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(daemon: &Daemon, live_url: &str) -> anyhow::Result<Load> {
+        let host = "hello-demo.localhost";
+        let http = reqwest::Client::builder()
+            .resolve(host, daemon.ingress_addr)
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..4)
+            .map(|_| {
+                let (http, stop, url) = (http.clone(), stop.clone(), live_url.to_string());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http.get(&url).send().await {
+                            Ok(r) if r.status().is_success() => ok += 1,
+                            Ok(r) => {
+                                failed += 1;
+                                errors.push(r.status().to_string());
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                errors.push(e.to_string());
+                            }
+                        }
+                    }
+                    (ok, failed, errors)
+                })
+            })
+            .collect();
+        Ok(Load { stop, tasks })
+    }
+
+    async fn report(self, during: &str) -> anyhow::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+        for t in self.tasks {
+            let (o, f, e) = t.await?;
+            ok += o;
+            failed += f;
+            errors.extend(e);
+        }
+        println!(
+            "    {} requests through the ingress during {during}: {ok} answered, {failed} failed",
+            ok + failed
+        );
+        if failed > 0 {
+            bail!(
+                "{failed} requests failed during {during}: {}",
+                errors.join("; ")
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Prints every instance of `web` and its answer; returns container ID to (image, answer).
 async fn show(daemon: &Daemon, app: &str) -> anyhow::Result<BTreeMap<String, (String, String)>> {
     let http = reqwest::Client::builder()
+        .resolve("hello-demo.localhost", daemon.ingress_addr)
         .timeout(Duration::from_secs(5))
         .build()?;
     let mut out = BTreeMap::new();
@@ -206,5 +281,14 @@ async fn show(daemon: &Daemon, app: &str) -> anyhow::Result<BTreeMap<String, (St
         );
         out.insert(instance.id.clone(), (instance.image.clone(), answer));
     }
+    let live = daemon.engine.ingress().live_url("hello-demo");
+    let through = http
+        .get(&live)
+        .send()
+        .await
+        .context("the ingress does not answer")?
+        .text()
+        .await?;
+    println!("    {live} -> {}", through.trim());
     Ok(out)
 }

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use slipway_engine::{Engine, EngineConfig};
+use slipway_ingress::IngressConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::paths;
 
@@ -23,6 +25,12 @@ pub(crate) struct ServeArgs {
     /// The API token; without it, one is generated on first start and kept in DATA_DIR/token.
     #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The ingress's address, where apps are served (`0.0.0.0:80` in production).
+    #[arg(long, env = "SLIPWAY_INGRESS", default_value = "127.0.0.1:7480")]
+    pub ingress: SocketAddr,
+    /// Apps are served at `<app name>.<base domain>`.
+    #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
+    pub base_domain: String,
 }
 
 /// A running daemon: the engine and the API server.
@@ -30,10 +38,13 @@ pub(crate) struct ServeArgs {
 pub(crate) struct Daemon {
     pub engine: Engine,
     pub addr: SocketAddr,
+    pub ingress_addr: SocketAddr,
     pub token: String,
     pub data_dir: PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
+    ingress_stop: CancellationToken,
+    ingress: JoinHandle<()>,
 }
 
 impl Daemon {
@@ -59,9 +70,24 @@ impl Daemon {
         let docker = slipway_rollout::connect()
             .await
             .context("Slipway needs a Docker engine (is the Docker daemon running, and may this user use its socket?)")?;
+        let ingress_listener = TcpListener::bind(args.ingress)
+            .await
+            .with_context(|| format!("cannot listen on {} for the ingress", args.ingress))?;
+        let ingress_addr = ingress_listener.local_addr()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
+        config.ingress = IngressConfig {
+            base_domain: args.base_domain.clone(),
+            public_port: Some(ingress_addr.port()),
+            ..IngressConfig::default()
+        };
         let engine = Engine::start(config, docker).await?;
+        let ingress_stop = CancellationToken::new();
+        let ingress = tokio::spawn(slipway_ingress::serve(
+            engine.ingress(),
+            ingress_listener,
+            ingress_stop.clone(),
+        ));
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -81,6 +107,9 @@ impl Daemon {
         Ok(Daemon {
             engine,
             addr,
+            ingress_addr,
+            ingress_stop,
+            ingress,
             token,
             data_dir,
             stop,
@@ -97,6 +126,9 @@ impl Daemon {
         let _ = self.stop.send(());
         self.server.await.context("the API server task failed")??;
         self.engine.shutdown().await;
+        // The ingress goes last: it serves the apps until the engine has stopped.
+        self.ingress_stop.cancel();
+        let _ = self.ingress.await;
         Ok(())
     }
 }
@@ -112,6 +144,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let daemon = Daemon::start(&args, None).await?;
     tracing::info!(
         url = %daemon.url(),
+        ingress = %daemon.ingress_addr,
         data_dir = %daemon.data_dir.display(),
         "Slipway is serving; the API token is in {}",
         if args.token.is_some() { "SLIPWAY_TOKEN / --token".to_string() } else { daemon.data_dir.join("token").display().to_string() }

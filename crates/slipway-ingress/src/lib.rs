@@ -1,0 +1,25 @@
+//! Slipway's HTTP ingress: it routes each request to a ready instance of the right component,
+//! and follows every rollout so that restarts and rebuilds are invisible to clients.
+//!
+//! Promises:
+//! - An app is reached by `Host: <app name>.<base domain>`; inside it, App Platform's
+//!   `ingress.rules` (longest `match.path.prefix` wins) choose the service, else the first
+//!   service takes every path. An unknown host gets 404, a component with no ready instance
+//!   503, both with a short plain-text body.
+//! - An instance joins its component's pool only when the engine says it is ready
+//!   ([`Ingress::add`]); [`Ingress::drain`] takes it out of the pool at once and returns when
+//!   the requests in flight to it have finished (or the drain time is up), before the engine
+//!   sends its stop signal. [`Ingress::eject`] removes a crashed instance at once.
+//! - Requests go to the ready instance with the fewest requests in flight (round robin among
+//!   equals), over kept-alive connections. A request that could not be sent (connection
+//!   refused or reset before a byte went out) is sent once more to another instance, when its
+//!   body is small enough to have been kept.
+//! - HTTP/1.1 and HTTP/2 (prior knowledge) from clients; WebSocket and other upgrades are
+//!   passed through; `X-Forwarded-For`, `-Proto` and `-Host` are set; request bodies over the
+//!   limit get 413; a backend that does not answer in time gets 504.
+
+mod proxy;
+mod table;
+
+pub use proxy::serve;
+pub use table::{Ingress, IngressConfig};

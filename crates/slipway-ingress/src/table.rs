@@ -1,0 +1,495 @@
+//! The routing table: apps by host, routes by path, pools of ready instances.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use slipway_spec::AppSpec;
+use tokio::sync::Notify;
+
+/// How the ingress behaves.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Apps are served at `<name>.<base_domain>`.
+    pub base_domain: String,
+    /// The scheme and port clients use, for the apps' live URLs.
+    pub public_scheme: String,
+    pub public_port: Option<u16>,
+    /// How long a backend may take to answer with its headers.
+    pub request_timeout: Duration,
+    /// How long a client connection may take to send a request's headers.
+    pub header_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            base_domain: "localhost".into(),
+            public_scheme: "http".into(),
+            public_port: Some(7480),
+            request_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// One instance in a pool.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub in_flight: AtomicUsize,
+    pub draining: AtomicBool,
+    down_until: Mutex<Option<Instant>>,
+    idle: Notify,
+}
+
+impl Backend {
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t > now)
+    }
+
+    /// Keeps this backend out of rotation for a moment after a connection failed.
+    pub(crate) fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + Duration::from_secs(2));
+    }
+}
+
+/// Counts a request in flight to a backend for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct InFlight(pub Arc<Backend>);
+
+impl InFlight {
+    pub(crate) fn new(b: Arc<Backend>) -> Self {
+        b.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(b)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The ready instances of one component.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    backends: RwLock<Vec<Arc<Backend>>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// The instance with the fewest requests in flight, not draining, not just failed, and not
+    /// `exclude`; round robin among equals.
+    pub(crate) fn pick(&self, exclude: Option<&str>) -> Option<Arc<Backend>> {
+        let backends = self.backends.read().unwrap_or_else(|e| e.into_inner());
+        let n = backends.len();
+        if n == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let usable = |b: &&Arc<Backend>, allow_down: bool| {
+            !b.draining.load(Ordering::SeqCst)
+                && Some(b.id.as_str()) != exclude
+                && (allow_down || !b.is_down(now))
+        };
+        for allow_down in [false, true] {
+            let best = (0..n)
+                .map(|i| &backends[(start + i) % n])
+                .filter(|b| usable(b, allow_down))
+                .min_by_key(|b| b.in_flight.load(Ordering::Relaxed));
+            if let Some(b) = best {
+                return Some(Arc::clone(b));
+            }
+        }
+        None
+    }
+
+    pub(crate) fn ready_count(&self) -> usize {
+        self.backends
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|b| !b.draining.load(Ordering::SeqCst))
+            .count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub prefix: String,
+    pub component: String,
+    pub preserve_prefix: bool,
+    pub rewrite: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AppRoutes {
+    pub name: String,
+    /// Longest prefix first.
+    pub routes: Vec<Route>,
+    pub pools: RwLock<HashMap<String, Arc<Pool>>>,
+}
+
+impl AppRoutes {
+    pub(crate) fn pool(&self, component: &str) -> Option<Arc<Pool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(component)
+            .cloned()
+    }
+
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The component and the path to send for a request path.
+    pub(crate) fn route(&self, path: &str) -> Option<(&str, String)> {
+        for r in &self.routes {
+            let matches = path == r.prefix
+                || r.prefix == "/"
+                || (path.starts_with(&r.prefix)
+                    && (r.prefix.ends_with('/')
+                        || path.as_bytes().get(r.prefix.len()) == Some(&b'/')));
+            if !matches {
+                continue;
+            }
+            let rest = &path[r.prefix.len().min(path.len())..];
+            let forwarded = if let Some(rewrite) = &r.rewrite {
+                join(rewrite, rest)
+            } else if r.preserve_prefix || r.prefix == "/" {
+                path.to_string()
+            } else {
+                join("/", rest)
+            };
+            return Some((r.component.as_str(), forwarded));
+        }
+        None
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        if base.is_empty() {
+            "/".into()
+        } else {
+            base.to_string()
+        }
+    } else {
+        format!("{base}/{rest}")
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// By app ID.
+    apps: HashMap<String, Arc<AppRoutes>>,
+    /// App name to app ID.
+    names: HashMap<String, String>,
+}
+
+/// The ingress's state: which app is served where, and its ready instances. Cheap to share.
+#[derive(Debug)]
+pub struct Ingress {
+    pub(crate) config: IngressConfig,
+    table: RwLock<Table>,
+}
+
+impl Ingress {
+    pub fn new(config: IngressConfig) -> Arc<Ingress> {
+        Arc::new(Ingress {
+            config,
+            table: RwLock::new(Table::default()),
+        })
+    }
+
+    pub fn config(&self) -> &IngressConfig {
+        &self.config
+    }
+
+    /// The URL an app is served at.
+    pub fn live_url(&self, app_name: &str) -> String {
+        let c = &self.config;
+        let default_port = match c.public_scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        };
+        match c.public_port {
+            Some(p) if p != default_port => {
+                format!("{}://{app_name}.{}:{p}", c.public_scheme, c.base_domain)
+            }
+            _ => format!("{}://{app_name}.{}", c.public_scheme, c.base_domain),
+        }
+    }
+
+    /// Sets (or replaces) an app's name and routes from its spec; its pools are kept.
+    pub fn set_app(&self, app_id: &str, spec: &AppSpec) {
+        let mut routes: Vec<Route> = spec
+            .ingress
+            .iter()
+            .flat_map(|i| &i.rules)
+            .filter_map(|r| {
+                let component = r.component.as_ref()?;
+                let prefix = r
+                    .matcher
+                    .as_ref()
+                    .and_then(|m| m.path.as_ref())
+                    .map_or_else(|| "/".to_string(), |p| p.prefix.clone());
+                Some(Route {
+                    prefix,
+                    component: component.name.clone(),
+                    preserve_prefix: component.preserve_path_prefix.unwrap_or(false),
+                    rewrite: component.rewrite.clone(),
+                })
+            })
+            .collect();
+        if routes.is_empty()
+            && let Some(first) = spec.services.first()
+        {
+            routes.push(Route {
+                prefix: "/".into(),
+                component: first.name.clone(),
+                preserve_prefix: true,
+                rewrite: None,
+            });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let pools = table
+            .apps
+            .get(app_id)
+            .map(|a| a.pools.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        if let Some(old) = table.apps.get(app_id) {
+            let old_name = old.name.clone();
+            table.names.remove(&old_name);
+        }
+        table.names.insert(spec.name.clone(), app_id.to_string());
+        table.apps.insert(
+            app_id.to_string(),
+            Arc::new(AppRoutes {
+                name: spec.name.clone(),
+                routes,
+                pools: RwLock::new(pools),
+            }),
+        );
+    }
+
+    /// Forgets an app and its pools.
+    pub fn remove_app(&self, app_id: &str) {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(app) = table.apps.remove(app_id) {
+            table.names.remove(&app.name);
+        }
+    }
+
+    /// The pool of a component, made (with its app) when missing: instances may become ready
+    /// before their app's routes are set.
+    fn pool(&self, app_id: &str, component: &str) -> Arc<Pool> {
+        let app = {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            table.apps.get(app_id).cloned()
+        };
+        let app = match app {
+            Some(a) => a,
+            None => {
+                let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(table.apps.entry(app_id.to_string()).or_default())
+            }
+        };
+        let mut pools = app.pools.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(pools.entry(component.to_string()).or_default())
+    }
+
+    /// Adds a ready instance to its component's pool.
+    pub fn add(&self, app_id: &str, component: &str, instance_id: &str, addr: SocketAddr) {
+        let pool = self.pool(app_id, component);
+        let mut backends = pool.backends.write().unwrap_or_else(|e| e.into_inner());
+        if backends.iter().any(|b| b.id == instance_id) {
+            return;
+        }
+        backends.push(Arc::new(Backend {
+            id: instance_id.to_string(),
+            addr,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            down_until: Mutex::new(None),
+            idle: Notify::new(),
+        }));
+    }
+
+    /// Takes an instance out of its pool at once, and returns when the requests in flight to
+    /// it have finished or `max` has passed (whichever is first).
+    pub async fn drain(&self, app_id: &str, component: &str, instance_id: &str, max: Duration) {
+        let pool = self.pool(app_id, component);
+        let backend = {
+            let backends = pool.backends.read().unwrap_or_else(|e| e.into_inner());
+            backends.iter().find(|b| b.id == instance_id).cloned()
+        };
+        let Some(backend) = backend else { return };
+        backend.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let idle = backend.idle.notified();
+            if backend.in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::select! {
+                () = idle => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(instance = %instance_id, in_flight = backend.in_flight.load(Ordering::SeqCst), "drain time is up");
+                    break;
+                }
+            }
+        }
+        pool.backends
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|b| b.id != instance_id);
+    }
+
+    /// Removes an instance (a crashed one) from every pool at once.
+    pub fn eject(&self, instance_id: &str) {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        for app in table.apps.values() {
+            for pool in app.pools() {
+                pool.backends
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|b| b.id != instance_id);
+            }
+        }
+    }
+
+    /// How many instances of a component take requests now.
+    pub fn ready_count(&self, app_id: &str, component: &str) -> usize {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .apps
+            .get(app_id)
+            .and_then(|a| a.pool(component))
+            .map_or(0, |p| p.ready_count())
+    }
+
+    /// The app served at `host` (without its port).
+    pub(crate) fn app_for_host(&self, host: &str) -> Option<Arc<AppRoutes>> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let name = host.strip_suffix(&format!(".{}", self.config.base_domain))?;
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let id = table.names.get(name)?;
+        table.apps.get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_spec::parse_spec;
+
+    fn ingress_for(spec: &str) -> (Arc<Ingress>, Arc<AppRoutes>) {
+        let ingress = Ingress::new(IngressConfig::default());
+        let spec = parse_spec(spec).unwrap().spec;
+        ingress.set_app("id1", &spec);
+        let app = ingress
+            .app_for_host(&format!("{}.localhost", spec.name))
+            .unwrap();
+        (ingress, app)
+    }
+
+    #[test]
+    fn the_first_service_takes_every_path_without_rules() {
+        let (ingress, app) = ingress_for(
+            "name: shop\nservices:\n  - {name: web, image: {repository: a}}\n  - {name: api, image: {repository: a}}\n",
+        );
+        assert_eq!(app.route("/x/y?z"), Some(("web", "/x/y?z".to_string())));
+        assert!(ingress.app_for_host("SHOP.localhost.").is_some());
+        assert!(ingress.app_for_host("other.localhost").is_none());
+        assert_eq!(ingress.live_url("shop"), "http://shop.localhost:7480");
+    }
+
+    #[test]
+    fn rules_route_by_longest_prefix_and_trim_it_unless_asked() {
+        let (_, app) = ingress_for(
+            r#"
+name: shop
+services:
+  - {name: web, image: {repository: a}}
+  - {name: api, image: {repository: a}}
+  - {name: admin, image: {repository: a}}
+ingress:
+  rules:
+    - {match: {path: {prefix: /}}, component: {name: web}}
+    - {match: {path: {prefix: /api}}, component: {name: api}}
+    - {match: {path: {prefix: /api/admin}}, component: {name: admin, preserve_path_prefix: true}}
+"#,
+        );
+        assert_eq!(app.route("/"), Some(("web", "/".into())));
+        assert_eq!(app.route("/apiary"), Some(("web", "/apiary".into())));
+        assert_eq!(app.route("/api"), Some(("api", "/".into())));
+        assert_eq!(app.route("/api/users"), Some(("api", "/users".into())));
+        assert_eq!(
+            app.route("/api/admin/x"),
+            Some(("admin", "/api/admin/x".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn least_outstanding_picks_and_drain_waits_for_in_flight_requests() {
+        let ingress = Ingress::new(IngressConfig::default());
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        ingress.add("a", "web", "i1", addr);
+        ingress.add("a", "web", "i2", addr);
+        let pool = ingress.pool("a", "web");
+        let first = InFlight::new(pool.pick(None).unwrap());
+        let second = pool.pick(None).unwrap();
+        assert_ne!(first.0.id, second.id, "the idle instance is picked");
+        assert_eq!(ingress.ready_count("a", "web"), 2);
+
+        let busy = first.0.id.clone();
+        let ing = Arc::clone(&ingress);
+        let drain =
+            tokio::spawn(async move { ing.drain("a", "web", &busy, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            ingress.ready_count("a", "web"),
+            1,
+            "a draining instance takes no new request"
+        );
+        assert!(
+            !drain.is_finished(),
+            "the drain waits for the request in flight"
+        );
+        for _ in 0..10 {
+            assert_ne!(pool.pick(None).unwrap().id, first.0.id);
+        }
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), drain)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ingress.ready_count("a", "web"), 1);
+
+        ingress.eject(&second.id);
+        assert!(pool.pick(None).is_none());
+    }
+}
