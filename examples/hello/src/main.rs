@@ -160,6 +160,7 @@ fn handle(stream: TcpStream, info: &Info) -> std::io::Result<()> {
         let http10 = parts.next() == Some("HTTP/1.0");
         let mut length = 0usize;
         let mut close = http10;
+        let mut headers = String::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header)? == 0 {
@@ -169,6 +170,8 @@ fn handle(stream: TcpStream, info: &Info) -> std::io::Result<()> {
             if header.is_empty() {
                 break;
             }
+            headers.push_str(header);
+            headers.push('\n');
             if let Some((name, value)) = header.split_once(':') {
                 let value = value.trim();
                 match name.trim().to_ascii_lowercase().as_str() {
@@ -187,6 +190,8 @@ fn handle(stream: TcpStream, info: &Info) -> std::io::Result<()> {
                 ("500 Internal Server Error", "unhealthy\n".to_string())
             }
             ("GET" | "HEAD", "/healthz") => ("200 OK", "ok\n".to_string()),
+            ("GET" | "HEAD", "/headers") => ("200 OK", headers.clone()),
+            ("POST", "/echo") => ("200 OK", String::from_utf8_lossy(&body).into_owned()),
             ("GET" | "HEAD", "/") => (
                 "200 OK",
                 format!("hello from {} ({})\n", info.version, info.instance),

@@ -1,0 +1,161 @@
+//! Zero dropped requests through the ingress while a service is restarted and force-rebuilt,
+//! against real Docker. The load is modest and bounded in time and count.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{HEALTH, env, git, wait_ok};
+use slipway_spec::parse_spec;
+use slipway_testkit::{HelloRepo, unique};
+use tokio_util::sync::CancellationToken;
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>, Vec<String>)>>,
+}
+
+/// `clients` clients sending requests one after another until stopped, at most 60 s or 5000
+/// requests each.
+fn load(http: &reqwest::Client, url: &str, clients: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..clients)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.to_string(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (mut ok, mut failures, mut bodies) = (0u64, Vec::new(), Vec::new());
+                for _ in 0..5000 {
+                    if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            ok += 1;
+                            bodies.push(r.text().await.unwrap_or_default());
+                        }
+                        Ok(r) => failures.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (ok, failures, bodies)
+            })
+        })
+        .collect();
+    Load { stop, tasks }
+}
+
+impl Load {
+    async fn finish(self) -> (u64, Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failures, mut bodies) = (0, Vec::new(), Vec::new());
+        for t in self.tasks {
+            let (o, f, b) = t.await.unwrap();
+            ok += o;
+            failures.extend(f);
+            bodies.extend(b);
+        }
+        (ok, failures, bodies)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
+    let Some(env) = env().await else { return };
+    let repo = HelloRepo::new("v1").unwrap();
+    let name = unique("steady");
+    let spec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    {git}\n    instance_count: 3\n    {HEALTH}\n    termination: {{drain_seconds: 5, grace_period_seconds: 5}}\n",
+        git = git(&repo)
+    ))
+    .unwrap()
+    .spec;
+    let (app, first) = env.engine.create_app(spec).await.unwrap();
+    wait_ok(&env, &first).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        env.engine.ingress(),
+        listener,
+        stop.clone(),
+    ));
+    let _stop = stop.drop_guard();
+    let host = format!("{name}.localhost");
+    let http = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{host}:{}/", addr.port());
+    let view = env
+        .engine
+        .app_view(&env.engine.app(&app.id).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        view.live_url.as_deref(),
+        Some(format!("http://{host}:7480").as_str())
+    );
+
+    // Restart under load.
+    let running = load(&http, &url, 8);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = env.engine.restart(&app.id, &[]).await.unwrap();
+    wait_ok(&env, &d).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures, _) = running.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the restart: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 100, "the load ran: {ok} requests");
+
+    // Force rebuild of a new commit under load.
+    repo.commit_version("v2").unwrap();
+    let running = load(&http, &url, 8);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = env
+        .engine
+        .create_deployment(&app.id, true, false)
+        .await
+        .unwrap();
+    wait_ok(&env, &d).await;
+    let (ok, failures, bodies) = running.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rebuild: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(bodies.iter().any(|b| b.starts_with("hello from v1")));
+    assert!(
+        bodies.iter().any(|b| b.starts_with("hello from v2")),
+        "the new version served during the load"
+    );
+    for _ in 0..20 {
+        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+        assert!(
+            body.starts_with("hello from v2"),
+            "after the rebuild every answer is the new version: {body}"
+        );
+    }
+    let r = http
+        .get(format!("http://{host}:{}/headers", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let headers = r.text().await.unwrap().to_ascii_lowercase();
+    assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
+}

@@ -1,0 +1,280 @@
+//! The ingress over real HTTP, with backends that run in the test.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use slipway_ingress::{Ingress, IngressConfig};
+use slipway_spec::parse_spec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A backend that answers with its name and the headers it got; `/slow` takes 400 ms; an
+/// upgrade request is switched to an echo of every byte.
+async fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: Request<hyper::body::Incoming>| async move {
+                        if req.headers().contains_key(hyper::header::UPGRADE) {
+                            let upgraded = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(up) = upgraded.await {
+                                    let mut io = TokioIo::new(up);
+                                    let mut buf = [0u8; 64];
+                                    while let Ok(n) = io.read(&mut buf).await {
+                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            });
+                            let r = Response::builder()
+                                .status(StatusCode::SWITCHING_PROTOCOLS)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "echo")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap();
+                            return Ok::<_, Infallible>(r);
+                        }
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                        }
+                        let mut text = format!("{name} {}\n", req.uri());
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
+                        }
+                        Ok(Response::new(Full::new(Bytes::from(text))))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    ingress: Arc<Ingress>,
+    addr: SocketAddr,
+    http: reqwest::Client,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn setup(spec: &str) -> Setup {
+    let ingress = Ingress::new(IngressConfig {
+        max_body_bytes: 1024,
+        ..IngressConfig::default()
+    });
+    ingress.set_app("app1", &parse_spec(spec).unwrap().spec);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        Arc::clone(&ingress),
+        listener,
+        stop.clone(),
+    ));
+    let http = reqwest::Client::builder()
+        .resolve("shop.localhost", addr)
+        .resolve("nope.localhost", addr)
+        .build()
+        .unwrap();
+    Setup {
+        ingress,
+        addr,
+        http,
+        _stop: stop.drop_guard(),
+    }
+}
+
+const SPEC: &str = r#"
+name: shop
+services:
+  - {name: web, image: {repository: a}}
+  - {name: api, image: {repository: a}}
+ingress:
+  rules:
+    - {match: {path: {prefix: /}}, component: {name: web}}
+    - {match: {path: {prefix: /api}}, component: {name: api}}
+"#;
+
+impl Setup {
+    async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let port = self.addr.port();
+        let r = self
+            .http
+            .get(format!("http://{host}:{port}{path}"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn routes_forwards_headers_and_spreads_load() {
+    let s = setup(SPEC).await;
+    let (a, b, api) = (backend("a").await, backend("b").await, backend("api").await);
+    s.ingress.add("app1", "web", "a", a);
+    s.ingress.add("app1", "web", "b", b);
+    s.ingress.add("app1", "api", "api", api);
+
+    let (status, body) = s.get("shop.localhost", "/api/users?x=1").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("api /users?x=1\n"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "x-forwarded-host: shop.localhost:{}",
+            s.addr.port()
+        )),
+        "{body}"
+    );
+
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let (_, body) = s.get("shop.localhost", "/").await;
+        *seen.entry(body[..1].to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both instances take requests: {seen:?}");
+
+    let (status, body) = s.get("nope.localhost", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "no app is served at nope.localhost\n")
+    );
+
+    let big = "x".repeat(2000);
+    let r = s
+        .http
+        .post(format!("http://shop.localhost:{}/", s.addr.port()))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // HTTP/2 from clients (prior knowledge on plain TCP).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("shop.localhost", s.addr)
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://shop.localhost:{}/api/", s.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert!(r.text().await.unwrap().starts_with("api /"));
+}
+
+#[tokio::test]
+async fn no_ready_instance_is_503_and_an_unsent_request_goes_to_another() {
+    let s = setup(SPEC).await;
+    let (status, body) = s.get("shop.localhost", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "no instance of web is ready\n")
+    );
+
+    // An instance whose port refuses connections, beside one that works.
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    s.ingress.add("app1", "web", "dead", dead);
+    s.ingress.add("app1", "web", "live", backend("live").await);
+    for _ in 0..10 {
+        let (status, body) = s.get("shop.localhost", "/").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("live"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn draining_finishes_requests_in_flight_and_takes_no_new_ones() {
+    let s = setup(SPEC).await;
+    s.ingress.add("app1", "web", "a", backend("a").await);
+    let slow = {
+        let http = s.http.clone();
+        let port = s.addr.port();
+        tokio::spawn(async move {
+            http.get(format!("http://shop.localhost:{port}/slow"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.ingress.add("app1", "web", "b", backend("b").await);
+    let t = Instant::now();
+    let ingress = Arc::clone(&s.ingress);
+    let drain = tokio::spawn(async move {
+        ingress
+            .drain("app1", "web", "a", Duration::from_secs(5))
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        let (_, body) = s.get("shop.localhost", "/").await;
+        assert!(
+            body.starts_with('b'),
+            "a draining instance takes no new request: {body}"
+        );
+    }
+    drain.await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "the drain waited for the slow request"
+    );
+    assert!(
+        slow.await.unwrap().starts_with("a /slow"),
+        "the request in flight finished"
+    );
+    assert_eq!(s.ingress.ready_count("app1", "web"), 1);
+}
+
+#[tokio::test]
+async fn upgrades_are_passed_through() {
+    let s = setup(SPEC).await;
+    s.ingress.add("app1", "web", "a", backend("a").await);
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: shop.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    conn.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+}
