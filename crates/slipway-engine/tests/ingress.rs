@@ -12,9 +12,12 @@ use slipway_spec::parse_spec;
 use slipway_testkit::{HelloRepo, unique};
 use tokio_util::sync::CancellationToken;
 
+/// Per client: requests answered, failures, and the bodies of the answers.
+type Tally = (u64, Vec<String>, Vec<String>);
+
 struct Load {
     stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>, Vec<String>)>>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
 }
 
 /// `clients` clients sending requests one after another until stopped, at most 60 s or 5000
@@ -52,7 +55,7 @@ fn load(http: &reqwest::Client, url: &str, clients: usize) -> Load {
 }
 
 impl Load {
-    async fn finish(self) -> (u64, Vec<String>, Vec<String>) {
+    async fn finish(self) -> Tally {
         self.stop.store(true, Ordering::SeqCst);
         let (mut ok, mut failures, mut bodies) = (0, Vec::new(), Vec::new());
         for t in self.tasks {
