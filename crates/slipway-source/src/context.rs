@@ -3,6 +3,7 @@ use std::path::Path;
 use git2::{ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
 
 use crate::SourceError;
+use crate::dockerignore::DockerIgnore;
 
 /// A build context: a tar of the source directory, and the Dockerfile's path inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,13 @@ pub(crate) fn make(
                     path: source_dir.into(),
                     commit: commit.into(),
                 })?;
+        if entry.filemode() == 0o120000 {
+            return Err(SourceError::Symlink {
+                field: "source_dir",
+                path: source_dir.into(),
+                commit: commit.into(),
+            });
+        }
         if entry.kind() != Some(ObjectType::Tree) {
             return Err(SourceError::SourceDirNotADirectory {
                 path: source_dir.into(),
@@ -72,6 +80,31 @@ pub(crate) fn make(
             commit: commit.into(),
         })?;
 
+    if dockerfile_entry.filemode() == 0o120000 {
+        return Err(SourceError::Symlink {
+            field: "dockerfile_path",
+            path: dockerfile_path.into(),
+            commit: commit.into(),
+        });
+    }
+    let ignore = match dir_tree.get_name(".dockerignore") {
+        Some(e) if e.kind() == Some(ObjectType::Blob) => {
+            let blob = repo.find_blob(e.id()).map_err(read)?;
+            DockerIgnore::parse(&String::from_utf8_lossy(blob.content()))
+        }
+        _ => DockerIgnore::default(),
+    };
+    // The Dockerfile's path relative to the context, when it lies inside it.
+    let inside = if source_dir.is_empty() {
+        Some(dockerfile_path.to_string())
+    } else {
+        dockerfile_path
+            .strip_prefix(source_dir)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(str::to_string)
+    };
+    let always = |path: &str| path == ".dockerignore" || Some(path) == inside.as_deref();
+
     let mut builder = tar::Builder::new(Vec::new());
     let mut failure: Option<SourceError> = None;
     dir_tree
@@ -80,6 +113,16 @@ pub(crate) fn make(
                 return TreeWalkResult::Skip;
             };
             let path = format!("{parent}{name}");
+            let is_tree = entry.kind() == Some(ObjectType::Tree);
+            if ignore.excludes(&path) && !always(&path) {
+                // An excluded directory is still walked when an exception may bring back
+                // something below it; its own entry is left out.
+                return if is_tree && ignore.may_include_below(&path) {
+                    TreeWalkResult::Ok
+                } else {
+                    TreeWalkResult::Skip
+                };
+            }
             let result = match entry.kind() {
                 Some(ObjectType::Tree) => append_dir(&mut builder, &path, mtime),
                 Some(ObjectType::Blob) => {
@@ -103,14 +146,6 @@ pub(crate) fn make(
         return Err(e);
     }
 
-    let inside = if source_dir.is_empty() {
-        Some(dockerfile_path.to_string())
-    } else {
-        dockerfile_path
-            .strip_prefix(source_dir)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .map(str::to_string)
-    };
     let dockerfile = match inside {
         Some(p) => p,
         None => {

@@ -20,6 +20,14 @@ pub enum SourceError {
     SourceDirNotADirectory { path: String, commit: String },
     #[error("dockerfile_path \"{path}\" does not exist in commit {commit}")]
     DockerfileMissing { path: String, commit: String },
+    #[error(
+        "{field} \"{path}\" is a symbolic link in commit {commit}; it must be a real file or directory of the repository"
+    )]
+    Symlink {
+        field: &'static str,
+        path: String,
+        commit: String,
+    },
     #[error("\"{path}\" must stay inside the repository")]
     OutsideRepository { path: String },
     #[error("the git mirror at {path} is unusable")]

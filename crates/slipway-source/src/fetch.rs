@@ -150,6 +150,9 @@ fn fetch_blocking(
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<String, SourceError> {
+    if cancel.is_cancelled() {
+        return Err(SourceError::Canceled { url: url.into() });
+    }
     let repo = open_mirror(mirror, url)?;
     let mut remote = repo
         .find_remote("origin")

@@ -7,8 +7,10 @@
 //! - Each fetch resolves the branch head to a full commit hash; a build context is made from
 //!   exactly that commit's tree, so a rebuild never ships stale or uncommitted files.
 //! - A build context contains `source_dir` of that tree only (plus the Dockerfile when
-//!   `dockerfile_path` lies outside it), with file modes and symlinks kept and timestamps set
-//!   to the commit's time, so identical trees give identical contexts.
+//!   `dockerfile_path` lies outside it), filtered by its `.dockerignore` (Docker's syntax,
+//!   `!` exceptions included), with file modes and symlinks kept and timestamps set to the
+//!   commit's time, so identical trees give identical contexts. It is made from git objects
+//!   directly: nothing is checked out.
 //! - Fetches of one repository are serialized; fetches of different repositories run in
 //!   parallel. A fetch stops at its deadline or when its cancellation token fires.
 //!
@@ -16,9 +18,11 @@
 //! dropping them leaves the mirror consistent (git2 writes refs atomically).
 
 mod context;
+mod dockerignore;
 mod error;
 mod fetch;
 
 pub use context::BuildContext;
+pub use dockerignore::DockerIgnore;
 pub use error::SourceError;
 pub use fetch::{Fetched, SourceCache};
