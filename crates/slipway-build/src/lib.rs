@@ -217,6 +217,33 @@ impl ImageBuilder {
             })
     }
 
+    /// The IDs of the images that carry all of `labels`, with their labels.
+    pub async fn list_labelled(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<(String, HashMap<String, String>)>, BuildError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )]);
+        let options = ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|source| BuildError::Docker {
+                action: "list",
+                image: "images".into(),
+                source,
+            })?;
+        Ok(images.into_iter().map(|i| (i.id, i.labels)).collect())
+    }
+
     /// Removes every image that carries all of `labels` and that no container uses. Returns
     /// how many were removed.
     pub async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, BuildError> {

@@ -57,6 +57,9 @@ pub struct EngineConfig {
     pub worker_min_ready: Duration,
     /// How apps are served through the ingress (their host names, limits).
     pub ingress: IngressConfig,
+    /// How many of each component's most recent built images are kept (so that an older
+    /// deployment can be deployed again); older ones are removed unless a container uses them.
+    pub image_retention: usize,
 }
 
 impl EngineConfig {
@@ -69,6 +72,7 @@ impl EngineConfig {
             job_timeout: Duration::from_secs(1800),
             worker_min_ready: Duration::from_secs(1),
             ingress: IngressConfig::default(),
+            image_retention: 5,
         }
     }
 }

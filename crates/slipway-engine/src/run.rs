@@ -1,5 +1,6 @@
 //! Running one deployment through its phases.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -304,6 +305,9 @@ impl Run {
                 let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
                     deployment: d.clone(),
                 });
+                let app_id = d.app_id.clone();
+                drop(d);
+                self.prune_images(&app_id).await;
             }
             Err(f) => {
                 tracing::warn!(code = f.code, message = %f.message, "deployment failed");
@@ -323,6 +327,48 @@ impl Run {
                     d.set_phase(phase);
                 })
                 .await;
+            }
+        }
+    }
+
+    /// Removes the app's built images beyond the most recent `image_retention` of each
+    /// component; an image a container still uses is never removed.
+    async fn prune_images(&self, app_id: &str) {
+        let inner = &self.engine.inner;
+        let keep_per_component = inner.config.image_retention.max(1);
+        let Ok((recent, _)) = inner.store.deployments(app_id, 0, 200).await else {
+            return;
+        };
+        let mut kept: HashMap<String, Vec<String>> = HashMap::new();
+        for d in &recent {
+            for c in d.services.iter().chain(&d.workers).chain(&d.jobs) {
+                let Some(image) = &c.image else { continue };
+                let list = kept.entry(c.name.clone()).or_default();
+                if !list.contains(&image.id) && list.len() < keep_per_component {
+                    list.push(image.id.clone());
+                }
+            }
+        }
+        let filter = [(labels::APP, app_id), (labels::DAEMON, self.daemon_id())];
+        let Ok(images) = inner.builder.list_labelled(&filter).await else {
+            return;
+        };
+        for (id, image_labels) in images {
+            let component = image_labels
+                .get(labels::COMPONENT)
+                .cloned()
+                .unwrap_or_default();
+            if kept.get(&component).is_some_and(|k| k.contains(&id)) {
+                continue;
+            }
+            match inner.builder.remove_image(&id).await {
+                Ok(true) => {
+                    tracing::info!(image = %id, component = %component, "removed an old image")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(image = %id, error = %chain(&e), "removing an old image failed")
+                }
             }
         }
     }

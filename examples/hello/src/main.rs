@@ -14,8 +14,10 @@ fn env_ms(key: &str) -> Option<Duration> {
 }
 
 fn main() {
-    if env::args().nth(1).as_deref() == Some("check") {
-        process::exit(check());
+    match env::args().nth(1).as_deref() {
+        Some("check") => process::exit(check()),
+        Some("stamp") => process::exit(stamp(env::args().nth(2))),
+        _ => {}
     }
     let role = env::var("ROLE").unwrap_or_else(|_| "web".into());
     watch_signals();
@@ -76,6 +78,26 @@ fn check() -> i32 {
     let status = answer.lines().next().unwrap_or("").to_string();
     println!("{status}");
     i32::from(!status.contains(" 200 "))
+}
+
+/// `hello stamp FILE`: writes the time (nanoseconds since the epoch) to FILE; a `RUN` step
+/// for images without a shell, whose output shows whether the step ran or came from the
+/// build cache.
+fn stamp(file: Option<String>) -> i32 {
+    let Some(file) = file else {
+        eprintln!("usage: hello stamp FILE");
+        return 2;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    match fs::write(&file, format!("{nanos}\n")) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cannot write {file}: {e}");
+            1
+        }
+    }
 }
 
 fn idle(role: &str) -> ! {

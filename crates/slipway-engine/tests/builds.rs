@@ -1,0 +1,245 @@
+//! Build reuse, the build cache and image retention, against real Docker and git.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{containers, wait_ok};
+use slipway_engine::{Engine, EngineConfig, LogKind};
+use slipway_spec::{AppSpec, Deployment, EnvScope, EnvVar, parse_spec};
+use slipway_testkit::{HelloRepo, Janitor, unique};
+
+fn env_var(key: &str, value: &str, scope: EnvScope) -> EnvVar {
+    EnvVar {
+        key: key.into(),
+        value: Some(value.into()),
+        scope: Some(scope),
+        ..EnvVar::default()
+    }
+}
+
+async fn built_at(env: &common::Env, app: &str) -> String {
+    let web = &containers(env, app).await["web"][0];
+    common::read_file(&env.docker, web, "/built-at").await
+}
+
+fn web(d: &Deployment) -> &slipway_spec::DeploymentComponent {
+    d.component("web").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_are_reused_when_nothing_changed_and_the_cache_can_be_cleared() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    let repo = HelloRepo::new("v1").unwrap();
+    // A RUN step that records when it ran: it keeps its value when it comes from the cache.
+    repo.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY hello /hello\nRUN [\"/hello\", \"stamp\", \"/built-at\"]\nCOPY VERSION /VERSION\nCMD [\"/hello\"]\n",
+    )
+    .unwrap();
+    repo.write(".dockerignore", "notes/\n").unwrap();
+    repo.write("notes/todo.txt", "not for the image").unwrap();
+    repo.commit("stamp the build").unwrap();
+    let name = unique("builds");
+    let spec: AppSpec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    {}\n    {}\n",
+        common::git(&repo),
+        common::HEALTH
+    ))
+    .unwrap()
+    .spec;
+    let (app, first) = env.engine.create_app(spec.clone()).await.unwrap();
+    let first = wait_ok(&env, &first).await;
+    let stamp = built_at(&env, &app.id).await;
+
+    // Only a run-time env changes: the previous build is reused.
+    let mut runtime_change = spec.clone();
+    runtime_change.services[0]
+        .envs
+        .push(env_var("GREETING", "hi", EnvScope::RunTime));
+    let (_, d) = env
+        .engine
+        .update_app(&app.id, runtime_change.clone())
+        .await
+        .unwrap();
+    let reused = wait_ok(&env, &d).await;
+    assert!(web(&reused).build_reused);
+    assert_eq!(web(&reused).image, web(&first).image);
+    let step = &reused.progress.steps[0].steps[0];
+    assert_eq!(step.message_base.as_deref(), Some("previous build reused"));
+    let log = env
+        .engine
+        .store()
+        .read_log(&reused.id, LogKind::Build, None, 0)
+        .await
+        .unwrap();
+    assert!(
+        log.iter().any(|l| l.line.contains("previous build reused")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.line.contains("Step 1/")),
+        "nothing was built: {log:?}"
+    );
+
+    // A build-time env is an input of the build: it is built again.
+    let mut build_change = runtime_change;
+    build_change.services[0]
+        .envs
+        .push(env_var("FLAVOUR", "b", EnvScope::BuildTime));
+    let (_, d) = env.engine.update_app(&app.id, build_change).await.unwrap();
+    let rebuilt = wait_ok(&env, &d).await;
+    assert!(!web(&rebuilt).build_reused);
+    assert_ne!(web(&rebuilt).build_key, web(&first).build_key);
+
+    // A force rebuild always builds; with the layer cache, the RUN step's output is kept.
+    let d = env
+        .engine
+        .create_deployment(&app.id, true, false)
+        .await
+        .unwrap();
+    let forced = wait_ok(&env, &d).await;
+    assert!(!web(&forced).build_reused);
+    let log = env
+        .engine
+        .store()
+        .read_log(&forced.id, LogKind::Build, None, 0)
+        .await
+        .unwrap();
+    assert!(
+        log.iter().any(|l| l.line.contains("Using cache")),
+        "{log:?}"
+    );
+    assert_eq!(
+        built_at(&env, &app.id).await,
+        stamp,
+        "the cached RUN step kept its value"
+    );
+
+    // With the cache cleared, the RUN step runs again.
+    let d = env
+        .engine
+        .create_deployment(&app.id, true, true)
+        .await
+        .unwrap();
+    assert!(d.clear_build_cache);
+    let cleared = wait_ok(&env, &d).await;
+    let log = env
+        .engine
+        .store()
+        .read_log(&cleared.id, LogKind::Build, None, 0)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.line.contains("without the build cache")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.line.contains("Using cache")),
+        "{log:?}"
+    );
+    assert_ne!(
+        built_at(&env, &app.id).await,
+        stamp,
+        "the RUN step ran again"
+    );
+
+    // .dockerignore kept the notes out of the image.
+    let web_container = &containers(&env, &app.id).await["web"][0];
+    let listing = env
+        .docker
+        .inspect_container(web_container, None)
+        .await
+        .unwrap();
+    assert!(listing.id.is_some());
+    let notes = {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::DownloadFromContainerOptions {
+            path: "/notes".into(),
+        };
+        let mut s = env
+            .docker
+            .download_from_container(web_container, Some(options));
+        s.next().await
+    };
+    assert!(
+        matches!(notes, Some(Err(_))),
+        "the ignored directory is not in the image"
+    );
+
+    // Nothing changed since: a deployment without force reuses the build.
+    let d = env
+        .engine
+        .create_deployment(&app.id, false, false)
+        .await
+        .unwrap();
+    assert!(web(&wait_ok(&env, &d).await).build_reused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_most_recent_images_are_kept() {
+    let Some(docker) = slipway_testkit::docker().await else {
+        return;
+    };
+    let daemon_id = unique("retention");
+    let _janitor = Janitor::new(&daemon_id);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(data.path());
+    config.daemon_id = daemon_id.clone();
+    config.image_retention = 2;
+    let engine = Engine::start(config, docker.clone()).await.unwrap();
+    let repo = HelloRepo::new("v1").unwrap();
+    let spec = parse_spec(&format!(
+        "name: {}\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{}\", branch: main}}\n",
+        unique("keep"),
+        repo.url()
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = engine.create_app(spec).await.unwrap();
+    let mut images = vec![
+        engine
+            .wait(&app.id, &d.id)
+            .await
+            .unwrap()
+            .component("web")
+            .unwrap()
+            .image
+            .clone()
+            .unwrap()
+            .id,
+    ];
+    for v in 2..=4 {
+        repo.commit_version(&format!("v{v}")).unwrap();
+        let d = engine
+            .create_deployment(&app.id, true, false)
+            .await
+            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(120), engine.wait(&app.id, &d.id))
+            .await
+            .unwrap()
+            .unwrap();
+        images.push(d.component("web").unwrap().image.clone().unwrap().id);
+    }
+    // Old images are removed just after the deployment became ACTIVE.
+    let builder = slipway_build::ImageBuilder::new(docker);
+    let mut present = Vec::new();
+    for _ in 0..100 {
+        present.clear();
+        for id in &images {
+            present.push(builder.image_id(id).await.unwrap().is_some());
+        }
+        if present == [false, false, true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        present,
+        [false, false, true, true],
+        "the two most recent images are kept"
+    );
+}
