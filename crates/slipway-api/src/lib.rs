@@ -13,6 +13,7 @@
 //!   `{"deployments": [...], "links": ..., "meta": {"total": N}}`).
 
 mod error;
+mod logs;
 mod routes;
 
 use std::sync::Arc;
@@ -52,6 +53,37 @@ impl Auth {
             .zip(self.token_digest.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+    }
+}
+
+impl Auth {
+    /// Signs a URL path and query so that it can be fetched without a token until `exp`
+    /// (seconds since the epoch): the log URLs the API hands out, as App Platform's are
+    /// pre-signed.
+    pub(crate) fn sign(&self, path_and_query: &str, exp: i64) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.token_digest)
+            .expect("HMAC takes a key of any length");
+        mac.update(format!("{exp}\n{path_and_query}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `sig` signs `path_and_query` until `exp`, and `exp` has not passed.
+    pub(crate) fn verify(&self, path_and_query: &str, exp: i64, sig: &str) -> bool {
+        if exp < jiff::Timestamp::now().as_second() {
+            return false;
+        }
+        let expected = self.sign(path_and_query, exp);
+        expected.len() == sig.len()
+            && expected
+                .bytes()
+                .zip(sig.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 

@@ -325,3 +325,156 @@ async fn apps_deployments_restart_and_pagination() {
     let (status, _) = api.get(&format!("/v2/apps/{id}")).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_pre_signed_urls_and_events_stream_every_step() {
+    use futures::StreamExt;
+    let Some(api) = api().await else { return };
+    let repo = slipway_testkit::HelloRepo::new("v1").unwrap();
+    let name = unique("logs");
+    let spec = json!({
+        "name": name,
+        "services": [{"name": "web", "git": {"repo_clone_url": repo.url(), "branch": "main"},
+                      "health_check": {"http_path": "/healthz", "period_seconds": 0.1}}],
+    });
+    let (status, v) = api.post("/v2/apps", json!({"spec": spec})).await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["app"]["id"].as_str().unwrap().to_string();
+    let first = v["app"]["in_progress_deployment"]["id"]
+        .as_str()
+        .or(v["app"]["pending_deployment"]["id"].as_str())
+        .unwrap()
+        .to_string();
+
+    // The live BUILD log follows the build while it runs, and ends with the deployment.
+    let (status, v) = api
+        .get(&format!(
+            "/v2/apps/{id}/deployments/{first}/logs?type=BUILD&follow=true"
+        ))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let live = v["live_url"].as_str().unwrap().to_string();
+    assert!(live.starts_with(&api.base), "{live}");
+    let text = tokio::time::timeout(Duration::from_secs(120), async {
+        reqwest::get(&live).await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the live log ends when the deployment does");
+    assert!(text.contains("web Successfully tagged"), "{text}");
+    assert_eq!(api.wait_phase(&id, &first).await["phase"], "ACTIVE");
+
+    // The historic log needs no token (the URL is signed), but a tampered URL is refused.
+    let historic = v["historic_urls"][0].as_str().unwrap().to_string();
+    let r = reqwest::get(&historic).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert!(r.text().await.unwrap().contains("Step 1/"));
+    let tampered = historic.replace("type=BUILD", "type=DEPLOY");
+    assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 401);
+
+    // One component's log, without the component prefix.
+    let (_, v) = api
+        .get(&format!(
+            "/v2/apps/{id}/deployments/{first}/components/web/logs?type=DEPLOY"
+        ))
+        .await;
+    let text = reqwest::get(v["historic_urls"][0].as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("web: ") && l.ends_with(" is ready")),
+        "{text}"
+    );
+    let (status, _) = api
+        .get(&format!(
+            "/v2/apps/{id}/deployments/{first}/components/nope/logs?type=BUILD"
+        ))
+        .await;
+    assert_eq!(status, 404);
+    let (status, v) = api
+        .get(&format!(
+            "/v2/apps/{id}/deployments/{first}/logs?type=SOMETIMES"
+        ))
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["message"].as_str().unwrap().starts_with("type:"), "{v}");
+
+    // RUN: what the instances write, each line prefixed with its instance.
+    let (_, v) = api.get(&format!("/v2/apps/{id}/logs?type=RUN")).await;
+    let text = reqwest::get(v["historic_urls"][0].as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("listening on port 8080"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with(&format!("slipway-{name}-web-")), "{line}");
+
+    // Events: a restart's creation, phases and steps, with millisecond times and durations.
+    let events = api
+        .http
+        .get(format!("{}/v2/apps/{id}/events", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut body = events.bytes_stream();
+    let (status, v) = api.post(&format!("/v2/apps/{id}/restart"), json!({})).await;
+    assert_eq!(status, 200);
+    let restart = v["deployment"]["id"].as_str().unwrap().to_string();
+    let mut text = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if text.contains("event: deployment.finished") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .expect("the restart's events arrive");
+    let events: Vec<(String, Value)> = seen
+        .split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_string(), serde_json::from_str(data).unwrap()))
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "ready");
+    assert!(names.contains(&"deployment.created"), "{names:?}");
+    let phases = |dep: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|(n, d)| n == "deployment.phase" && d["deployment_id"] == dep)
+            .map(|(_, d)| d["phase"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(phases(&restart), ["DEPLOYING", "ACTIVE"]);
+    assert_eq!(phases(&first), ["SUPERSEDED"], "the previous deployment is superseded");
+    let finished = events
+        .iter()
+        .find(|(n, d)| n == "step.finished" && d["step"] == "deploy/web/instance 1/1")
+        .unwrap();
+    assert_eq!(finished.1["deployment_id"], restart.as_str());
+    assert_eq!(finished.1["status"], "SUCCESS");
+    assert!(finished.1["duration_ms"].as_i64().unwrap() >= 0);
+    let at = finished.1["at"].as_str().unwrap();
+    assert!(
+        at.len() >= "2026-01-01T00:00:00.000Z".len() - 2 && at.contains('.'),
+        "millisecond times: {at}"
+    );
+    let (_, last) = events.last().unwrap();
+    assert_eq!(last["phase"], "ACTIVE");
+    assert!(last["duration_ms"].as_i64().unwrap() > 0);
+}

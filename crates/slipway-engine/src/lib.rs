@@ -580,6 +580,42 @@ impl Engine {
             .collect())
     }
 
+    /// The RUN log of an app: what its service, worker and job containers write, each line
+    /// prefixed with its instance, merged in time order. With `follow`, it goes on with what
+    /// they write next until the stream is dropped.
+    pub async fn run_logs(
+        &self,
+        app_id: &str,
+        component: Option<&str>,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<futures::stream::BoxStream<'static, String>, EngineError> {
+        use futures::StreamExt;
+        let instances: Vec<Instance> = self
+            .instances(app_id)
+            .await?
+            .into_iter()
+            .filter(|(c, kind, _)| {
+                *kind != ComponentKind::Database && component.is_none_or(|want| want == c)
+            })
+            .map(|(_, _, i)| i)
+            .collect();
+        let format = |r: slipway_rollout::LogRecord| format!("{} {}", r.instance, r.line);
+        if follow {
+            let streams: Vec<_> = instances
+                .iter()
+                .map(|i| self.inner.runtime.log_records(i, true, tail))
+                .collect();
+            return Ok(futures::stream::select_all(streams).map(format).boxed());
+        }
+        let mut records = Vec::new();
+        for i in &instances {
+            records.extend(self.inner.runtime.log_records(i, false, tail).collect::<Vec<_>>().await);
+        }
+        records.sort_by(|a, b| a.at.cmp(&b.at));
+        Ok(futures::stream::iter(records.into_iter().map(format)).boxed())
+    }
+
     /// Saves a new deployment and starts its task.
     async fn enqueue(&self, d: Deployment) -> Result<Deployment, EngineError> {
         if self.inner.shutdown.is_cancelled() {

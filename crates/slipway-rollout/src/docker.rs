@@ -64,6 +64,15 @@ fn is_status(e: &DockerError, codes: &[u16]) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
 
+/// One line a container wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub at: String,
+    pub instance: String,
+    pub component: String,
+    pub line: String,
+}
+
 /// The result of a run-to-completion job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobOutcome {
@@ -419,6 +428,50 @@ impl DockerRuntime {
             out.push_str(&chunk.to_string());
         }
         out
+    }
+
+    /// A container's log as records (`at` is Docker's RFC 3339 timestamp, so records of
+    /// several containers sort by time); with `follow` it goes on until the container stops or
+    /// the stream is dropped.
+    pub fn log_records(
+        &self,
+        instance: &Instance,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> futures::stream::BoxStream<'static, LogRecord> {
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        let name = instance.name.clone();
+        let component = instance.component.clone();
+        self.docker
+            .logs(&instance.id, Some(options))
+            .filter_map(move |chunk| {
+                let (name, component) = (name.clone(), component.clone());
+                async move {
+                    let text = chunk.ok()?.to_string();
+                    Some(futures::stream::iter(
+                        text.lines()
+                            .map(|l| {
+                                let (at, line) = l.split_once(' ').unwrap_or(("", l));
+                                LogRecord {
+                                    at: at.to_string(),
+                                    instance: name.clone(),
+                                    component: component.clone(),
+                                    line: line.to_string(),
+                                }
+                            })
+                            .collect::<Vec<_>>(),
+                    ))
+                }
+            })
+            .flatten()
+            .boxed()
     }
 
     /// The containers that carry every one of `labels`, running or not.

@@ -102,6 +102,28 @@ pub(crate) enum AppsCommand {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Print a deployment's logs: BUILD (the build's output), DEPLOY (jobs and the rollout)
+    /// or RUN (what the instances write, each line prefixed with its instance).
+    Logs {
+        app: String,
+        /// Only this component's log.
+        component: Option<String>,
+        #[arg(long = "type", value_enum, default_value = "run")]
+        kind: LogType,
+        /// Keep printing: BUILD and DEPLOY until the deployment ends, RUN until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// The deployment (BUILD defaults to the newest that built, DEPLOY to the newest, RUN
+        /// to the active one).
+        #[arg(long)]
+        deployment: Option<String>,
+        /// With RUN, only the last N lines of each instance to begin with.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Follow an app's events (deployments created, phase changes, steps started and
+    /// finished, with millisecond timestamps) as JSON lines, until interrupted.
+    Events { app: String },
     /// Validate a spec without deploying it.
     Propose {
         #[arg(long)]
@@ -253,6 +275,32 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
             output::deployments(&out, &v, &[d])?;
             Ok(Outcome::Ok)
         }
+        AppsCommand::Logs {
+            app,
+            component,
+            kind,
+            follow,
+            deployment,
+            tail,
+        } => {
+            logs(
+                &client,
+                &app,
+                component.as_deref(),
+                kind,
+                follow,
+                deployment,
+                tail,
+            )
+            .await?;
+            Ok(Outcome::Ok)
+        }
+        AppsCommand::Events { app } => {
+            client
+                .events_to_stdout(&format!("/v2/apps/{app}/events"))
+                .await?;
+            Ok(Outcome::Ok)
+        }
         AppsCommand::Propose { spec, out } => {
             let v = client
                 .post("/v2/apps/propose", &json!({"spec": read_spec(&spec)?}))
@@ -273,6 +321,71 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogType {
+    Build,
+    Deploy,
+    Run,
+}
+
+async fn logs(
+    client: &Client,
+    app: &str,
+    component: Option<&str>,
+    kind: LogType,
+    follow: bool,
+    deployment: Option<String>,
+    tail: Option<usize>,
+) -> anyhow::Result<()> {
+    let kind_name = match kind {
+        LogType::Build => "BUILD",
+        LogType::Deploy => "DEPLOY",
+        LogType::Run => "RUN",
+    };
+    let mut query = format!("type={kind_name}&follow={follow}");
+    if let Some(t) = tail {
+        query.push_str(&format!("&tail={t}"));
+    }
+    let deployment = match (deployment, kind) {
+        (Some(d), _) => Some(d),
+        (None, LogType::Run) => None,
+        (None, LogType::Deploy) => {
+            let (latest, _) = latest(client, app).await?;
+            Some(
+                latest
+                    .ok_or_else(|| anyhow::anyhow!("app {app} has no deployment"))?
+                    .id,
+            )
+        }
+        (None, LogType::Build) => {
+            // The newest deployment that built (a restart builds nothing).
+            let v = client
+                .get(&format!("/v2/apps/{app}/deployments?per_page=50"))
+                .await?;
+            let list: Vec<Deployment> = field(v, "deployments")?;
+            let build = list
+                .into_iter()
+                .find(|d| d.kind == slipway_spec::DeploymentKind::Build)
+                .ok_or_else(|| anyhow::anyhow!("app {app} has no deployment that built"))?;
+            Some(build.id)
+        }
+    };
+    let path = match (&deployment, component) {
+        (Some(d), Some(c)) => format!("/v2/apps/{app}/deployments/{d}/components/{c}/logs?{query}"),
+        (Some(d), None) => format!("/v2/apps/{app}/deployments/{d}/logs?{query}"),
+        (None, Some(c)) => format!("/v2/apps/{app}/logs?{query}&component={c}"),
+        (None, None) => format!("/v2/apps/{app}/logs?{query}"),
+    };
+    let v = client.get(&path).await?;
+    let url = if follow {
+        v["live_url"].as_str()
+    } else {
+        v["historic_urls"][0].as_str()
+    }
+    .ok_or_else(|| anyhow::anyhow!("the API gave no log URL"))?;
+    client.stream_to_stdout(url).await
 }
 
 fn print_warnings(v: &Value) {

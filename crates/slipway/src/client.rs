@@ -115,6 +115,81 @@ impl Client {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Copies a (signed) URL's body to stdout as it arrives.
+    pub(crate) async fn stream_to_stdout(&self, url: &str) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        use std::io::Write;
+        let resp = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot read the log: {}", root_cause(&e)))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(anyhow!(
+                "reading the log failed ({status}): {}",
+                text.trim()
+            ));
+        }
+        let mut body = resp.bytes_stream();
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("the log stream broke: {}", root_cause(&e)))?;
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Prints an app's Server-Sent Events as JSON lines (`{"event": ..., "data": ...}`).
+    pub(crate) async fn events_to_stdout(&self, path: &str) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        use std::io::Write;
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the Slipway API at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                )
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(anyhow!(
+                "{}",
+                v["message"]
+                    .as_str()
+                    .map_or_else(|| status.to_string(), str::to_string)
+            ));
+        }
+        let mut body = resp.bytes_stream();
+        let mut buffer = String::new();
+        let mut event = String::new();
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("the event stream broke: {}", root_cause(&e)))?;
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let line = line.trim_end();
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_string();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    let data: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                    writeln!(out, "{}", serde_json::json!({"event": event, "data": data}))?;
+                    out.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn deployment(&self, app: &str, id: &str) -> anyhow::Result<Deployment> {
         let v = self
             .get(&format!("/v2/apps/{app}/deployments/{id}"))

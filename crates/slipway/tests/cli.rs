@@ -175,6 +175,24 @@ fn the_cli_drives_a_real_daemon() {
     assert_eq!(v["deployment"]["restart_components"][0], "web");
     assert!(v["deployment"]["progress"]["steps"][0]["started_at"].is_string());
 
+    // Logs: the build's output, and what the instances write.
+    let out = daemon.cli(&["apps", "logs", &name, "web", "--type", "build"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Successfully tagged"),
+        "{}",
+        stdout(&out)
+    );
+    let out = daemon.cli(&["apps", "logs", &name, "--type", "run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.contains("-web-") && l.ends_with("listening on port 8080")),
+        "{}",
+        stdout(&out)
+    );
+
     // Columns chosen with --format, no header.
     let out = daemon.cli(&[
         "apps",
