@@ -60,6 +60,11 @@ pub struct EngineConfig {
     /// How many of each component's most recent built images are kept (so that an older
     /// deployment can be deployed again); older ones are removed unless a container uses them.
     pub image_retention: usize,
+    /// A token for private `https://` remotes, when the spec's `SLIPWAY_GIT_TOKEN` env gives
+    /// none.
+    pub git_token: Option<String>,
+    /// A private key for `ssh://` remotes; without it, the SSH agent.
+    pub git_ssh_key: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -73,6 +78,8 @@ impl EngineConfig {
             worker_min_ready: Duration::from_secs(1),
             ingress: IngressConfig::default(),
             image_retention: 5,
+            git_token: None,
+            git_ssh_key: None,
         }
     }
 }
@@ -610,7 +617,13 @@ impl Engine {
         }
         let mut records = Vec::new();
         for i in &instances {
-            records.extend(self.inner.runtime.log_records(i, false, tail).collect::<Vec<_>>().await);
+            records.extend(
+                self.inner
+                    .runtime
+                    .log_records(i, false, tail)
+                    .collect::<Vec<_>>()
+                    .await,
+            );
         }
         records.sort_by(|a, b| a.at.cmp(&b.at));
         Ok(futures::stream::iter(records.into_iter().map(format)).boxed())

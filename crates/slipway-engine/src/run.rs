@@ -453,9 +453,16 @@ impl Run {
                 ))
             }
             Source::Git { url, branch } => {
+                let credentials = slipway_source::Credentials {
+                    token: d
+                        .spec
+                        .git_token(c)
+                        .or_else(|| inner.config.git_token.clone()),
+                    ssh_key: inner.config.git_ssh_key.clone(),
+                };
                 let fetched = inner
                     .sources
-                    .fetch(&url, &branch, &self.cancel)
+                    .fetch_with(&url, &branch, &credentials, &self.cancel)
                     .await
                     .map_err(|e| match e {
                         slipway_source::SourceError::Canceled { .. } => Failure::canceled(&path),

@@ -243,3 +243,41 @@ async fn only_the_most_recent_images_are_kept() {
         "the two most recent images are kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_reach_the_build_log() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    let repo = HelloRepo::new("v1").unwrap();
+    // The builder's own error message would quote the value of TOKEN.
+    repo.write("Dockerfile", "FROM scratch\nARG TOKEN\nCOPY ${TOKEN} /x\n")
+        .unwrap();
+    repo.commit("use a secret").unwrap();
+    let name = unique("secret");
+    let spec: AppSpec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    {}\n    envs:\n      - {{key: TOKEN, value: supersecret-4242, scope: BUILD_TIME, type: SECRET}}\n",
+        common::git(&repo)
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = env.engine.create_app(spec).await.unwrap();
+    let d = env.engine.wait(&app.id, &d.id).await.unwrap();
+    assert_eq!(d.phase, slipway_spec::Phase::Error);
+    let (_, reason) = d.progress.first_error().unwrap();
+    assert!(
+        !reason.message.contains("supersecret-4242"),
+        "{}",
+        reason.message
+    );
+    assert!(reason.message.contains("[secret]"), "{}", reason.message);
+    let log = env
+        .engine
+        .store()
+        .read_log(&d.id, LogKind::Build, None, 0)
+        .await
+        .unwrap();
+    let text: String = log.iter().map(|l| l.line.clone() + "\n").collect();
+    assert!(!text.contains("supersecret-4242"), "{text}");
+    assert!(text.contains("[secret]"), "{text}");
+}

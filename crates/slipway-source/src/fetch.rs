@@ -18,6 +18,61 @@ pub struct SourceCache {
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// What the fetcher may present to a private remote.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// For `https://` remotes: a token, sent as the password (with the URL's user name, else
+    /// `x-access-token`, which GitHub, GitLab and Gitea accept).
+    pub token: Option<String>,
+    /// For `ssh://` and scp-style remotes: a private key file; without it, the SSH agent.
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "[secret]"))
+            .field("ssh_key", &self.ssh_key)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// The credential to offer for what the remote allows.
+    fn offer(
+        &self,
+        username: Option<&str>,
+        allowed: git2::CredentialType,
+    ) -> Result<git2::Cred, git2::Error> {
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            let user = username.unwrap_or("git");
+            return match &self.ssh_key {
+                Some(key) => git2::Cred::ssh_key(user, None, key, None),
+                None => git2::Cred::ssh_key_from_agent(user),
+            };
+        }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            return match &self.token {
+                Some(token) => {
+                    git2::Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token)
+                }
+                None => Err(git2::Error::from_str(
+                    "authentication required: the remote asks for credentials and no token is configured",
+                )),
+            };
+        }
+        if allowed.contains(git2::CredentialType::USERNAME) {
+            return git2::Cred::username(username.unwrap_or("git"));
+        }
+        if allowed.contains(git2::CredentialType::DEFAULT) {
+            return git2::Cred::default();
+        }
+        Err(git2::Error::from_str(
+            "authentication required: the remote asks for credentials of a kind Slipway cannot offer",
+        ))
+    }
+}
+
 /// A branch head fetched into a mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -71,22 +126,59 @@ impl SourceCache {
         branch: &str,
         cancel: &CancellationToken,
     ) -> Result<Fetched, SourceError> {
+        self.fetch_with(url, branch, &Credentials::default(), cancel)
+            .await
+    }
+
+    /// [`SourceCache::fetch`] with credentials for private remotes.
+    ///
+    /// The deadline and the cancellation hold even when the remote hangs without sending a
+    /// byte: the fetch is abandoned (its worker ends when the connection does) and the mirror
+    /// stays locked until then, so that no other fetch writes to it meanwhile.
+    #[tracing::instrument(skip(self, credentials, cancel), fields(url = %url, branch = %branch))]
+    pub async fn fetch_with(
+        &self,
+        url: &str,
+        branch: &str,
+        credentials: &Credentials,
+        cancel: &CancellationToken,
+    ) -> Result<Fetched, SourceError> {
         let mirror = self.mirror_path(url);
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(locks.entry(mirror.clone()).or_default())
         };
-        let _guard = lock.lock().await;
+        let timeout = self.fetch_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || SourceError::Timeout {
+            url: url.into(),
+            seconds: timeout.as_secs(),
+        };
+        let guard = tokio::select! {
+            g = lock.lock_owned() => g,
+            () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            () = cancel.cancelled() => return Err(SourceError::Canceled { url: url.into() }),
+        };
         let (url_owned, branch_owned, mirror_owned) =
             (url.to_string(), branch.to_string(), mirror.clone());
-        let cancel = cancel.clone();
-        let timeout = self.fetch_timeout;
+        let (worker_cancel, credentials) = (cancel.clone(), credentials.clone());
         let started = Instant::now();
-        let commit = tokio::task::spawn_blocking(move || {
-            fetch_blocking(&url_owned, &branch_owned, &mirror_owned, timeout, &cancel)
-        })
-        .await
-        .map_err(SourceError::Worker)??;
+        let worker = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            fetch_blocking(
+                &url_owned,
+                &branch_owned,
+                &mirror_owned,
+                timeout,
+                &credentials,
+                &worker_cancel,
+            )
+        });
+        let commit = tokio::select! {
+            r = worker => r.map_err(SourceError::Worker)??,
+            () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            () = cancel.cancelled() => return Err(SourceError::Canceled { url: url.into() }),
+        };
         tracing::debug!(commit = %commit, elapsed_ms = started.elapsed().as_millis() as u64, "fetched");
         Ok(Fetched {
             url: url.to_string(),
@@ -148,6 +240,7 @@ fn fetch_blocking(
     branch: &str,
     mirror: &Path,
     timeout: Duration,
+    credentials: &Credentials,
     cancel: &CancellationToken,
 ) -> Result<String, SourceError> {
     if cancel.is_cancelled() {
@@ -170,17 +263,11 @@ fn fetch_blocking(
     callbacks.credentials(move |_url, username, allowed| {
         attempts += 1;
         if attempts > 3 {
-            return Err(git2::Error::from_str("no credentials were accepted"));
+            return Err(git2::Error::from_str(
+                "authentication refused: the remote refused every credential offered",
+            ));
         }
-        if allowed.contains(git2::CredentialType::SSH_KEY) {
-            return git2::Cred::ssh_key_from_agent(username.unwrap_or("git"));
-        }
-        if allowed.contains(git2::CredentialType::DEFAULT) {
-            return git2::Cred::default();
-        }
-        Err(git2::Error::from_str(
-            "the remote asks for credentials and none are configured",
-        ))
+        credentials.offer(username, allowed)
     });
     let mut options = FetchOptions::new();
     options

@@ -25,4 +25,4 @@ mod fetch;
 pub use context::BuildContext;
 pub use dockerignore::DockerIgnore;
 pub use error::SourceError;
-pub use fetch::{Fetched, SourceCache};
+pub use fetch::{Credentials, Fetched, SourceCache};

@@ -246,3 +246,91 @@ async fn each_failure_says_plainly_what_is_wrong() {
         .unwrap_err();
     assert!(matches!(err, SourceError::Canceled { .. }), "{err}");
 }
+
+/// An HTTP server on loopback that answers every request with `answer`, and records what it
+/// was sent.
+async fn http_stub(
+    answer: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/repo.git", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let record = std::sync::Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let Ok(n) = s.read(&mut buf).await else {
+                    return;
+                };
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                if answer.is_empty() {
+                    // Hang: never answer, hold the connection.
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                } else {
+                    let _ = s.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_hanging_remote_times_out_and_refused_credentials_are_named() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = SourceCache::new(cache_dir.path()).with_timeout(std::time::Duration::from_secs(1));
+    let cancel = CancellationToken::new();
+
+    let (url, _) = http_stub("").await;
+    let t = std::time::Instant::now();
+    let err = cache.fetch(&url, "main", &cancel).await.unwrap_err();
+    assert!(matches!(err, SourceError::Timeout { .. }), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "bounded by the timeout: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("fetching {url} took longer than 1 s and was stopped")
+    );
+
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/repo.git", l.local_addr().unwrap())
+    };
+    let err = cache.fetch(&refused, "main", &cancel).await.unwrap_err();
+    assert!(matches!(err, SourceError::Unreachable { .. }), "{err}");
+
+    const DENY: &str = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (url, _) = http_stub(DENY).await;
+    let err = cache.fetch(&url, "main", &cancel).await.unwrap_err();
+    assert!(matches!(err, SourceError::AuthRefused { .. }), "{err}");
+    assert!(err.to_string().contains("no token is configured"), "{err}");
+
+    let (url, seen) = http_stub(DENY).await;
+    let creds = slipway_source::Credentials {
+        token: Some("tok-123".into()),
+        ssh_key: None,
+    };
+    let err = cache
+        .fetch_with(&url, "main", &creds, &cancel)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::AuthRefused { .. }), "{err}");
+    // x-access-token:tok-123, base64.
+    let sent = seen.lock().unwrap().join("\n");
+    assert!(
+        sent.contains("Authorization: Basic eC1hY2Nlc3MtdG9rZW46dG9rLTEyMw=="),
+        "{sent}"
+    );
+}

@@ -654,11 +654,27 @@ impl AppSpec {
         self.workers.iter().find(|s| s.name == name)
     }
 
+    /// The env that holds a token for fetching a private repository over https. It is used
+    /// by the fetcher only: never set in containers nor passed to builds.
+    pub const GIT_TOKEN_ENV: &'static str = "SLIPWAY_GIT_TOKEN";
+
+    /// The token for fetching a component's repository: its own `SLIPWAY_GIT_TOKEN` env, else
+    /// the app's.
+    pub fn git_token(&self, component: ComponentRef<'_>) -> Option<String> {
+        component
+            .envs
+            .iter()
+            .chain(&self.envs)
+            .find(|e| e.key == Self::GIT_TOKEN_ENV)
+            .and_then(|e| e.value.clone())
+    }
+
     /// The run-time environment of a component: the app's envs, then the component's own.
     pub fn run_envs(&self, component: ComponentRef<'_>) -> BTreeMap<String, String> {
         self.envs
             .iter()
             .chain(component.envs)
+            .filter(|e| e.key != Self::GIT_TOKEN_ENV)
             .filter(|e| e.at_run_time())
             .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
             .collect()
@@ -669,6 +685,7 @@ impl AppSpec {
         self.envs
             .iter()
             .chain(component.envs)
+            .filter(|e| e.key != Self::GIT_TOKEN_ENV)
             .filter(|e| e.at_build_time())
             .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
             .collect()

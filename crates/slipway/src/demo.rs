@@ -58,6 +58,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         token: Some(paths::random_hex(16)),
         ingress: SocketAddr::from(([127, 0, 0, 1], 0)),
         base_domain: "localhost".into(),
+        git_token_file: None,
+        git_ssh_key: None,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

@@ -31,6 +31,13 @@ pub(crate) struct ServeArgs {
     /// Apps are served at `<app name>.<base domain>`.
     #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
+    /// A file holding a token for private `https://` git remotes (a spec's
+    /// `SLIPWAY_GIT_TOKEN` env takes precedence).
+    #[arg(long, env = "SLIPWAY_GIT_TOKEN_FILE")]
+    pub git_token_file: Option<PathBuf>,
+    /// A private key for `ssh://` and scp-style git remotes; without it, the SSH agent.
+    #[arg(long, env = "SLIPWAY_GIT_SSH_KEY")]
+    pub git_ssh_key: Option<PathBuf>,
 }
 
 /// A running daemon: the engine and the API server.
@@ -76,6 +83,16 @@ impl Daemon {
         let ingress_addr = ingress_listener.local_addr()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
+        config.git_token = match &args.git_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the git token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        config.git_ssh_key = args.git_ssh_key.clone();
         config.ingress = IngressConfig {
             base_domain: args.base_domain.clone(),
             public_port: Some(ingress_addr.port()),
