@@ -26,10 +26,24 @@ pub use error::ApiError;
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Who may call the API.
+/// Who may call the API: the daemon's own token (read-write), and the tokens made with
+/// `slipway tokens` (stored as digests, read-only or read-write, revocable).
 #[derive(Clone)]
 pub struct Auth {
     token_digest: [u8; 32],
+    store: Option<slipway_store::Store>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// The digest under which a token is stored (SHA-256, hex).
+pub fn token_digest(token: &str) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for Auth {
@@ -43,7 +57,28 @@ impl Auth {
     pub fn token(token: &str) -> Auth {
         Auth {
             token_digest: digest(token),
+            store: None,
         }
+    }
+
+    /// Also accepts the live tokens in `store`.
+    pub fn with_store(mut self, store: slipway_store::Store) -> Auth {
+        self.store = Some(store);
+        self
+    }
+
+    /// What `presented` may do, or `None` when it is not a valid token.
+    pub(crate) async fn scope(&self, presented: &str) -> Option<Scope> {
+        if self.accepts(presented) {
+            return Some(Scope::ReadWrite);
+        }
+        let store = self.store.as_ref()?;
+        let record = store.live_token(&token_digest(presented)).await.ok()??;
+        Some(if record.read_only {
+            Scope::ReadOnly
+        } else {
+            Scope::ReadWrite
+        })
     }
 
     /// Whether `presented` is the token, in time that does not depend on where they differ.

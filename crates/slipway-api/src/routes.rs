@@ -80,11 +80,24 @@ async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Resp
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    match presented {
-        None => ApiError::unauthorized("this API needs an Authorization: Bearer <token> header")
-            .into_response(),
-        Some(token) if !state.auth.accepts(token.trim()) => {
-            ApiError::unauthorized("the token is not valid").into_response()
+    let Some(token) = presented.map(|t| t.trim().to_string()) else {
+        return ApiError::unauthorized("this API needs an Authorization: Bearer <token> header")
+            .into_response();
+    };
+    match state.auth.scope(&token).await {
+        None => ApiError::unauthorized("the token is not valid (or was revoked)").into_response(),
+        Some(crate::Scope::ReadOnly)
+            if !matches!(
+                *request.method(),
+                axum::http::Method::GET | axum::http::Method::HEAD
+            ) =>
+        {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token is read-only: it cannot change anything",
+            )
+            .into_response()
         }
         Some(_) => next.run(request).await,
     }

@@ -461,7 +461,11 @@ async fn logs_are_pre_signed_urls_and_events_stream_every_step() {
             .collect()
     };
     assert_eq!(phases(&restart), ["DEPLOYING", "ACTIVE"]);
-    assert_eq!(phases(&first), ["SUPERSEDED"], "the previous deployment is superseded");
+    assert_eq!(
+        phases(&first),
+        ["SUPERSEDED"],
+        "the previous deployment is superseded"
+    );
     let finished = events
         .iter()
         .find(|(n, d)| n == "step.finished" && d["step"] == "deploy/web/instance 1/1")

@@ -85,6 +85,18 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// An API token as stored: only a digest of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    /// SHA-256 of the secret, hex.
+    pub digest: String,
+    pub read_only: bool,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
 /// The store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -116,6 +128,14 @@ CREATE TABLE IF NOT EXISTS logs (
     line          TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_deployment ON logs(deployment_id, kind, seq);
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    digest      TEXT NOT NULL UNIQUE,
+    read_only   INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
 ";
 
 impl Store {
@@ -378,6 +398,63 @@ impl Store {
         .await
     }
 
+    pub async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO tokens (id, name, digest, read_only, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.name, t.digest, t.read_only, t.created_at.to_string()],
+            )
+            .map_err(sql("create a token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every token, oldest first, revoked ones included.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT id, name, digest, read_only, created_at, revoked_at FROM tokens ORDER BY created_at, id")
+                .map_err(sql("list tokens"))?;
+            stmt.query_map([], row_to_token)
+                .map_err(sql("list tokens"))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(sql("list tokens"))
+        })
+        .await
+    }
+
+    /// The token whose secret has this digest, if it exists and is not revoked.
+    pub async fn live_token(&self, digest: &str) -> Result<Option<TokenRecord>> {
+        let digest = digest.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT id, name, digest, read_only, created_at, revoked_at FROM tokens WHERE digest = ?1 AND revoked_at IS NULL",
+                params![digest],
+                row_to_token,
+            )
+            .optional()
+            .map_err(sql("read a token"))
+        })
+        .await
+    }
+
+    /// Revokes a token by ID or name; `false` when there is none (or it was revoked already).
+    pub async fn revoke_token(&self, id_or_name: &str) -> Result<bool> {
+        let key = id_or_name.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE tokens SET revoked_at = ?2 WHERE (id = ?1 OR name = ?1) AND revoked_at IS NULL",
+                    params![key, Timestamp::now().to_string()],
+                )
+                .map_err(sql("revoke a token"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     /// Appends lines to a deployment's log.
     pub async fn append_log(
         &self,
@@ -438,6 +515,18 @@ impl Store {
         })
         .await
     }
+}
+
+fn row_to_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let time = |s: String| s.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
+    Ok(TokenRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        digest: r.get(2)?,
+        read_only: r.get(3)?,
+        created_at: time(r.get(4)?),
+        revoked_at: r.get::<_, Option<String>>(5)?.map(time),
+    })
 }
 
 type RawApp = (String, String, String, String, String);

@@ -7,6 +7,7 @@ mod demo;
 mod output;
 mod paths;
 mod serve;
+mod tokens;
 mod wait;
 
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     /// Manage apps and their deployments (like `doctl apps`).
     #[command(subcommand)]
     Apps(apps::AppsCommand),
+    /// Create, list and revoke API tokens (read-only or read-write).
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
 }
 
 /// Exit codes: 0 success (with `--wait`: the deployment is ACTIVE), 1 an error, 2 bad usage,
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Ok),
             Command::Demo(args) => demo::run(args).await.map(|()| Outcome::Ok),
             Command::Apps(cmd) => apps::run(cmd).await,
+            Command::Tokens(cmd) => tokens::run(cmd).await.map(|()| Outcome::Ok),
         }
     });
     match result {

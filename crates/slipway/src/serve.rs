@@ -112,7 +112,8 @@ impl Daemon {
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "the API listens beyond loopback over plain HTTP: tokens cross the network in clear text");
         }
-        let router = slipway_api::router(engine.clone(), slipway_api::Auth::token(&token));
+        let auth = slipway_api::Auth::token(&token).with_store(engine.store().clone());
+        let router = slipway_api::router(engine.clone(), auth);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, router)

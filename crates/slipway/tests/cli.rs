@@ -257,3 +257,80 @@ fn a_wrong_token_or_no_daemon_is_one_clear_sentence() {
         "{err}"
     );
 }
+
+#[test]
+fn tokens_are_created_scoped_and_revoked() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if rt.block_on(slipway_testkit::docker()).is_none() {
+        return;
+    }
+    let daemon = start_daemon();
+    let data = daemon._data.path().to_str().unwrap().to_string();
+    let admin = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--data-dir", &data])
+            .output()
+            .unwrap()
+    };
+    let with_token = |token: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("SLIPWAY_API_URL", &daemon.url)
+            .env("SLIPWAY_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+
+    let out = admin(&["tokens", "create", "ci-reader", "--read-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reader = stdout(&out).trim().to_string();
+    assert!(reader.starts_with("slw_"), "{reader}");
+    let out = admin(&["tokens", "create", "deployer", "-o", "json"]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let writer = v["token"].as_str().unwrap().to_string();
+    assert_eq!(v["scope"], "read-write");
+
+    // Only digests are stored.
+    let db = std::fs::read(daemon._data.path().join("slipway.db")).unwrap();
+    let haystack = String::from_utf8_lossy(&db);
+    assert!(!haystack.contains(&reader[4..]) && !haystack.contains(&writer[4..]));
+
+    let out = with_token(&reader, &["apps", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = with_token(&reader, &["apps", "restart", "no-such-app"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("this token is read-only"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with_token(&writer, &["apps", "restart", "no-such-app"]);
+    assert!(
+        stderr(&out).contains("no app with ID or name"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = admin(&["tokens", "list"]);
+    assert!(
+        stdout(&out).contains("ci-reader") && stdout(&out).contains("read"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains(&reader), "secrets are never listed");
+    let out = admin(&["tokens", "revoke", "ci-reader"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = with_token(&reader, &["apps", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not valid (or was revoked)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with_token("wrong", &["apps", "list"]);
+    assert!(stderr(&out).contains("not valid"), "{}", stderr(&out));
+}
