@@ -15,6 +15,7 @@
 mod error;
 mod logs;
 mod routes;
+pub mod tls;
 
 use std::sync::Arc;
 

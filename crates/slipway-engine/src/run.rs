@@ -311,7 +311,8 @@ impl Run {
             }
             Err(f) => {
                 tracing::warn!(code = f.code, message = %f.message, "deployment failed");
-                let phase = if f.canceled {
+                // Whatever failed once the deployment was canceled failed because it was.
+                let phase = if f.canceled || self.cancel.is_cancelled() {
                     Phase::Canceled
                 } else {
                     Phase::Error

@@ -18,7 +18,7 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(base: &str, token: &str) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
+        let http = http_client()?
             .timeout(Duration::from_secs(60))
             .build()
             .context("cannot make an HTTP client")?;
@@ -119,7 +119,8 @@ impl Client {
     pub(crate) async fn stream_to_stdout(&self, url: &str) -> anyhow::Result<()> {
         use futures::StreamExt;
         use std::io::Write;
-        let resp = reqwest::Client::new()
+        let resp = http_client()?
+            .build()?
             .get(url)
             .send()
             .await
@@ -146,7 +147,8 @@ impl Client {
     pub(crate) async fn events_to_stdout(&self, path: &str) -> anyhow::Result<()> {
         use futures::StreamExt;
         use std::io::Write;
-        let resp = reqwest::Client::new()
+        let resp = http_client()?
+            .build()?
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .send()
@@ -196,6 +198,24 @@ impl Client {
             .await?;
         field(v, "deployment")
     }
+}
+
+/// An HTTP client builder that trusts `SLIPWAY_CA_CERT` (a PEM file) besides the system's
+/// roots, for daemons with a self-signed certificate.
+pub(crate) fn http_client() -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = std::env::var_os("SLIPWAY_CA_CERT").filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(&path)
+            .with_context(|| format!("cannot read SLIPWAY_CA_CERT {}", path.to_string_lossy()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).with_context(|| {
+            format!(
+                "SLIPWAY_CA_CERT {} is not a PEM certificate",
+                path.to_string_lossy()
+            )
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
 }
 
 /// Takes `key` out of an API answer and reads it as `T`.

@@ -60,6 +60,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         base_domain: "localhost".into(),
         git_token_file: None,
         git_ssh_key: None,
+        tls_cert: None,
+        tls_key: None,
+        tls: None,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

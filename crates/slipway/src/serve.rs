@@ -38,6 +38,21 @@ pub(crate) struct ServeArgs {
     /// A private key for `ssh://` and scp-style git remotes; without it, the SSH agent.
     #[arg(long, env = "SLIPWAY_GIT_SSH_KEY")]
     pub git_ssh_key: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate (PEM; with --tls-key).
+    #[arg(
+        long,
+        env = "SLIPWAY_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "tls"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SLIPWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// `self-signed`: serve the API over HTTPS with a certificate generated for the listen
+    /// address on first start and kept in DATA_DIR/tls (its path is printed).
+    #[arg(long, env = "SLIPWAY_TLS", value_parser = ["self-signed"])]
+    pub tls: Option<String>,
 }
 
 /// A running daemon: the engine and the API server.
@@ -48,7 +63,9 @@ pub(crate) struct Daemon {
     pub ingress_addr: SocketAddr,
     pub token: String,
     pub data_dir: PathBuf,
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
+    /// The certificate clients must trust, when the API is served over HTTPS.
+    pub tls: Option<slipway_api::tls::TlsFiles>,
     server: JoinHandle<std::io::Result<()>>,
     ingress_stop: CancellationToken,
     ingress: JoinHandle<()>,
@@ -105,24 +122,56 @@ impl Daemon {
             ingress_listener,
             ingress_stop.clone(),
         ));
+        let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_deref()) {
+            (Some(cert), Some(key), _) => Some(slipway_api::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (_, _, Some("self-signed")) => {
+                let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                if !args.listen.ip().is_unspecified() {
+                    names.push(args.listen.ip().to_string());
+                }
+                if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+                    names.push(host.trim().to_string());
+                }
+                names.dedup();
+                Some(slipway_api::tls::self_signed(
+                    &data_dir.join("tls"),
+                    &names,
+                )?)
+            }
+            _ => None,
+        };
+        if tls.is_none() && !args.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "the API would listen on {} over plain HTTP, and tokens would cross the network in clear text: give it a certificate (--tls-cert and --tls-key, or --tls self-signed), or listen on loopback",
+                args.listen
+            );
+        }
+        let acceptor = tls.as_ref().map(slipway_api::tls::acceptor).transpose()?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "the API listens beyond loopback over plain HTTP: tokens cross the network in clear text");
-        }
+
         let auth = slipway_api::Auth::token(&token).with_store(engine.store().clone());
         let router = slipway_api::router(engine.clone(), auth);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let server = match acceptor {
+            Some(acceptor) => tokio::spawn(async move {
+                slipway_api::tls::serve_tls(listener, router, acceptor, stopped).await;
+                Ok(())
+            }),
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stopped.cancelled().await })
+                    .await
+            }),
+        };
         Ok(Daemon {
+            tls,
             engine,
             addr,
             ingress_addr,
@@ -136,12 +185,13 @@ impl Daemon {
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops taking requests, lets running deployments end, and returns.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         self.server.await.context("the API server task failed")??;
         self.engine.shutdown().await;
         // The ingress goes last: it serves the apps until the engine has stopped.
@@ -167,6 +217,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "Slipway is serving; the API token is in {}",
         if args.token.is_some() { "SLIPWAY_TOKEN / --token".to_string() } else { daemon.data_dir.join("token").display().to_string() }
     );
+    if let Some(tls) = &daemon.tls {
+        tracing::info!(certificate = %tls.cert.display(), "the API is served over HTTPS; clients trust this certificate with SLIPWAY_CA_CERT");
+    }
     shutdown_signal().await;
     tracing::info!("stopping: no new deployment starts; running ones are canceled cleanly");
     daemon.stop().await

@@ -46,6 +46,10 @@ fn free_port() -> u16 {
 }
 
 fn start_daemon() -> Daemon {
+    start_daemon_with(&[])
+}
+
+fn start_daemon_with(extra: &[&str]) -> Daemon {
     let data = tempfile::tempdir().unwrap();
     let daemon_id = unique("cli");
     std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
@@ -56,15 +60,23 @@ fn start_daemon() -> Daemon {
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--ingress",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data.path())
+        .args(extra)
         .env_remove("SLIPWAY_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
+    let scheme = if extra.contains(&"--tls") {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let token_file = data.path().join("token");
     loop {
@@ -333,4 +345,62 @@ fn tokens_are_created_scoped_and_revoked() {
     );
     let out = with_token("wrong", &["apps", "list"]);
     assert!(stderr(&out).contains("not valid"), "{}", stderr(&out));
+}
+
+#[test]
+fn https_with_a_self_signed_certificate_and_no_plain_http_beyond_loopback() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if rt.block_on(slipway_testkit::docker()).is_none() {
+        return;
+    }
+    let daemon = start_daemon_with(&["--tls", "self-signed"]);
+    let cert = daemon._data.path().join("tls/cert.pem");
+    assert!(cert.exists(), "the certificate is kept in the data dir");
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(daemon._data.path().join("tls/key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let out = Command::new(BIN)
+        .args(["apps", "list"])
+        .env("SLIPWAY_API_URL", &daemon.url)
+        .env("SLIPWAY_TOKEN", &daemon.token)
+        .env("SLIPWAY_CA_CERT", &cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("ID"), "{}", stdout(&out));
+    // Without trusting the certificate, the CLI refuses the connection.
+    let out = daemon.cli(&["apps", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Plain HTTP beyond loopback is refused at start.
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--ingress",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("over plain HTTP, and tokens would cross the network in clear text"),
+        "{}",
+        stderr(&out)
+    );
 }
