@@ -404,3 +404,115 @@ fn https_with_a_self_signed_certificate_and_no_plain_http_beyond_loopback() {
         stderr(&out)
     );
 }
+
+/// The Python interpreter of a virtualenv with pydo, made on first use. Outside CI, a machine
+/// that cannot install it skips the test (saying why); in CI that fails.
+fn pydo_python() -> Option<std::path::PathBuf> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if let Some(p) = std::env::var_os("SLIPWAY_PYDO_PYTHON") {
+        return Some(p.into());
+    }
+    let venv = slipway_testkit::workspace_root().join("target/pydo-venv");
+    let python = venv.join("bin/python");
+    let ready = || {
+        Command::new(&python)
+            .args(["-c", "import pydo"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ready() {
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "pydo"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !made || !ready() {
+            assert!(!in_ci, "pydo could not be installed in {}", venv.display());
+            eprintln!(
+                "skipping: pydo (App Platform's Python client) could not be installed from PyPI"
+            );
+            return None;
+        }
+    }
+    Some(python)
+}
+
+#[test]
+fn app_platforms_own_python_client_drives_slipway_over_https() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if rt.block_on(slipway_testkit::docker()).is_none() {
+        return;
+    }
+    let Some(python) = pydo_python() else { return };
+    let daemon = start_daemon_with(&["--tls", "self-signed"]);
+    let cert = daemon._data.path().join("tls/cert.pem");
+    let repo = HelloRepo::new("v1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("pydo");
+    let spec = dir.path().join("app.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: {name}\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    health_check: {{http_path: /healthz, period_seconds: 0.1}}\nworkers:\n  - name: worker\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    envs: [{{key: ROLE, value: worker}}]\n    rollout: {{min_ready_seconds: 0.2}}\njobs:\n  - name: migrate\n    kind: PRE_DEPLOY\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    envs: [{{key: ROLE, value: job}}, {{key: JOB_DURATION_MS, value: \"4000\"}}]\n",
+            url = repo.url()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("SLIPWAY_API_URL", &daemon.url)
+            .env("SLIPWAY_TOKEN", &daemon.token)
+            .env("SLIPWAY_CA_CERT", &cert)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["apps", "create", "--spec", spec.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pydo_client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([&daemon.url, &daemon.token, cert.to_str().unwrap(), &name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pydo failed:\n{}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        v["restart_all"],
+        serde_json::json!(["ACTIVE", "manual restart"])
+    );
+    assert_eq!(v["restart_web"], serde_json::json!(["ACTIVE", ["web"]]));
+    assert_eq!(v["force_build"][0], "ACTIVE");
+    assert_eq!(v["force_build"][1], "manual force rebuild");
+    assert_eq!(v["force_build"][2].as_str().map(str::len), Some(40));
+    assert_eq!(v["list"][0], 4);
+    assert_eq!(
+        v["list"][1],
+        serde_json::json!([
+            "manual force rebuild",
+            "manual restart",
+            "manual restart",
+            "app created"
+        ])
+    );
+    assert_eq!(v["get"][0], true);
+    assert_eq!(v["get"][1], v["get"][2], "every step succeeded");
+    assert_eq!(v["cancel"], "CANCELED");
+
+    // The canceled deployment left the force rebuild active, and the app serving.
+    let out = cli(&["apps", "get", &name, "-o", "json"]);
+    let app: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        app["app"]["active_deployment"]["cause"],
+        "manual force rebuild"
+    );
+}
