@@ -12,6 +12,7 @@
 //! - objects are wrapped as App Platform wraps them (`{"app": ...}`, `{"deployment": ...}`,
 //!   `{"deployments": [...], "links": ..., "meta": {"total": N}}`).
 
+mod doc;
 mod error;
 mod logs;
 mod routes;
@@ -23,6 +24,7 @@ use axum::Router;
 use slipway_engine::Engine;
 
 pub use error::ApiError;
+pub use routes::openapi_json;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -18,6 +18,7 @@ use slipway_spec::{Deployment, Phase, Step, StepStatus};
 use slipway_store::LogKind;
 
 use crate::State;
+use crate::doc::{ErrorBody, LogUrls};
 use crate::error::ApiError;
 
 type S = AxumState<Arc<State>>;
@@ -138,6 +139,7 @@ async fn urls(
     })))
 }
 
+#[utoipa::path(get, path = "/apps/{app}/deployments/{dep}/logs", tag = "logs", params(("app" = String, Path), ("dep" = String, Path), ("type" = Option<String>, Query, description = "BUILD, DEPLOY or RUN (the default)"), ("follow" = Option<bool>, Query), ("tail" = Option<usize>, Query, description = "RUN only: the last N lines of each instance"), ("component" = Option<String>, Query)), responses((status = 200, body = LogUrls), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn deployment_logs(
     AxumState(state): S,
     Path((app, dep)): Path<(String, String)>,
@@ -148,6 +150,7 @@ pub(crate) async fn deployment_logs(
     urls(&state, &headers, &app, Some(&dep), component.as_deref(), &q).await
 }
 
+#[utoipa::path(get, path = "/apps/{app}/deployments/{dep}/components/{component}/logs", tag = "logs", params(("app" = String, Path), ("dep" = String, Path), ("component" = String, Path), ("type" = Option<String>, Query, description = "BUILD, DEPLOY or RUN (the default)"), ("follow" = Option<bool>, Query), ("tail" = Option<usize>, Query, description = "RUN only: the last N lines of each instance")), responses((status = 200, body = LogUrls), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn component_logs(
     AxumState(state): S,
     Path((app, dep, component)): Path<(String, String, String)>,
@@ -157,6 +160,7 @@ pub(crate) async fn component_logs(
     urls(&state, &headers, &app, Some(&dep), Some(&component), &q).await
 }
 
+#[utoipa::path(get, path = "/apps/{app}/logs", tag = "logs", params(("app" = String, Path), ("type" = Option<String>, Query, description = "BUILD, DEPLOY or RUN (the default)"), ("follow" = Option<bool>, Query), ("tail" = Option<usize>, Query, description = "RUN only: the last N lines of each instance"), ("component" = Option<String>, Query)), responses((status = 200, body = LogUrls, description = "The logs of the active deployment"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn active_logs(
     AxumState(state): S,
     Path(app): Path<String>,
@@ -186,6 +190,7 @@ fn format_line(component: Option<&str>, l: &slipway_store::LogLine) -> String {
 }
 
 /// A log as it is now, as plain text.
+#[utoipa::path(get, path = "/apps/{app}/deployments/{dep}/logs/text", tag = "logs", params(("app" = String, Path), ("dep" = String, Path), ("type" = Option<String>, Query), ("component" = Option<String>, Query), ("exp" = i64, Query, description = "Signed URL: when it expires"), ("sig" = String, Query, description = "Signed URL: its signature")), responses((status = 200, content_type = "text/plain", body = String, description = "The log as it is now"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn historic(
     AxumState(state): S,
     Path((app, dep)): Path<(String, String)>,
@@ -223,6 +228,7 @@ pub(crate) async fn historic(
 
 /// A log that follows: BUILD and DEPLOY until the deployment ends, RUN until the client
 /// leaves.
+#[utoipa::path(get, path = "/apps/{app}/deployments/{dep}/logs/live", tag = "logs", params(("app" = String, Path), ("dep" = String, Path), ("type" = Option<String>, Query), ("component" = Option<String>, Query), ("exp" = i64, Query), ("sig" = String, Query)), responses((status = 200, content_type = "text/plain", body = String, description = "The log, following: BUILD and DEPLOY until the deployment ends, RUN until the client leaves"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn live(
     AxumState(state): S,
     Path((app, dep)): Path<(String, String)>,
@@ -286,6 +292,7 @@ pub(crate) async fn live(
 
 /// Server-Sent Events of an app: every deployment's creation, phase changes and step starts
 /// and ends, with millisecond timestamps and durations.
+#[utoipa::path(get, path = "/apps/{app}/events", tag = "logs", params(("app" = String, Path)), responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-Sent Events: deployment.created, deployment.phase, step.started, step.finished, deployment.finished"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn events(
     AxumState(state): S,
     Path(app): Path<String>,

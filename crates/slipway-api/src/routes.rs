@@ -5,7 +5,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxumState};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -13,53 +13,66 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use slipway_spec::{App, parse_spec_value};
 
+use crate::doc::{
+    ApiDoc, AppBody, AppsPage, DeletedBody, DeploymentBody, DeploymentsPage, ErrorBody, ProposeBody,
+};
 use crate::error::ApiError;
 use crate::{MAX_BODY_BYTES, State, logs};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 type S = AxumState<Arc<State>>;
 type Body = Result<Bytes, BytesRejection>;
 
+/// The API's routes, and the OpenAPI document made from the same registrations. Without a
+/// state, the routes carry no authentication (for the document only).
+fn build(state: Option<Arc<State>>) -> (Router<Arc<State>>, utoipa::openapi::OpenApi) {
+    let mut v2 = OpenApiRouter::new()
+        .routes(routes!(list_apps, create_app))
+        .routes(routes!(propose))
+        .routes(routes!(get_app, update_app, delete_app))
+        .routes(routes!(restart))
+        .routes(routes!(list_deployments, create_deployment))
+        .routes(routes!(get_deployment))
+        .routes(routes!(cancel_deployment))
+        .routes(routes!(logs::deployment_logs))
+        .routes(routes!(logs::component_logs))
+        .routes(routes!(logs::active_logs))
+        .routes(routes!(logs::historic))
+        .routes(routes!(logs::live))
+        .routes(routes!(logs::events))
+        .fallback(not_found);
+    if let Some(state) = state {
+        v2 = v2.layer(middleware::from_fn_with_state(state, authenticate));
+    }
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/v2", v2)
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the API, as JSON.
+pub fn openapi_json() -> String {
+    let mut doc = build(None).1;
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json().expect("the document serializes")
+}
+
 pub(crate) fn router(state: Arc<State>) -> Router {
-    let v2 = Router::new()
-        .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/propose", post(propose))
-        .route(
-            "/apps/{app}",
-            get(get_app).put(update_app).delete(delete_app),
-        )
-        .route("/apps/{app}/restart", post(restart))
-        .route(
-            "/apps/{app}/deployments",
-            get(list_deployments).post(create_deployment),
-        )
-        .route("/apps/{app}/deployments/{dep}", get(get_deployment))
-        .route(
-            "/apps/{app}/deployments/{dep}/cancel",
-            post(cancel_deployment),
-        )
-        .route(
-            "/apps/{app}/deployments/{dep}/logs",
-            get(logs::deployment_logs),
-        )
-        .route(
-            "/apps/{app}/deployments/{dep}/logs/text",
-            get(logs::historic),
-        )
-        .route("/apps/{app}/deployments/{dep}/logs/live", get(logs::live))
-        .route(
-            "/apps/{app}/deployments/{dep}/components/{component}/logs",
-            get(logs::component_logs),
-        )
-        .route("/apps/{app}/logs", get(logs::active_logs))
-        .route("/apps/{app}/events", get(logs::events))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            authenticate,
-        ));
+    let (v2, _) = build(Some(Arc::clone(&state)));
+    let doc = openapi_json();
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .nest("/v2", v2)
+        .route(
+            "/v2/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc,
+                )
+            }),
+        )
+        .merge(v2)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -159,9 +172,12 @@ fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SpecRequest)]
 struct SpecBody {
+    /// The app spec, with App Platform's fields.
+    #[schema(value_type = Object)]
     spec: Value,
     /// With propose: the app the spec is for, so that its own name counts as available.
     #[serde(default)]
@@ -209,6 +225,7 @@ async fn view(state: &State, id: &str) -> Result<App, ApiError> {
     Ok(state.engine.app_view(&record).await?)
 }
 
+#[utoipa::path(get, path = "/apps", tag = "apps", params(("page" = Option<u64>, Query, description = "1 or more"), ("per_page" = Option<u64>, Query, description = "1 to 200, default 20")), responses((status = 200, body = AppsPage), (status = 401, body = ErrorBody)))]
 async fn list_apps(
     AxumState(state): S,
     Query(paging): Query<Paging>,
@@ -228,6 +245,7 @@ async fn list_apps(
     Ok(Json(json!({"apps": apps, "links": links, "meta": meta})))
 }
 
+#[utoipa::path(post, path = "/apps", tag = "apps", request_body = SpecBody, responses((status = 200, body = AppBody, description = "The app; its first deployment has started"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn create_app(AxumState(state): S, body: Body) -> Result<Json<Value>, ApiError> {
     let body: SpecBody = parse(body)?;
     let parsed = parse_spec_value(body.spec)?;
@@ -239,10 +257,12 @@ async fn create_app(AxumState(state): S, body: Body) -> Result<Json<Value>, ApiE
     Ok(Json(json!({"app": app, "warnings": parsed.warnings})))
 }
 
+#[utoipa::path(get, path = "/apps/{app}", tag = "apps", params(("app" = String, Path, description = "The app's ID or name")), responses((status = 200, body = AppBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_app(AxumState(state): S, Path(app): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"app": view(&state, &app).await?})))
 }
 
+#[utoipa::path(put, path = "/apps/{app}", tag = "apps", params(("app" = String, Path, description = "The app's ID or name")), request_body = SpecBody, responses((status = 200, body = AppBody, description = "The app; a deployment of the new spec has started"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_app(
     AxumState(state): S,
     Path(app): Path<String>,
@@ -261,6 +281,7 @@ struct DeleteQuery {
     purge: bool,
 }
 
+#[utoipa::path(delete, path = "/apps/{app}", tag = "apps", params(("app" = String, Path, description = "The app's ID or name"), ("purge" = Option<bool>, Query, description = "Also remove the databases' volumes")), responses((status = 200, body = DeletedBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_app(
     AxumState(state): S,
     Path(app): Path<String>,
@@ -270,13 +291,15 @@ async fn delete_app(
     Ok(Json(json!({"id": id})))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestartBody {
+    /// Services and workers to restart; all of them when empty.
     #[serde(default)]
     components: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/apps/{app}/restart", tag = "deployments", params(("app" = String, Path, description = "The app's ID or name")), request_body(content = RestartBody, description = "Optional: the services and workers to restart (all when absent)"), responses((status = 200, body = DeploymentBody, description = "The restart: new containers from the active deployment's images"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "A component the app lacks, a job or a database, or no active deployment")))]
 async fn restart(
     AxumState(state): S,
     Path(app): Path<String>,
@@ -287,21 +310,24 @@ async fn restart(
     Ok(Json(json!({"deployment": d})))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DeploymentBody {
+#[schema(as = DeploymentRequest)]
+struct DeploymentRequest {
+    /// Fetch and build even if the previous build could be reused.
     #[serde(default)]
     force_build: bool,
     #[serde(default)]
     clear_build_cache: bool,
 }
 
+#[utoipa::path(post, path = "/apps/{app}/deployments", tag = "deployments", params(("app" = String, Path, description = "The app's ID or name")), request_body(content = DeploymentRequest, description = "Optional"), responses((status = 200, body = DeploymentBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_deployment(
     AxumState(state): S,
     Path(app): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body: DeploymentBody = parse(body)?;
+    let body: DeploymentRequest = parse(body)?;
     if body.clear_build_cache && !body.force_build {
         return Err(ApiError::bad_request(
             "clear_build_cache: only takes effect with force_build: true",
@@ -314,6 +340,7 @@ async fn create_deployment(
     Ok(Json(json!({"deployment": d})))
 }
 
+#[utoipa::path(get, path = "/apps/{app}/deployments", tag = "deployments", params(("app" = String, Path, description = "The app's ID or name"), ("page" = Option<u64>, Query), ("per_page" = Option<u64>, Query)), responses((status = 200, body = DeploymentsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_deployments(
     AxumState(state): S,
     Path(app): Path<String>,
@@ -338,6 +365,7 @@ async fn list_deployments(
     ))
 }
 
+#[utoipa::path(get, path = "/apps/{app}/deployments/{dep}", tag = "deployments", params(("app" = String, Path, description = "The app's ID or name"), ("dep" = String, Path, description = "The deployment's ID")), responses((status = 200, body = DeploymentBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_deployment(
     AxumState(state): S,
     Path((app, dep)): Path<(String, String)>,
@@ -347,6 +375,7 @@ async fn get_deployment(
     Ok(Json(json!({"deployment": d})))
 }
 
+#[utoipa::path(post, path = "/apps/{app}/deployments/{dep}/cancel", tag = "deployments", params(("app" = String, Path, description = "The app's ID or name"), ("dep" = String, Path, description = "The deployment's ID")), responses((status = 200, body = DeploymentBody, description = "The deployment once it has stopped: CANCELED"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody, description = "It has already ended")))]
 async fn cancel_deployment(
     AxumState(state): S,
     Path((app, dep)): Path<(String, String)>,
@@ -356,6 +385,7 @@ async fn cancel_deployment(
     Ok(Json(json!({"deployment": d})))
 }
 
+#[utoipa::path(post, path = "/apps/propose", tag = "apps", request_body = SpecBody, responses((status = 200, body = ProposeBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn propose(AxumState(state): S, body: Body) -> Result<Json<Value>, ApiError> {
     let body: SpecBody = parse(body)?;
     let parsed = parse_spec_value(body.spec)?;

@@ -60,8 +60,13 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<TlsFiles, TlsError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let generated = rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
-    write(&files.key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    let generated =
+        rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
+    write(
+        &files.key,
+        generated.signing_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     write(&files.cert, generated.cert.pem().as_bytes(), 0o644)?;
     Ok(files)
 }
@@ -137,7 +142,9 @@ pub async fn serve_tls(
         };
         let (acceptor, router, builder) = (acceptor.clone(), router.clone(), Arc::clone(&builder));
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
