@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use slipway_spec::{Deployment, Phase, Step, StepStatus};
@@ -292,12 +292,14 @@ pub(crate) async fn live(
 
 /// Server-Sent Events of an app: every deployment's creation, phase changes and step starts
 /// and ends, with millisecond timestamps and durations.
-#[utoipa::path(get, path = "/apps/{app}/events", tag = "logs", params(("app" = String, Path)), responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-Sent Events: deployment.created, deployment.phase, step.started, step.finished, deployment.finished"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/apps/{app}/events", tag = "logs", params(("app" = String, Path), ("follow" = Option<bool>, Query, description = "false: replay the newest deployment's events and end")), responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-Sent Events: deployment.created, deployment.phase, step.started, step.finished, deployment.finished"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn events(
     AxumState(state): S,
     Path(app): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
     let record = state.engine.app(&app).await?;
+    // Subscribe before reading the store, so that nothing falls between the two.
     let updates = tokio_stream::wrappers::BroadcastStream::new(state.engine.subscribe());
     let app_id = record.id.clone();
     let (recent, _) = state
@@ -306,34 +308,53 @@ pub(crate) async fn events(
         .deployments(&record.id, 0, 20)
         .await
         .map_err(slipway_engine::EngineError::from)?;
+    if !q.follow.unwrap_or(true) {
+        // The events of the newest deployment, replayed from what the store kept.
+        let replay: Vec<Result<Event, Infallible>> = recent
+            .first()
+            .map(|d| diff(None, d))
+            .unwrap_or_default()
+            .into_iter()
+            .map(Ok)
+            .collect();
+        return Ok(Sse::new(futures::stream::iter(replay)).into_response());
+    }
     let known: HashMap<String, Deployment> =
         recent.into_iter().map(|d| (d.id.clone(), d)).collect();
     let ready = futures::stream::once(async move {
-        Ok(Event::default()
-            .event("ready")
-            .data(json!({"app_id": app_id, "at": slipway_spec::now()}).to_string()))
+        Ok::<_, Infallible>(
+            Event::default()
+                .event("ready")
+                .data(json!({"app_id": app_id, "at": slipway_spec::now()}).to_string()),
+        )
     });
     let app_id = record.id.clone();
     let changes = updates
         .scan(known, move |known, update| {
-            let out: Vec<Event> = match update {
-                Ok(u) if u.deployment.app_id == app_id => {
-                    let before = known.insert(u.deployment.id.clone(), u.deployment.clone());
-                    diff(before.as_ref(), &u.deployment)
-                }
-                Ok(_) => Vec::new(),
-                Err(_) => vec![
-                    Event::default().event("lagged").data(
-                        json!({"message": "some events were dropped; read the deployments again"})
-                            .to_string(),
-                    ),
-                ],
-            };
+            let out: Vec<Event> =
+                match update {
+                    Ok(u) if u.deployment.app_id == app_id => {
+                        let before = known.insert(u.deployment.id.clone(), u.deployment.clone());
+                        diff(before.as_ref(), &u.deployment)
+                    }
+                    Ok(_) => Vec::new(),
+                    Err(_) => vec![Event::default().event("lagged").data(
+                    json!({"message": "some events were dropped; read the deployments again"})
+                        .to_string(),
+                )],
+                };
             futures::future::ready(Some(futures::stream::iter(out.into_iter().map(Ok))))
         })
         .flatten();
     Ok(Sse::new(ready.chain(changes))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    /// Follow new events (the default); `false` replays the newest deployment's and ends.
+    follow: Option<bool>,
 }
 
 fn flatten(steps: &[Step], prefix: &str, out: &mut Vec<(String, Step)>) {

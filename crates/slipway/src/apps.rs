@@ -121,9 +121,14 @@ pub(crate) enum AppsCommand {
         #[arg(long)]
         tail: Option<usize>,
     },
-    /// Follow an app's events (deployments created, phase changes, steps started and
-    /// finished, with millisecond timestamps) as JSON lines, until interrupted.
-    Events { app: String },
+    /// An app's events (deployment created, phase changes, steps started and finished, with
+    /// millisecond timestamps and durations) as JSON lines: the newest deployment's, or with
+    /// --follow every new one until interrupted.
+    Events {
+        app: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Validate a spec without deploying it.
     Propose {
         #[arg(long)]
@@ -295,9 +300,9 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
             .await?;
             Ok(Outcome::Ok)
         }
-        AppsCommand::Events { app } => {
+        AppsCommand::Events { app, follow } => {
             client
-                .events_to_stdout(&format!("/v2/apps/{app}/events"))
+                .events_to_stdout(&format!("/v2/apps/{app}/events?follow={follow}"))
                 .await?;
             Ok(Outcome::Ok)
         }

@@ -187,6 +187,21 @@ fn the_cli_drives_a_real_daemon() {
     assert_eq!(v["deployment"]["restart_components"][0], "web");
     assert!(v["deployment"]["progress"]["steps"][0]["started_at"].is_string());
 
+    // Events of the newest deployment (the restart), as JSON lines.
+    let out = daemon.cli(&["apps", "events", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "deployment.created");
+    assert_eq!(events.last().unwrap()["event"], "deployment.finished");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "step.finished" && e["data"]["duration_ms"].is_i64())
+    );
+
     // Logs: the build's output, and what the instances write.
     let out = daemon.cli(&["apps", "logs", &name, "web", "--type", "build"]);
     assert!(out.status.success(), "{}", stderr(&out));
