@@ -19,6 +19,7 @@
 //! becomes ACTIVE, the previous ACTIVE one becomes SUPERSEDED in the same transaction.
 
 mod error;
+mod reconcile;
 mod run;
 mod templates;
 
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::EngineError;
+pub use reconcile::Reconciled;
 pub use slipway_store::{LogKind, LogLine};
 
 /// How the engine runs.
@@ -65,6 +67,9 @@ pub struct EngineConfig {
     pub git_token: Option<String>,
     /// A private key for `ssh://` remotes; without it, the SSH agent.
     pub git_ssh_key: Option<PathBuf>,
+    /// How often the reconciler converges every app to its active deployment (it also runs
+    /// at start-up and after each deployment).
+    pub reconcile_interval: Duration,
 }
 
 impl EngineConfig {
@@ -80,6 +85,7 @@ impl EngineConfig {
             image_retention: 5,
             git_token: None,
             git_ssh_key: None,
+            reconcile_interval: Duration::from_secs(30),
         }
     }
 }
@@ -148,6 +154,12 @@ impl Engine {
         };
         engine.recover().await?;
         engine.restore_routes().await?;
+        let reconciler = engine.clone();
+        let interval = engine.inner.config.reconcile_interval;
+        engine.inner.tasks.spawn(async move {
+            reconciler.reconcile_all().await;
+            reconciler.reconcile_forever(interval).await;
+        });
         let watcher = engine.clone();
         engine
             .inner
@@ -254,6 +266,10 @@ impl Engine {
     }
 
     /// Marks deployments a previous daemon left unfinished.
+    /// Settles the deployments a previous daemon left unfinished. One whose every new instance
+    /// had become ready is completed (it becomes ACTIVE); any other ends in ERROR and the
+    /// containers it had started are removed. The reconciler then brings every app back to
+    /// exactly its active deployment.
     async fn recover(&self) -> Result<(), EngineError> {
         let open = self
             .inner
@@ -266,20 +282,60 @@ impl Engine {
             ])
             .await?;
         for mut d in open {
-            tracing::warn!(deployment.id = %d.id, app = %d.app_id, "deployment interrupted by a daemon stop");
             let at = now();
-            let path: Vec<String> = d.progress.running_path();
-            let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            let message = "the daemon stopped while this deployment ran";
+            let running: Vec<String> = d.progress.running_path();
+            let was = if running.is_empty() {
+                d.phase.to_string()
+            } else {
+                running.join("/")
+            };
+            if reconcile::proven(&d) {
+                tracing::warn!(deployment.id = %d.id, app = %d.app_id, "completing a deployment the daemon stopped after its new version was ready");
+                d.progress.push(
+                    &[],
+                    slipway_spec::Step::new("recovered").message(format!(
+                        "the daemon stopped during {was}, after every new instance was ready: the rollout was completed when it started again"
+                    )),
+                );
+                d.progress.succeed(&["recovered"], at);
+                d.progress.succeed_finished(at);
+                self.inner.store.activate(&d).await?;
+                continue;
+            }
+            tracing::warn!(deployment.id = %d.id, app = %d.app_id, "rolling back a deployment the daemon stopped");
+            let message = format!(
+                "the daemon stopped during {was}: the previous version was restored when it started again"
+            );
+            let path: Vec<&str> = running.iter().map(String::as_str).collect();
             if path.is_empty() {
                 d.progress.push(&[], slipway_spec::Step::new("interrupted"));
                 d.progress
-                    .fail(&["interrupted"], at, "Interrupted", message);
+                    .fail(&["interrupted"], at, "Interrupted", &message);
             } else {
-                d.progress.fail(&path, at, "Interrupted", message);
+                d.progress.fail(&path, at, "Interrupted", &message);
             }
             d.set_phase(Phase::Error);
             self.inner.store.save_deployment(&d).await?;
+            // Its new instances and job containers.
+            let started = self
+                .inner
+                .runtime
+                .list(&[
+                    (labels::DEPLOYMENT, d.id.as_str()),
+                    (labels::DAEMON, self.inner.config.daemon_id.as_str()),
+                ])
+                .await?;
+            for instance in started {
+                if let Err(e) = slipway_rollout::Runtime::stop(
+                    &self.inner.runtime,
+                    &instance,
+                    Duration::from_secs(10),
+                )
+                .await
+                {
+                    tracing::warn!(instance = %instance.name, error = %e, "removing an interrupted deployment's container failed");
+                }
+            }
         }
         Ok(())
     }
@@ -498,13 +554,33 @@ impl Engine {
                 phase: d.phase,
             });
         }
-        let token = self
-            .slot(&record.id)
+        let slot = self.slot(&record.id);
+        let token = slot
             .cancels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(deployment_id)
             .cloned();
+        let started = slot
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            == Some(deployment_id);
+        if !started {
+            // Still waiting for its turn: it ends now, and its task will find it ended.
+            let mut d = d;
+            d.progress.push(&[], slipway_spec::Step::new("canceled"));
+            d.progress.fail(
+                &["canceled"],
+                now(),
+                "Canceled",
+                "canceled before it started",
+            );
+            d.set_phase(Phase::Canceled);
+            self.inner.store.save_deployment(&d).await?;
+            let _ = self.inner.updates.send(DeploymentUpdate { deployment: d });
+        }
         if let Some(token) = token {
             token.cancel();
         }
@@ -584,6 +660,41 @@ impl Engine {
                 let kind = record.spec.kind_of(&i.component)?;
                 Some((i.component.clone(), kind, i))
             })
+            .collect())
+    }
+
+    /// The state Docker reports for each container of an app (`running`, `exited`,
+    /// `restarting`, ...), by container ID.
+    pub async fn container_states(
+        &self,
+        app_id: &str,
+    ) -> Result<HashMap<String, String>, EngineError> {
+        let record = self.app(app_id).await?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={}", labels::APP, record.id),
+                format!("{}={}", labels::DAEMON, self.inner.config.daemon_id),
+            ],
+        )]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .inner
+            .runtime
+            .docker()
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| slipway_rollout::RuntimeError::Docker {
+                action: "list",
+                object: "containers".into(),
+                source,
+            })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.state.map(|s| s.to_string()).unwrap_or_default())))
             .collect())
     }
 

@@ -78,6 +78,27 @@ pub(crate) async fn execute(engine: Engine, app_id: String, id: String, cancel: 
         let Some(d) = engine.inner.store.deployment(&app_id, &id).await? else {
             return Ok::<(), crate::EngineError>(());
         };
+        if d.phase.is_terminal() {
+            // Canceled while it waited.
+            return Ok(());
+        }
+        if let Some(newer) = newer_waiting(&engine, &d).await? {
+            let mut d = d;
+            d.progress.push(
+                &[],
+                Step::new("superseded").message(format!(
+                    "superseded by deployment {newer}, queued after it before it could start"
+                )),
+            );
+            d.progress.succeed(&["superseded"], now());
+            d.set_phase(Phase::Superseded);
+            engine.inner.store.save_deployment(&d).await?;
+            let _ = engine
+                .inner
+                .updates
+                .send(crate::DeploymentUpdate { deployment: d });
+            return Ok(());
+        }
         let app_name = engine
             .inner
             .store
@@ -104,7 +125,27 @@ pub(crate) async fn execute(engine: Engine, app_id: String, id: String, cancel: 
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
+    // Converge what runs to the active deployment before the next deployment's turn.
+    if !cancel.is_cancelled()
+        && let Err(e) = engine.reconcile_locked(&app_id).await
+    {
+        tracing::warn!(app = %app_id, error = %chain(&e), "reconciling after the deployment failed");
+    }
     drop(turn);
+}
+
+/// A deployment of the same app that was queued after `d` and still waits: only the newest
+/// waiting deployment runs.
+async fn newer_waiting(
+    engine: &Engine,
+    d: &Deployment,
+) -> Result<Option<String>, crate::EngineError> {
+    let (recent, _) = engine.inner.store.deployments(&d.app_id, 0, 50).await?;
+    Ok(recent
+        .into_iter()
+        .take_while(|other| other.id != d.id)
+        .find(|other| matches!(other.phase, Phase::PendingBuild | Phase::PendingDeploy))
+        .map(|other| other.id))
 }
 
 impl Run {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerUpdateBody, EndpointSettings, HealthStatusEnum, HostConfig,
-    Mount, MountType, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummaryStateEnum, ContainerUpdateBody, EndpointSettings,
+    HealthStatusEnum, HostConfig, Mount, MountType, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -222,6 +222,7 @@ impl DockerRuntime {
             deployment_id: spec.deployment_id.clone(),
             image: spec.image.clone(),
             ports,
+            running: true,
         })
     }
 
@@ -512,6 +513,7 @@ impl DockerRuntime {
                         .into_iter()
                         .filter_map(|p| Some((p.private_port, p.public_port?)))
                         .collect(),
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
                 }
             })
             .collect())

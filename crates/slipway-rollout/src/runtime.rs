@@ -39,6 +39,8 @@ pub struct Instance {
     pub image: String,
     /// Container port to host port on 127.0.0.1.
     pub ports: BTreeMap<u16, u16>,
+    /// Whether the container was running when this was read.
+    pub running: bool,
 }
 
 impl Instance {
