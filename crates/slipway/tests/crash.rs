@@ -1,0 +1,368 @@
+//! The daemon killed with SIGKILL during a build, a PRE_DEPLOY job and a rollout, then
+//! started again on the same data: the app keeps answering while the daemon is down, the
+//! interrupted deployment is settled, and exactly the previous version runs.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use slipway_testkit::{HelloRepo, Janitor, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slipway");
+
+struct Daemon {
+    child: Option<Child>,
+    port: u16,
+    data: tempfile::TempDir,
+    token: String,
+    _janitor: Janitor,
+}
+
+impl Daemon {
+    fn new() -> Daemon {
+        let data = tempfile::tempdir().unwrap();
+        let daemon_id = unique("crash");
+        std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut d = Daemon {
+            child: None,
+            port,
+            data,
+            token: "crash-test-token".into(),
+            _janitor: Janitor::new(&daemon_id),
+        };
+        d.start();
+        d
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--ingress",
+                "127.0.0.1:0",
+                "--token",
+                &self.token,
+                "--data-dir",
+            ])
+            .arg(self.data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let client = reqwest::blocking::Client::new();
+        let req = client
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}{path}", self.port),
+            )
+            .bearer_auth(&self.token);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        req.send().unwrap().json().unwrap()
+    }
+
+    fn deployment(&self, app: &str, dep: &str) -> Value {
+        self.api("GET", &format!("/v2/apps/{app}/deployments/{dep}"), None)["deployment"].clone()
+    }
+
+    fn wait_for(&self, app: &str, dep: &str, what: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let d = self.deployment(app, dep);
+            if what(&d) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on {d}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+        }
+    }
+}
+
+/// The app's web containers (ID, published port, running), read from Docker directly.
+fn web_containers(app_id: &str) -> Vec<(String, u16, bool)> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=slipway.app={app_id}"),
+            "--filter",
+            "label=slipway.component=web",
+            "--format",
+            "{{.ID}} {{.State}} {{.Ports}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            let id = parts.next().unwrap().to_string();
+            let running = parts.next() == Some("running");
+            let port = l
+                .split("127.0.0.1:")
+                .nth(1)
+                .and_then(|p| p.split("->").next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            (id, port, running)
+        })
+        .collect()
+}
+
+fn answers(containers: &[(String, u16, bool)]) -> usize {
+    containers
+        .iter()
+        .filter(|(_, port, _)| {
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/"))
+                .and_then(|r| r.text())
+                .is_ok_and(|t| t.starts_with("hello from v1"))
+        })
+        .count()
+}
+
+fn count_labelled(label: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn create(daemon: &Daemon, repo: &HelloRepo, extra: &str) -> (String, String) {
+    let spec = format!(
+        "name: {}\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{}\", branch: main}}\n    instance_count: 3\n    health_check: {{http_path: /healthz, period_seconds: 0.1, failure_threshold: 600}}\n{extra}",
+        unique("crash"),
+        repo.url()
+    );
+    let spec = slipway_spec::parse_document(&spec).unwrap();
+    let v = daemon.api("POST", "/v2/apps", Some(serde_json::json!({"spec": spec})));
+    let app = v["app"]["id"].as_str().unwrap().to_string();
+    let first = v["app"]["in_progress_deployment"]["id"]
+        .as_str()
+        .or(v["app"]["pending_deployment"]["id"].as_str())
+        .unwrap()
+        .to_string();
+    let d = daemon.wait_for(&app, &first, |d| {
+        d["phase"] == "ACTIVE" || d["phase"] == "ERROR"
+    });
+    assert_eq!(d["phase"], "ACTIVE", "{d}");
+    (app, first)
+}
+
+/// Kills the daemon once `at` holds for the deployment, checks the app answers while it is
+/// down, starts it again and returns the settled deployment.
+fn kill_and_restart(
+    daemon: &mut Daemon,
+    app: &str,
+    dep: &str,
+    at: impl Fn(&Value) -> bool,
+) -> Value {
+    daemon.wait_for(app, dep, at);
+    daemon.kill();
+    let running = web_containers(app);
+    assert!(
+        answers(&running) >= 3,
+        "the app answers while the daemon is down: {running:?}"
+    );
+    daemon.start();
+    daemon.wait_for(app, dep, |d| {
+        d["phase"] != "BUILDING"
+            && d["phase"] != "DEPLOYING"
+            && d["phase"] != "PENDING_BUILD"
+            && d["phase"] != "PENDING_DEPLOY"
+    })
+}
+
+/// After recovery: exactly 3 running web instances of the previous version, all answering,
+/// and nothing of the interrupted deployment left.
+fn settled(daemon: &Daemon, app: &str, first: &str, interrupted: &Value) {
+    assert_eq!(interrupted["phase"], "ERROR", "{interrupted}");
+    let text = interrupted.to_string();
+    assert!(text.contains("the daemon stopped during"), "{text}");
+    assert!(text.contains("the previous version was restored"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let web = web_containers(app);
+        if web.len() == 3 && web.iter().all(|(_, _, r)| *r) && answers(&web) == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back to 3 instances: {web:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let id = interrupted["id"].as_str().unwrap();
+    assert_eq!(
+        count_labelled(&format!("slipway.deployment={id}")),
+        0,
+        "nothing of it is left"
+    );
+    assert_eq!(daemon.deployment(app, first)["phase"], "ACTIVE");
+}
+
+fn docker_ready() -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(slipway_testkit::docker())
+        .is_some()
+}
+
+#[test]
+fn killed_during_a_build_a_job_and_a_rollout_it_comes_back_to_one_version() {
+    if !docker_ready() {
+        return;
+    }
+    let mut daemon = Daemon::new();
+    let repo = HelloRepo::new("v1").unwrap();
+    let (app, first) = create(&daemon, &repo, "");
+    let original = web_containers(&app);
+
+    // 1. During a build (its RUN step serves forever, so the build hangs).
+    repo.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY hello /hello\nRUN [\"/hello\"]\n",
+    )
+    .unwrap();
+    repo.commit("a build that hangs").unwrap();
+    let d = daemon.api(
+        "POST",
+        &format!("/v2/apps/{app}/deployments"),
+        Some(serde_json::json!({"force_build": true})),
+    );
+    let dep = d["deployment"]["id"].as_str().unwrap().to_string();
+    let settled_build = kill_and_restart(&mut daemon, &app, &dep, |d| d["phase"] == "BUILDING");
+    settled(&daemon, &app, &first, &settled_build);
+    assert!(
+        settled_build.to_string().contains("during build/web"),
+        "{settled_build}"
+    );
+    let mut now: Vec<String> = web_containers(&app).into_iter().map(|c| c.0).collect();
+    let mut before: Vec<String> = original.into_iter().map(|c| c.0).collect();
+    now.sort();
+    before.sort();
+    assert_eq!(
+        now, before,
+        "the build never touched the running containers"
+    );
+
+    // 2. During a PRE_DEPLOY job.
+    repo.write(
+        "Dockerfile",
+        &std::fs::read_to_string(
+            slipway_testkit::workspace_root().join("examples/hello/Dockerfile"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    repo.commit("a build that works").unwrap();
+    let spec = daemon.api("GET", &format!("/v2/apps/{app}"), None)["app"]["spec"].clone();
+    let mut spec = spec;
+    spec["jobs"] = serde_json::json!([{
+        "name": "migrate", "kind": "PRE_DEPLOY",
+        "git": {"repo_clone_url": repo.url(), "branch": "main"},
+        "envs": [{"key": "ROLE", "value": "job"}, {"key": "JOB_DURATION_MS", "value": "60000"}],
+    }]);
+    daemon.api(
+        "PUT",
+        &format!("/v2/apps/{app}"),
+        Some(serde_json::json!({"spec": spec.clone()})),
+    );
+    let list = daemon.api(
+        "GET",
+        &format!("/v2/apps/{app}/deployments?per_page=1"),
+        None,
+    );
+    let dep = list["deployments"][0]["id"].as_str().unwrap().to_string();
+    let settled_job = kill_and_restart(&mut daemon, &app, &dep, |d| {
+        d["progress"]["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "pre-deploy" && s["status"] == "RUNNING")
+        })
+    });
+    settled(&daemon, &app, &first, &settled_job);
+    assert!(
+        settled_job
+            .to_string()
+            .contains("during pre-deploy/migrate"),
+        "{settled_job}"
+    );
+
+    // 3. In the middle of a rollout: new instances take 2 s to listen; killed after the first
+    // one is ready.
+    spec["jobs"] = serde_json::json!([]);
+    spec["services"][0]["envs"] = serde_json::json!([{"key": "READY_DELAY_MS", "value": "2000"}]);
+    daemon.api(
+        "PUT",
+        &format!("/v2/apps/{app}"),
+        Some(serde_json::json!({"spec": spec})),
+    );
+    let list = daemon.api(
+        "GET",
+        &format!("/v2/apps/{app}/deployments?per_page=1"),
+        None,
+    );
+    let dep = list["deployments"][0]["id"].as_str().unwrap().to_string();
+    let settled_rollout = kill_and_restart(&mut daemon, &app, &dep, |d| {
+        let deploy = d["progress"]["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "deploy").cloned());
+        deploy.is_some_and(|deploy| deploy["steps"][0]["steps"][0]["status"] == "SUCCESS")
+    });
+    settled(&daemon, &app, &first, &settled_rollout);
+    assert!(
+        settled_rollout.to_string().contains("during deploy/web"),
+        "{settled_rollout}"
+    );
+    let _ = Path::new(BIN);
+}
