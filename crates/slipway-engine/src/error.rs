@@ -21,6 +21,10 @@ pub enum EngineError {
     NothingToRestart { app: String },
     #[error("deployment {id} has already ended ({phase})")]
     AlreadyEnded { id: String, phase: Phase },
+    #[error(
+        "a SECRET env cannot be decrypted: the data directory's secret.key is not the one it was sealed with"
+    )]
+    Secret,
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("cannot use the data directory {path}")]

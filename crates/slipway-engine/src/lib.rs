@@ -21,6 +21,7 @@
 mod error;
 mod reconcile;
 mod run;
+mod secrets;
 mod templates;
 
 use std::collections::HashMap;
@@ -109,6 +110,7 @@ struct Inner {
     runtime: DockerRuntime,
     builder: ImageBuilder,
     sources: SourceCache,
+    secrets: secrets::Secrets,
     ingress: Arc<Ingress>,
     slots: Mutex<HashMap<String, Arc<AppSlot>>>,
     updates: broadcast::Sender<DeploymentUpdate>,
@@ -138,10 +140,12 @@ impl Engine {
         let builder = ImageBuilder::new(docker.clone()).with_timeout(config.build_timeout);
         let (updates, _) = broadcast::channel(1024);
         let ingress = Ingress::new(config.ingress.clone());
+        let secrets = secrets::Secrets::load_or_create(&config.data_dir.join("secret.key"))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 runtime: DockerRuntime::new(docker),
                 ingress,
+                secrets,
                 config,
                 store,
                 builder,
@@ -340,6 +344,13 @@ impl Engine {
         Ok(())
     }
 
+    /// A deployment with its SECRET values opened, for use only (never stored or returned).
+    pub(crate) fn opened(&self, d: &Deployment) -> Result<Deployment, EngineError> {
+        let mut d = d.clone();
+        d.spec = self.inner.secrets.open_spec(&d.spec)?;
+        Ok(d)
+    }
+
     fn slot(&self, app_id: &str) -> Arc<AppSlot> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(slots.entry(app_id.to_string()).or_default())
@@ -392,7 +403,11 @@ impl Engine {
     }
 
     /// Creates an app and starts its first deployment.
-    pub async fn create_app(&self, spec: AppSpec) -> Result<(AppRecord, Deployment), EngineError> {
+    pub async fn create_app(
+        &self,
+        mut spec: AppSpec,
+    ) -> Result<(AppRecord, Deployment), EngineError> {
+        self.inner.secrets.seal_spec(&mut spec);
         let at = now();
         let record = AppRecord {
             id: new_id(),
@@ -420,6 +435,8 @@ impl Engine {
     ) -> Result<(AppRecord, Deployment), EngineError> {
         let mut record = self.app(id).await?;
         record.name = spec.name.clone();
+        let mut spec = spec;
+        self.inner.secrets.seal_spec(&mut spec);
         record.spec = spec;
         record.updated_at = now();
         self.inner.store.update_app(&record).await?;

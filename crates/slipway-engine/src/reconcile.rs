@@ -112,7 +112,12 @@ impl Engine {
         let inner = &self.inner;
         let daemon = inner.config.daemon_id.as_str();
         let record = self.app(app_id).await?;
-        let active = inner.store.active_deployment(&record.id).await?;
+        let active = inner
+            .store
+            .active_deployment(&record.id)
+            .await?
+            .map(|d| self.opened(&d))
+            .transpose()?;
         let observed = inner
             .runtime
             .list(&[(labels::APP, record.id.as_str()), (labels::DAEMON, daemon)])

@@ -170,6 +170,14 @@ impl Run {
         self.dep.lock().await.clone()
     }
 
+    /// The deployment with its SECRET values opened, for building and starting containers.
+    async fn opened(&self) -> Result<Deployment, Failure> {
+        let d = self.snapshot().await;
+        self.engine
+            .opened(&d)
+            .map_err(|e| Failure::new(&[], "SecretUnreadable", chain(&e)))
+    }
+
     async fn phase(&self, phase: Phase) {
         self.update(|d| d.set_phase(phase)).await;
     }
@@ -207,8 +215,23 @@ impl Run {
             .await;
             return;
         }
-        let previous = match self.engine.inner.store.active_deployment(&d.app_id).await {
-            Ok(p) => p.filter(|p| p.id != d.id),
+        let previous = match self
+            .engine
+            .inner
+            .store
+            .active_deployment(&d.app_id)
+            .await
+            .map(|p| {
+                p.filter(|p| p.id != d.id)
+                    .map(|p| self.engine.opened(&p))
+                    .transpose()
+            }) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.finish(Err(Failure::new(&[], "SecretUnreadable", chain(&e))))
+                    .await;
+                return;
+            }
             Err(e) => {
                 self.finish(Err(Failure::new(&[], "StoreFailed", chain(&e))))
                     .await;
@@ -423,7 +446,7 @@ impl Run {
     ) -> Result<(), Failure> {
         self.phase(Phase::Building).await;
         self.start_step(&["build"]).await;
-        let d = self.snapshot().await;
+        let d = self.opened().await?;
         let builds = d
             .spec
             .buildable()
@@ -654,7 +677,7 @@ impl Run {
         }
         self.phase(Phase::Deploying).await;
         self.start_step(&["deploy"]).await;
-        let d = self.snapshot().await;
+        let d = self.opened().await?;
         let inner = &self.engine.inner;
         // The network belongs to the whole app: its component label is empty.
         let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
@@ -750,7 +773,7 @@ impl Run {
 
     /// Runs the jobs of one kind, one after another. The first that fails stops the rest.
     async fn run_jobs(&self, kind: JobKind, step: &str) -> Result<(), Failure> {
-        let d = self.snapshot().await;
+        let d = self.opened().await?;
         let jobs: Vec<String> = d
             .spec
             .jobs

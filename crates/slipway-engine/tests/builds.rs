@@ -281,3 +281,76 @@ async fn secret_values_never_reach_the_build_log() {
     assert!(!text.contains("supersecret-4242"), "{text}");
     assert!(text.contains("[secret]"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_sealed_at_rest_and_open_only_in_the_container() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    let tag = format!("slipway-sealed:{}", env.daemon_id);
+    slipway_testkit::build_hello_image(&env.docker, &tag, &env.daemon_id, "v1")
+        .await
+        .unwrap();
+    let name = unique("sealed");
+    let spec: AppSpec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    image: {{repository: slipway-sealed, tag: \"{}\"}}\n    envs:\n      - {{key: API_KEY, value: plain-secret-77, type: SECRET}}\n",
+        env.daemon_id
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = env.engine.create_app(spec).await.unwrap();
+    let sealed = app.spec.services[0].envs[0].value.clone().unwrap();
+    assert!(
+        sealed.starts_with("EV[1:"),
+        "the app's spec holds it sealed: {sealed}"
+    );
+    assert_eq!(
+        d.spec.services[0].envs[0].value.as_deref(),
+        Some(sealed.as_str())
+    );
+    wait_ok(&env, &d).await;
+
+    let web = &containers(&env, &app.id).await["web"][0];
+    let inspect = env.docker.inspect_container(web, None).await.unwrap();
+    let container_env = inspect.config.unwrap().env.unwrap();
+    assert!(
+        container_env.contains(&"API_KEY=plain-secret-77".to_string()),
+        "{container_env:?}"
+    );
+
+    // Nowhere in the store in the clear; the key file is private.
+    let db = std::fs::read(env.engine.config().data_dir.join("slipway.db")).unwrap();
+    let wal =
+        std::fs::read(env.engine.config().data_dir.join("slipway.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(!String::from_utf8_lossy(&bytes).contains("plain-secret-77"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.engine.config().data_dir.join("secret.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Sending the sealed value back keeps it; a restart opens it again.
+    let mut same = env.engine.app(&app.id).await.unwrap().spec;
+    same.services[0].instance_count = Some(2);
+    let (updated, d) = env.engine.update_app(&app.id, same).await.unwrap();
+    assert_eq!(
+        updated.spec.services[0].envs[0].value.as_deref(),
+        Some(sealed.as_str())
+    );
+    wait_ok(&env, &d).await;
+    for id in &containers(&env, &app.id).await["web"] {
+        let e = env
+            .docker
+            .inspect_container(id, None)
+            .await
+            .unwrap()
+            .config
+            .unwrap()
+            .env
+            .unwrap();
+        assert!(e.contains(&"API_KEY=plain-secret-77".to_string()));
+    }
+}
