@@ -396,3 +396,115 @@ async fn interrupted_deployments_are_completed_when_proven_and_rolled_back_other
     );
     engine.shutdown().await;
 }
+
+/// A Docker socket that can be cut: new connections are refused and open ones closed while it
+/// is down.
+struct FaultyDocker {
+    path: std::path::PathBuf,
+    up: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn docker_socket() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into())
+}
+
+async fn faulty_docker() -> FaultyDocker {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (up, watch) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if !*watch.borrow() {
+                continue;
+            }
+            let mut watch = watch.clone();
+            tokio::spawn(async move {
+                let Ok(mut docker) = tokio::net::UnixStream::connect(docker_socket()).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut docker) => {}
+                    _ = watch.wait_for(|up| !*up) => {}
+                }
+            });
+        }
+    });
+    FaultyDocker {
+        path,
+        up,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_unreachable_fails_deployments_clearly_and_nothing_is_lost() {
+    let Some(real) = slipway_testkit::docker().await else {
+        return;
+    };
+    let daemon_id = unique("faulty");
+    let _janitor = Janitor::new(&daemon_id);
+    let tag = format!("slipway-faulty:{daemon_id}");
+    build_hello_image(&real, &tag, &daemon_id, "v1")
+        .await
+        .unwrap();
+    let faulty = faulty_docker().await;
+    let docker = bollard::Docker::connect_with_unix(
+        faulty.path.to_str().unwrap(),
+        30,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .unwrap()
+    .negotiate_version()
+    .await
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let engine = engine_on(data.path(), &daemon_id, docker).await;
+    let spec = parse_spec(&format!(
+        "name: {}\nservices:\n  - name: web\n    image: {{repository: slipway-faulty, tag: \"{daemon_id}\"}}\n    health_check: {{http_path: /healthz, period_seconds: 0.1}}\n",
+        unique("faulty")
+    ))
+    .unwrap()
+    .spec;
+    let (app, first) = engine.create_app(spec).await.unwrap();
+    assert_eq!(
+        engine.wait(&app.id, &first.id).await.unwrap().phase,
+        Phase::Active
+    );
+
+    faulty.up.send_replace(false);
+    let d = engine.restart(&app.id, &[]).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(120), engine.wait(&app.id, &d.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.phase, Phase::Error);
+    let (_, reason) = d.progress.first_error().unwrap();
+    assert!(
+        reason.message.contains("Docker"),
+        "the reason names Docker: {}",
+        reason.message
+    );
+    // The store and the API's answers do not need Docker.
+    let view = engine
+        .app_view(&engine.app(&app.id).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(view.active_deployment.unwrap().id, first.id);
+
+    faulty.up.send_replace(true);
+    let d = engine.restart(&app.id, &[]).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(120), engine.wait(&app.id, &d.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.phase, Phase::Active, "{:?}", d.progress.first_error());
+    engine.shutdown().await;
+}
