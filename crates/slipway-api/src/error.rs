@@ -65,6 +65,11 @@ impl From<EngineError> for ApiError {
             EngineError::Store(slipway_store::StoreError::NameTaken(_)) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            EngineError::Store(slipway_store::StoreError::Full) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                e.to_string(),
+            ),
             EngineError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",

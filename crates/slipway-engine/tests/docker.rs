@@ -60,6 +60,22 @@ jobs:
     );
     let before = containers(&env, &app.id).await;
     let images_before = images(&env, &app.id).await;
+    // No extra privileges, no host mounts: only the database's own volume.
+    for ids in before.values() {
+        for id in ids {
+            let inspect = env.docker.inspect_container(id, None).await.unwrap();
+            let host = inspect.host_config.unwrap();
+            assert_ne!(host.privileged, Some(true));
+            assert!(host.binds.unwrap_or_default().is_empty(), "no bind mounts");
+            assert!(
+                host.cap_add.unwrap_or_default().is_empty(),
+                "no added capabilities"
+            );
+            for m in inspect.mounts.unwrap_or_default() {
+                assert_eq!(m.typ.as_deref(), Some("volume"), "only volumes");
+            }
+        }
+    }
     assert_eq!(before["web"].len(), 2);
     assert_eq!(before["worker"].len(), 1);
     assert_eq!(

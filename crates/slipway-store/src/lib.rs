@@ -28,6 +28,9 @@ pub enum StoreError {
     },
     #[error("an app named \"{0}\" already exists")]
     NameTaken(String),
+    /// The disk (or the store's size cap) is full; nothing of the failed write was kept.
+    #[error("the store is full: free disk space (nothing of the change was written)")]
+    Full,
     #[error("the store failed to {action}")]
     Sql {
         action: &'static str,
@@ -48,7 +51,12 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Sql { action, source }
+    move |source| match &source {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+            StoreError::Full
+        }
+        _ => StoreError::Sql { action, source },
+    }
 }
 
 /// An app as stored: its spec and times. Deployments are stored apart.
@@ -178,6 +186,23 @@ impl Store {
         .map_err(StoreError::Worker)?
     }
 
+    /// Caps the store file at about `bytes`: writes beyond it fail with [`StoreError::Full`],
+    /// as they would on a full disk.
+    pub async fn cap_size(&self, bytes: u64) -> Result<()> {
+        self.with(move |c| {
+            let page: u64 = c
+                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                .map_err(sql("read the page size"))? as u64;
+            c.query_row(
+                &format!("PRAGMA max_page_count = {}", (bytes / page).max(1)),
+                [],
+                |_| Ok(()),
+            )
+            .map_err(sql("cap the store's size"))
+        })
+        .await
+    }
+
     pub async fn insert_app(&self, app: &AppRecord) -> Result<()> {
         let app = app.clone();
         self.with(move |c| {
@@ -192,7 +217,7 @@ impl Store {
                 {
                     StoreError::NameTaken(app.name.clone())
                 }
-                e => StoreError::Sql { action: "insert an app", source: e },
+                e => sql("insert an app")(e),
             })?;
             Ok(())
         })
@@ -214,10 +239,7 @@ impl Store {
                 {
                     StoreError::NameTaken(app.name.clone())
                 }
-                e => StoreError::Sql {
-                    action: "update an app",
-                    source: e,
-                },
+                e => sql("update an app")(e),
             })?;
             Ok(())
         })
@@ -612,6 +634,29 @@ mod tests {
             created_at: now(),
             updated_at: now(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_the_write_and_keeps_what_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("slipway.db")).await.unwrap();
+        let a = app("full");
+        store.insert_app(&a).await.unwrap();
+        let mut d = Deployment::new(&a.id, a.spec.clone(), DeploymentKind::Build, "app created");
+        store.save_deployment(&d).await.unwrap();
+        store.cap_size(64 * 1024).await.unwrap();
+        d.cause = "x".repeat(256 * 1024);
+        let err = store.save_deployment(&d).await.unwrap_err();
+        assert!(matches!(err, StoreError::Full), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the store is full: free disk space (nothing of the change was written)"
+        );
+        let kept = store.deployment(&a.id, &d.id).await.unwrap().unwrap();
+        assert_eq!(
+            kept.cause, "app created",
+            "the failed write left the previous state"
+        );
     }
 
     #[tokio::test]

@@ -366,3 +366,55 @@ fn killed_during_a_build_a_job_and_a_rollout_it_comes_back_to_one_version() {
     );
     let _ = Path::new(BIN);
 }
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_abandons_a_build() {
+    if !docker_ready() {
+        return;
+    }
+    let mut daemon = Daemon::new();
+    let repo = HelloRepo::new("v1").unwrap();
+    let (app, first) = create(&daemon, &repo, "");
+    repo.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY hello /hello\nRUN [\"/hello\"]\n",
+    )
+    .unwrap();
+    repo.commit("a build that hangs").unwrap();
+    let d = daemon.api(
+        "POST",
+        &format!("/v2/apps/{app}/deployments"),
+        Some(serde_json::json!({"force_build": true})),
+    );
+    let dep = d["deployment"]["id"].as_str().unwrap().to_string();
+    daemon.wait_for(&app, &dep, |d| d["phase"] == "BUILDING");
+
+    let mut child = daemon.child.take().unwrap();
+    let t = Instant::now();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit: {status:?}");
+    assert!(answers(&web_containers(&app)) >= 3, "the app keeps running");
+
+    daemon.start();
+    let d = daemon.deployment(&app, &dep);
+    assert_eq!(
+        d["phase"], "CANCELED",
+        "the build was abandoned, not left half-done: {d}"
+    );
+    assert_eq!(daemon.deployment(&app, &first)["phase"], "ACTIVE");
+    assert_eq!(count_labelled(&format!("slipway.deployment={dep}")), 0);
+}
