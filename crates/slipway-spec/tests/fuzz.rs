@@ -6,12 +6,51 @@ use slipway_spec::{SpecError, parse_spec, parse_spec_value};
 
 /// Field names that the parser knows, so that generated documents go deep.
 const KEYS: &[&str] = &[
-    "name", "services", "workers", "jobs", "databases", "envs", "ingress", "rules", "git",
-    "repo_clone_url", "branch", "image", "repository", "tag", "source_dir", "dockerfile_path",
-    "run_command", "instance_count", "http_port", "health_check", "http_path", "period_seconds",
-    "rollout", "max_surge", "max_unavailable", "termination", "drain_seconds", "key", "value",
-    "scope", "type", "kind", "engine", "data_dir", "match", "path", "prefix", "component",
-    "region", "alerts", "github", "repo", "../x", "", "\u{0}",
+    "name",
+    "services",
+    "workers",
+    "jobs",
+    "databases",
+    "envs",
+    "ingress",
+    "rules",
+    "git",
+    "repo_clone_url",
+    "branch",
+    "image",
+    "repository",
+    "tag",
+    "source_dir",
+    "dockerfile_path",
+    "run_command",
+    "instance_count",
+    "http_port",
+    "health_check",
+    "http_path",
+    "period_seconds",
+    "rollout",
+    "max_surge",
+    "max_unavailable",
+    "termination",
+    "drain_seconds",
+    "key",
+    "value",
+    "scope",
+    "type",
+    "kind",
+    "engine",
+    "data_dir",
+    "match",
+    "path",
+    "prefix",
+    "component",
+    "region",
+    "alerts",
+    "github",
+    "repo",
+    "../x",
+    "",
+    "\u{0}",
 ];
 
 fn any_json() -> impl Strategy<Value = Value> {
@@ -19,7 +58,8 @@ fn any_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "[a-zA-Z0-9_./ %-]{0,40}".prop_map(Value::String),
         prop::sample::select(KEYS).prop_map(|k| Value::String(k.to_string())),
     ];
@@ -27,7 +67,12 @@ fn any_json() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(|pairs| {
-                Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>())
+                Value::Object(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect::<Map<_, _>>(),
+                )
             }),
         ]
     })
@@ -38,7 +83,10 @@ fn check(result: Result<slipway_spec::ParsedSpec, SpecError>) -> Result<(), Test
         let problems = e.problems();
         prop_assert!(!problems.is_empty());
         for p in problems {
-            prop_assert!(!p.message.trim().is_empty(), "a problem without a message: {p:?}");
+            prop_assert!(
+                !p.message.trim().is_empty(),
+                "a problem without a message: {p:?}"
+            );
         }
     }
     Ok(())
