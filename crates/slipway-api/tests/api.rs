@@ -3,41 +3,27 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use slipway_engine::{Engine, EngineConfig};
-use slipway_testkit::{Janitor, build_hello_image, unique};
+use slipway_testkit::unique;
+
+mod common;
 
 struct Api {
     base: String,
     http: reqwest::Client,
     tag: String,
-    _data: tempfile::TempDir,
-    _janitor: Janitor,
+    _served: common::Served,
 }
 
 const TOKEN: &str = "test-token-for-the-api";
 
 async fn api() -> Option<Api> {
-    let docker = slipway_testkit::docker().await?;
-    let daemon_id = unique("api");
-    let janitor = Janitor::new(&daemon_id);
-    let tag = format!("slipway-api-test:{daemon_id}");
-    build_hello_image(&docker, &tag, &daemon_id, "v1")
-        .await
-        .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(data.path());
-    config.daemon_id = daemon_id;
-    let engine = Engine::start(config, docker).await.unwrap();
-    let router = slipway_api::router(engine, slipway_api::Auth::token(TOKEN));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let served = common::serve("api", TOKEN).await?;
+    let (repository, tag) = served.hello_image("slipway-api-test").await;
     Some(Api {
-        base,
+        base: served.base.clone(),
         http: reqwest::Client::new(),
-        tag,
-        _data: data,
-        _janitor: janitor,
+        tag: format!("{repository}:{tag}"),
+        _served: served,
     })
 }
 

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
-use slipway_engine::{Engine, EngineConfig};
-use slipway_testkit::{Janitor, unique};
+
+mod common;
 
 fn any_json() -> impl Strategy<Value = Value> {
     let keys = prop::sample::select(vec![
@@ -49,19 +49,10 @@ fn any_json() -> impl Strategy<Value = Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_bodies_never_cause_a_server_error() {
-    let Some(docker) = slipway_testkit::docker().await else {
+    let Some(served) = common::serve("fuzz", "t").await else {
         return;
     };
-    let daemon_id = unique("fuzz");
-    let _janitor = Janitor::new(&daemon_id);
-    let data = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(data.path());
-    config.daemon_id = daemon_id;
-    let engine = Engine::start(config, docker).await.unwrap();
-    let router = slipway_api::router(engine, slipway_api::Auth::token("t"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = served.base.clone();
     let http = reqwest::Client::new();
 
     let mut runner = TestRunner::deterministic();

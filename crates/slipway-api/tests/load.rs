@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use slipway_engine::{Engine, EngineConfig};
-use slipway_testkit::{Janitor, build_hello_image, unique};
+use slipway_testkit::unique;
+
+mod common;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -22,23 +23,11 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_poll_while_ten_apps_restart() {
-    let Some(docker) = slipway_testkit::docker().await else {
+    let Some(served) = common::serve("load", "t").await else {
         return;
     };
-    let daemon_id = unique("load");
-    let _janitor = Janitor::new(&daemon_id);
-    let tag = format!("slipway-load:{daemon_id}");
-    build_hello_image(&docker, &tag, &daemon_id, "v1")
-        .await
-        .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(data.path());
-    config.daemon_id = daemon_id.clone();
-    let engine = Engine::start(config, docker).await.unwrap();
-    let router = slipway_api::router(engine, slipway_api::Auth::token("t"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (repository, tag) = served.hello_image("slipway-load").await;
+    let base = served.base.clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -48,7 +37,7 @@ async fn a_hundred_clients_poll_while_ten_apps_restart() {
     for _ in 0..10 {
         let spec = json!({
             "name": unique("load"),
-            "services": [{"name": "web", "image": {"repository": "slipway-load", "tag": daemon_id},
+            "services": [{"name": "web", "image": {"repository": repository, "tag": tag},
                           "health_check": {"http_path": "/healthz", "period_seconds": 0.1}}],
         });
         let v: Value = http

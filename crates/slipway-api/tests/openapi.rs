@@ -1,8 +1,8 @@
 //! The OpenAPI document: the checked-in file is exactly what the code serves.
 
 use serde_json::Value;
-use slipway_engine::{Engine, EngineConfig};
-use slipway_testkit::{Janitor, unique};
+
+mod common;
 
 const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
 
@@ -22,19 +22,10 @@ fn the_checked_in_document_is_the_implemented_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_served_and_the_document_is_served_too() {
-    let Some(docker) = slipway_testkit::docker().await else {
+    let Some(served) = common::serve("openapi", "t").await else {
         return;
     };
-    let daemon_id = unique("openapi");
-    let _janitor = Janitor::new(&daemon_id);
-    let data = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(data.path());
-    config.daemon_id = daemon_id;
-    let engine = Engine::start(config, docker).await.unwrap();
-    let router = slipway_api::router(engine, slipway_api::Auth::token("t"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = served.base.clone();
     let http = reqwest::Client::new();
 
     let served: Value = http

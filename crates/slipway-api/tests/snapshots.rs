@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use regex::Regex;
 use serde_json::{Value, json};
-use slipway_engine::{Engine, EngineConfig};
-use slipway_testkit::{Janitor, build_hello_image, unique};
+use slipway_testkit::unique;
+
+mod common;
 
 /// Replaces what changes from run to run with a stable marker.
 fn redact(v: &mut Value, names: &[(&str, &str)]) {
@@ -40,23 +41,11 @@ fn redact(v: &mut Value, names: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_json_is_pinned() {
-    let Some(docker) = slipway_testkit::docker().await else {
+    let Some(served) = common::serve("snap", "t").await else {
         return;
     };
-    let daemon_id = unique("snap");
-    let _janitor = Janitor::new(&daemon_id);
-    let tag = format!("slipway-snap:{daemon_id}");
-    build_hello_image(&docker, &tag, &daemon_id, "v1")
-        .await
-        .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(data.path());
-    config.daemon_id = daemon_id.clone();
-    let engine = Engine::start(config, docker).await.unwrap();
-    let router = slipway_api::router(engine, slipway_api::Auth::token("t"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let (repository, tag) = served.hello_image("slipway-snap").await;
+    let (base, daemon_id) = (served.base.clone(), served.daemon_id.clone());
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: String, body: Option<Value>| {
         let req = http
@@ -85,9 +74,9 @@ async fn api_json_is_pinned() {
     let spec = json!({
         "name": name,
         "region": "ams",
-        "services": [{"name": "web", "image": {"repository": "slipway-snap", "tag": daemon_id},
+        "services": [{"name": "web", "image": {"repository": repository, "tag": tag},
                       "health_check": {"http_path": "/healthz", "period_seconds": 0.1}}],
-        "jobs": [{"name": "migrate", "kind": "PRE_DEPLOY", "image": {"repository": "slipway-snap", "tag": daemon_id},
+        "jobs": [{"name": "migrate", "kind": "PRE_DEPLOY", "image": {"repository": repository, "tag": tag},
                   "envs": [{"key": "ROLE", "value": "job"}]}],
     });
     let (status, created) = call(
