@@ -3,7 +3,7 @@
 //!
 //! Promises:
 //! - every route but `GET /healthz` needs `Authorization: Bearer <token>`, compared in
-//!   constant time;
+//!   constant time (or the web panel's cookie, see [`panel`]);
 //! - errors are App Platform's body `{"id", "message"}` with the matching status: `bad_request`
 //!   400 (malformed JSON, an invalid spec: the message names the field path),
 //!   `unauthorized` 401, `not_found` 404, `request_entity_too_large` 413,
@@ -14,7 +14,9 @@
 
 mod doc;
 mod error;
+mod instances;
 mod logs;
+pub mod panel;
 mod routes;
 pub mod tls;
 

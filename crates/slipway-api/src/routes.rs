@@ -17,7 +17,7 @@ use crate::doc::{
     ApiDoc, AppBody, AppsPage, DeletedBody, DeploymentBody, DeploymentsPage, ErrorBody, ProposeBody,
 };
 use crate::error::ApiError;
-use crate::{MAX_BODY_BYTES, State, logs};
+use crate::{MAX_BODY_BYTES, State, instances, logs, panel};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -36,6 +36,7 @@ fn build(state: Option<Arc<State>>) -> (Router<Arc<State>>, utoipa::openapi::Ope
         .routes(routes!(list_deployments, create_deployment))
         .routes(routes!(get_deployment))
         .routes(routes!(cancel_deployment))
+        .routes(routes!(instances::instances))
         .routes(routes!(logs::deployment_logs))
         .routes(routes!(logs::component_logs))
         .routes(routes!(logs::active_logs))
@@ -73,6 +74,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             }),
         )
         .merge(v2)
+        .merge(panel::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -81,6 +83,10 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// Lets a request through with a token: `Authorization: Bearer <token>`, or the web panel's
+/// cookie. With the cookie, a request that changes something must also carry
+/// `X-Slipway-Panel: 1` (see [`panel`]): another site's page cannot add that header, so it
+/// cannot make a signed-in browser act.
 async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Response {
     if signed(&state, &request) {
         return next.run(request).await;
@@ -93,9 +99,23 @@ async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Resp
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    let Some(token) = presented.map(|t| t.trim().to_string()) else {
-        return ApiError::unauthorized("this API needs an Authorization: Bearer <token> header")
-            .into_response();
+    let token = match presented.map(|t| t.trim().to_string()) {
+        Some(token) => token,
+        None => match panel::cookie_token(request.headers()) {
+            Some(token) => {
+                if !panel::is_read(request.method()) && !panel::has_panel_header(request.headers())
+                {
+                    return panel::missing_header().into_response();
+                }
+                token
+            }
+            None => {
+                return ApiError::unauthorized(
+                    "this API needs an Authorization: Bearer <token> header",
+                )
+                .into_response();
+            }
+        },
     };
     match state.auth.scope(&token).await {
         None => ApiError::unauthorized("the token is not valid (or was revoked)").into_response(),

@@ -128,6 +128,8 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    // Requests say that they came over HTTPS, so that the panel's cookie is `Secure`.
+    let router = router.layer(axum::Extension(crate::panel::Https));
     loop {
         let (stream, remote) = tokio::select! {
             a = listener.accept() => match a {
