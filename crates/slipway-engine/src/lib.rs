@@ -19,6 +19,7 @@
 //! becomes ACTIVE, the previous ACTIVE one becomes SUPERSEDED in the same transaction.
 
 mod error;
+mod liveness;
 mod reconcile;
 mod run;
 mod secrets;
@@ -158,6 +159,11 @@ impl Engine {
         };
         engine.recover().await?;
         engine.restore_routes().await?;
+        let liveness = engine.clone();
+        engine
+            .inner
+            .tasks
+            .spawn(async move { liveness.watch_liveness().await });
         let reconciler = engine.clone();
         let interval = engine.inner.config.reconcile_interval;
         engine.inner.tasks.spawn(async move {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{answers, containers, env, wait_ok};
 use slipway_engine::LogKind;
 use slipway_spec::{AppSpec, EnvVar, Phase, parse_spec};
@@ -279,4 +281,44 @@ async fn two_daemons_with_the_same_app_name_never_collide() {
         2,
         "deleting one app left the other alone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_fails_its_liveness_check_is_taken_out_and_replaced() {
+    let Some(env) = env().await else { return };
+    let (repo, tag) = image(&env, "live", "").await;
+    let name = unique("liveness");
+    // Ready on `/` at once; `/healthz` starts failing 1.5 s after an instance starts.
+    let spec: AppSpec = parse_spec(&format!(
+        r#"
+name: {name}
+services:
+  - name: web
+    image: {{repository: {repo}, tag: "{tag}"}}
+    instance_count: 2
+    envs: [{{key: HEALTHZ_FAIL_AFTER_MS, value: "1500"}}]
+    health_check: {{http_path: /, period_seconds: 0.1}}
+    liveness_health_check: {{http_path: /healthz, period_seconds: 0.2, failure_threshold: 2}}
+"#
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = env.engine.create_app(spec).await.unwrap();
+    wait_ok(&env, &d).await;
+    let first = containers(&env, &app.id).await["web"].clone();
+    let mut replaced = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = containers(&env, &app.id).await;
+        let web = now.get("web").cloned().unwrap_or_default();
+        if first.iter().all(|id| !web.contains(id)) && !web.is_empty() {
+            replaced = true;
+            break;
+        }
+    }
+    assert!(
+        replaced,
+        "both instances failed their liveness check and were replaced"
+    );
+    env.engine.delete_app(&app.id, true).await.unwrap();
 }

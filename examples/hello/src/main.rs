@@ -139,16 +139,20 @@ struct Info {
     version: String,
     instance: String,
     healthz_fail: bool,
+    /// `/healthz` fails once this instant has passed (`HEALTHZ_FAIL_AFTER_MS`).
+    healthz_fail_at: Option<std::time::Instant>,
 }
 
 fn serve() {
-    let version = fs::read_to_string(env::var("VERSION_FILE").unwrap_or_else(|_| "/VERSION".into()))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let version =
+        fs::read_to_string(env::var("VERSION_FILE").unwrap_or_else(|_| "/VERSION".into()))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
     let info = Arc::new(Info {
         version,
         instance: hostname(),
         healthz_fail: env::var("HEALTHZ_FAIL").as_deref() == Ok("1"),
+        healthz_fail_at: env_ms("HEALTHZ_FAIL_AFTER_MS").map(|d| std::time::Instant::now() + d),
     });
     if let Some(d) = env_ms("READY_DELAY_MS") {
         thread::sleep(d);
@@ -208,7 +212,12 @@ fn handle(stream: TcpStream, info: &Info) -> std::io::Result<()> {
         reader.read_exact(&mut body)?;
 
         let (status, text) = match (method, path.split('?').next().unwrap_or("")) {
-            ("GET" | "HEAD", "/healthz") if info.healthz_fail => {
+            ("GET" | "HEAD", "/healthz")
+                if info.healthz_fail
+                    || info
+                        .healthz_fail_at
+                        .is_some_and(|t| std::time::Instant::now() >= t) =>
+            {
                 ("500 Internal Server Error", "unhealthy\n".to_string())
             }
             ("GET" | "HEAD", "/healthz") => ("200 OK", "ok\n".to_string()),
