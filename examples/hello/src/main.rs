@@ -106,7 +106,7 @@ fn idle(role: &str) -> ! {
     loop {
         thread::sleep(Duration::from_secs(1));
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             println!("{role} still working ({n}s)");
         }
     }
