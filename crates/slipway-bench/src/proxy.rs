@@ -1,0 +1,336 @@
+//! Benchmark 2b: what the ingress costs. The same moderate load against one instance of the
+//! example app, directly on its published port, through Slipway's ingress, and through nginx.
+
+use std::time::Duration;
+
+use crate::cpu;
+use crate::load::{self, LoadReport, LoadSpec, Target};
+use crate::nginx;
+use crate::report::{Section, Table, Verdict};
+use crate::setup::Bench;
+use crate::stats::{median_f64, thousands};
+
+/// Targets: the ingress keeps this share of the direct throughput, adds less than this p99.
+const MIN_SHARE: f64 = 0.85;
+const MAX_ADDED_P99_MS: f64 = 1.0;
+const WARM_UP: Duration = Duration::from_millis(500);
+const MAX_REQUESTS: u64 = 5_000_000;
+
+/// Whose CPU time is the proxy's.
+#[derive(Clone, Copy)]
+enum Meter {
+    /// No proxy.
+    None,
+    /// The bench's own runtime threads, where the ingress runs.
+    BenchThreads,
+    /// A process and its children.
+    Process(u32),
+}
+
+impl Meter {
+    fn read(self) -> Duration {
+        match self {
+            Meter::None => Duration::ZERO,
+            Meter::BenchThreads => cpu::bench_threads(),
+            Meter::Process(pid) => cpu::process_tree(pid),
+        }
+    }
+}
+
+/// One way to reach the instance, and what was measured through it.
+struct Path {
+    name: &'static str,
+    target: Result<Target, String>,
+    meter: Meter,
+    /// Successful requests per second, per round.
+    throughputs: Vec<f64>,
+    load: LoadReport,
+    /// The proxy's CPU time during the measured loads.
+    proxy_cpu: Duration,
+}
+
+impl Path {
+    fn new(name: &'static str, target: Result<Target, String>, meter: Meter) -> Path {
+        Path {
+            name,
+            target,
+            meter,
+            throughputs: Vec::new(),
+            load: LoadReport::default(),
+            proxy_cpu: Duration::ZERO,
+        }
+    }
+
+    /// The proxy's CPU time per successful request, in microseconds.
+    fn cpu_per_request_us(&self) -> f64 {
+        let ok = self.load.total - self.load.failed;
+        if ok == 0 {
+            return 0.0;
+        }
+        self.proxy_cpu.as_secs_f64() * 1e6 / ok as f64
+    }
+
+    fn throughput(&self) -> f64 {
+        median_f64(&self.throughputs)
+    }
+
+    fn measured(&self) -> bool {
+        !self.throughputs.is_empty()
+    }
+}
+
+fn spec(name: &str, repository: &str, tag: &str) -> String {
+    format!(
+        r#"name: {name}
+services:
+  - name: web
+    image: {{repository: {repository}, tag: "{tag}"}}
+    instance_count: 1
+    http_port: 8080
+    health_check: {{http_path: /healthz, period_seconds: 0.05, failure_threshold: 200}}
+"#
+    )
+}
+
+pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
+    let (paths, nginx_version) = measure(bench).await?;
+    Ok(write(bench, &paths, &nginx_version))
+}
+
+async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
+    let (repository, tag) = bench.image_parts();
+    let name = slipway_testkit::unique("bench-proxy");
+    let app = bench.create_app(&spec(&name, repository, tag)).await?;
+    let instances = bench.web_instances(&app).await?;
+    let Some((_, direct)) = instances.first() else {
+        anyhow::bail!("the app has no instance");
+    };
+    let (nginx, nginx_version) = match start_nginx(direct.port()).await {
+        Ok((n, v)) => (Ok(n), v),
+        Err(e) => (Err(format!("{e:#}")), String::new()),
+    };
+    let nginx_meter = nginx
+        .as_ref()
+        .ok()
+        .and_then(nginx::Nginx::pid)
+        .map_or(Meter::None, Meter::Process);
+    let mut paths = vec![
+        Path::new(
+            "direct to the instance",
+            Ok(Target::local(direct.port(), "localhost")),
+            Meter::None,
+        ),
+        Path::new(
+            "through Slipway's ingress",
+            Ok(Target::local(bench.ingress.port(), &bench.host(&name))),
+            Meter::BenchThreads,
+        ),
+        Path::new(
+            "through nginx",
+            nginx
+                .as_ref()
+                .map(|n| Target::local(n.port, "localhost"))
+                .map_err(Clone::clone),
+            nginx_meter,
+        ),
+    ];
+    let result = rounds(bench, &mut paths).await;
+    if let Ok(n) = nginx {
+        n.stop().await;
+    }
+    result?;
+    Ok((paths, nginx_version))
+}
+
+async fn start_nginx(upstream: u16) -> anyhow::Result<(nginx::Nginx, String)> {
+    let version = nginx::ensure_installed().await?;
+    Ok((nginx::start(upstream).await?, version))
+}
+
+/// Loads every path once per round, in a different order each round.
+async fn rounds(bench: &Bench, paths: &mut [Path]) -> anyhow::Result<()> {
+    let s = &bench.settings;
+    for round in 0..s.proxy_rounds {
+        for i in 0..paths.len() {
+            let path = &mut paths[(i + round) % 3];
+            let Ok(target) = path.target.clone() else {
+                continue;
+            };
+            let spec = LoadSpec {
+                target,
+                connections: s.proxy_connections,
+                warm_up: WARM_UP,
+                max_duration: s.proxy_duration,
+                max_requests: MAX_REQUESTS,
+            };
+            let running = load::start(spec);
+            tokio::time::sleep(WARM_UP).await;
+            let cpu_before = path.meter.read();
+            tokio::time::sleep(s.proxy_duration).await;
+            let r = running.finish().await?;
+            path.proxy_cpu += path.meter.read().saturating_sub(cpu_before);
+            println!(
+                "    {} round {}: {:.0} req/s, p99 {:.2} ms, {} failed",
+                path.name,
+                round + 1,
+                r.throughput(),
+                r.latency_ms(99.0),
+                r.failed
+            );
+            path.throughputs.push(r.throughput());
+            path.load.merge(r);
+        }
+    }
+    Ok(())
+}
+
+fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Verdict>) {
+    let s = &bench.settings;
+    let [direct, ingress, nginx] = paths else {
+        unreachable!("three paths are measured")
+    };
+    let mut sec = Section::new("2b. What the ingress costs");
+    sec.text(format!(
+        "{c} clients, each on its own kept-alive HTTP/1.1 connection, send `GET /` one after \
+         another for {d} s to one instance of the example app, {r} round(s), each round \
+         loading the three paths one after another in a rotating order (each load's first \
+         {w} ms, while it connects, is not recorded; each is bounded at {maxr} requests): \
+         **direct** — the instance's port published on 127.0.0.1; **Slipway's ingress** — \
+         `slipway_ingress::serve` on 127.0.0.1 routing by `Host` to that same instance; \
+         **nginx** {nv}— Debian's \
+         package, 2 worker processes, `proxy_pass` to the same port through an upstream with \
+         `keepalive 64`, `proxy_http_version 1.1` and an empty `Connection` header, no access \
+         log. Every path goes through Docker's port publishing. The load generator runs in the \
+         same process on threads of its own, so all three share the machine's 2 cores with \
+         it. Throughput is the median over the rounds of successful requests per second; \
+         latencies (ms) pool every round's successful requests. *Proxy CPU* is the proxy's \
+         own CPU time (user + system, read from `/proc`) during the measured loads divided by \
+         the requests it served: for the ingress, the bench's runtime threads (the engine is \
+         idle meanwhile; the load generator's threads are not counted), for nginx its master \
+         and workers.",
+        c = s.proxy_connections,
+        d = s.proxy_duration.as_secs(),
+        r = s.proxy_rounds,
+        w = WARM_UP.as_millis(),
+        maxr = thousands(MAX_REQUESTS),
+        nv = if nginx_version.is_empty() {
+            String::new()
+        } else {
+            format!("({nginx_version}) ")
+        },
+    ));
+    let mut t = Table::new(&[
+        "path",
+        "req/s, median (min–max)",
+        "of direct",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99 added",
+        "proxy CPU µs/request",
+        "failed",
+    ]);
+    for p in paths {
+        t.row(path_row(p, direct));
+    }
+    sec.table(t);
+
+    let share = ingress.throughput() / direct.throughput();
+    let added = ingress.load.latency_ms(99.0) - direct.load.latency_ms(99.0);
+    let share_met = share >= MIN_SHARE;
+    let added_met = added < MAX_ADDED_P99_MS;
+    let ahead = nginx
+        .measured()
+        .then(|| ingress.throughput() > nginx.throughput());
+    let nginx_text = match ahead {
+        None => format!(
+            "nginx could not be measured: {}",
+            nginx.target.as_ref().err().cloned().unwrap_or_default()
+        ),
+        Some(a) => format!(
+            "ahead of nginx (more requests per second) — {}: {:.0} against {:.0} req/s, p99 \
+             {:.2} against {:.2} ms",
+            if a { "met" } else { "missed" },
+            ingress.throughput(),
+            nginx.throughput(),
+            ingress.load.latency_ms(99.0),
+            nginx.load.latency_ms(99.0)
+        ),
+    };
+    sec.text(format!(
+        "Targets: the ingress keeps at least {:.0}% of the direct throughput — {}: {:.0}%; it \
+         adds less than {MAX_ADDED_P99_MS:.0} ms at p99 — {}: {added:+.2} ms; {nginx_text}.",
+        MIN_SHARE * 100.0,
+        if share_met { "met" } else { "missed" },
+        share * 100.0,
+        if added_met { "met" } else { "missed" },
+    ));
+    if nginx.measured() && !(share_met && added_met) {
+        sec.text(format!(
+            "On this machine the load is bound by CPU: the load generator, the proxy, Docker's \
+             port proxy and the app share 2 cores, so the CPU a proxy spends on each request \
+             comes out of the same budget as everything else's; nginx keeps {:.0}% of the \
+             direct throughput here. Per request, the ingress spends {:.1} µs of CPU and nginx \
+             {:.1} µs.",
+            nginx.throughput() / direct.throughput() * 100.0,
+            ingress.cpu_per_request_us(),
+            nginx.cpu_per_request_us(),
+        ));
+    }
+    let verdicts = vec![
+        Verdict::new(
+            "2b. Ingress throughput",
+            &format!("≥ {:.0}% of direct", MIN_SHARE * 100.0),
+            format!("{:.0}%", share * 100.0),
+            Some(share_met),
+        ),
+        Verdict::new(
+            "2b. Ingress added p99 latency",
+            &format!("< {MAX_ADDED_P99_MS:.0} ms"),
+            format!("{added:+.2} ms"),
+            Some(added_met),
+        ),
+        Verdict::new(
+            "2b. Ingress against nginx",
+            "more req/s than nginx",
+            if nginx.measured() {
+                format!(
+                    "{:.0} vs {:.0} req/s",
+                    ingress.throughput(),
+                    nginx.throughput()
+                )
+            } else {
+                "not measured".into()
+            },
+            ahead,
+        ),
+    ];
+    (sec, verdicts)
+}
+
+fn path_row(p: &Path, direct: &Path) -> Vec<String> {
+    if let Err(why) = &p.target {
+        let mut row = vec![p.name.into(), format!("not measured: {why}")];
+        row.resize(9, String::new());
+        return row;
+    }
+    let min = p.throughputs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = p.throughputs.iter().copied().fold(0.0, f64::max);
+    vec![
+        p.name.into(),
+        format!("{:.0} ({min:.0}–{max:.0})", p.throughput()),
+        format!("{:.0}%", p.throughput() / direct.throughput() * 100.0),
+        format!("{:.2}", p.load.latency_ms(50.0)),
+        format!("{:.2}", p.load.latency_ms(90.0)),
+        format!("{:.2}", p.load.latency_ms(99.0)),
+        format!(
+            "{:+.2}",
+            p.load.latency_ms(99.0) - direct.load.latency_ms(99.0)
+        ),
+        match p.meter {
+            Meter::None => "—".into(),
+            _ => format!("{:.1}", p.cpu_per_request_us()),
+        },
+        thousands(p.load.failed),
+    ]
+}
