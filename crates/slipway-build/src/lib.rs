@@ -123,19 +123,33 @@ impl ImageBuilder {
         let deadline = tokio::time::sleep(self.timeout);
         tokio::pin!(deadline);
         let mut reported_id: Option<String> = None;
-        loop {
+        // The layers each step committed: a build that fails leaves them behind as untagged
+        // images, which are removed then.
+        let mut layers: Vec<String> = Vec::new();
+        let mut from_cache = false;
+        let result = loop {
             let item = tokio::select! {
                 item = stream.next() => item,
                 () = &mut deadline => {
-                    return Err(BuildError::Timeout { tag, seconds: self.timeout.as_secs() });
+                    break Err(BuildError::Timeout { tag: tag.clone(), seconds: self.timeout.as_secs() });
                 }
-                () = cancel.cancelled() => return Err(BuildError::Canceled { tag }),
+                () = cancel.cancelled() => break Err(BuildError::Canceled { tag: tag.clone() }),
             };
-            let Some(item) = item else { break };
+            let Some(item) = item else { break Ok(()) };
             match item {
                 Ok(info) => {
                     if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                         for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            let line_id = line.trim().strip_prefix("---> ").filter(|id| {
+                                id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
+                            });
+                            match line_id {
+                                // A layer another build made, found in the cache: not this
+                                // build's to remove.
+                                Some(_) if from_cache => from_cache = false,
+                                Some(id) => layers.push(id.to_string()),
+                                None => from_cache = line.trim() == "---> Using cache",
+                            }
                             log(&redact(line));
                         }
                     }
@@ -146,21 +160,37 @@ impl ImageBuilder {
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
                     let message = redact(error.trim());
                     log(&message);
-                    return Err(BuildError::Failed { tag, message });
+                    break Err(BuildError::Failed {
+                        tag: tag.clone(),
+                        message,
+                    });
                 }
                 Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
                     let message = redact(message.trim());
                     log(&message);
-                    return Err(BuildError::Failed { tag, message });
+                    break Err(BuildError::Failed {
+                        tag: tag.clone(),
+                        message,
+                    });
                 }
                 Err(source) => {
-                    return Err(BuildError::Docker {
+                    break Err(BuildError::Docker {
                         action: "build",
-                        image: tag,
+                        image: tag.clone(),
                         source,
                     });
                 }
             }
+        };
+        if let Err(e) = result {
+            // Dropping the stream makes Docker abandon a build still under way.
+            drop(stream);
+            for layer in layers.iter().rev() {
+                if let Err(err) = self.remove_image(layer).await {
+                    tracing::debug!(layer = %layer, error = %err, "removing a failed build's layer failed");
+                }
+            }
+            return Err(e);
         }
         let id = match self.image_id(&tag).await? {
             Some(id) => id,

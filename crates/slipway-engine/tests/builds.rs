@@ -34,15 +34,18 @@ async fn builds_are_reused_when_nothing_changed_and_the_cache_can_be_cleared() {
     };
     let repo = HelloRepo::new("v1").unwrap();
     // A RUN step that records when it ran: it keeps its value when it comes from the cache.
+    // The ENV step makes this build's layers its own: builds of the same steps running at the
+    // same time in other tests would otherwise each make a layer for them, and the cache
+    // could pick either.
+    let name = unique("builds");
     repo.write(
         "Dockerfile",
-        "FROM scratch\nCOPY hello /hello\nRUN [\"/hello\", \"stamp\", \"/built-at\"]\nCOPY VERSION /VERSION\nCMD [\"/hello\"]\n",
+        &format!("FROM scratch\nENV STAMP_TEST={name}\nCOPY hello /hello\nRUN [\"/hello\", \"stamp\", \"/built-at\"]\nCOPY VERSION /VERSION\nCMD [\"/hello\"]\n"),
     )
     .unwrap();
     repo.write(".dockerignore", "notes/\n").unwrap();
     repo.write("notes/todo.txt", "not for the image").unwrap();
     repo.commit("stamp the build").unwrap();
-    let name = unique("builds");
     let spec: AppSpec = parse_spec(&format!(
         "name: {name}\nservices:\n  - name: web\n    {}\n    {}\n",
         common::git(&repo),
