@@ -194,9 +194,9 @@ impl Proxy {
         }
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
 
-        let mut headers = parts.headers.clone();
+        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers, upgrade);
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", remote.ip()),

@@ -212,12 +212,15 @@ struct Table {
 #[derive(Debug)]
 pub struct Ingress {
     pub(crate) config: IngressConfig,
+    /// `.<base domain>`, for matching hosts without formatting it on every request.
+    host_suffix: String,
     table: RwLock<Table>,
 }
 
 impl Ingress {
     pub fn new(config: IngressConfig) -> Arc<Ingress> {
         Arc::new(Ingress {
+            host_suffix: format!(".{}", config.base_domain),
             config,
             table: RwLock::new(Table::default()),
         })
@@ -394,7 +397,7 @@ impl Ingress {
     /// The app served at `host` (without its port).
     pub(crate) fn app_for_host(&self, host: &str) -> Option<Arc<AppRoutes>> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let name = host.strip_suffix(&format!(".{}", self.config.base_domain))?;
+        let name = host.strip_suffix(self.host_suffix.as_str())?;
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         let id = table.names.get(name)?;
         table.apps.get(id).cloned()

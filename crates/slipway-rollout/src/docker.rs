@@ -695,6 +695,9 @@ impl Runtime for DockerRuntime {
             Probe::Running => Ok(()),
         };
         match answer {
+            // The app answered (or Docker says it is healthy): it runs. Only the Running probe
+            // needs to ask Docker.
+            Ok(()) if *probe != Probe::Running => ProbeResult::Ready,
             Ok(()) => match self.exited(&instance.id).await {
                 None => ProbeResult::Ready,
                 Some(code) => ProbeResult::Exited(code),
