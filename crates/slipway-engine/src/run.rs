@@ -700,7 +700,6 @@ impl Run {
         self.roll_all(&d, previous, &components).await?;
 
         if with_jobs {
-            self.remove_dropped_components(&d).await;
             self.update(|d| d.progress.succeed(&["deploy"], now()))
                 .await;
             if let Err(f) = self.run_jobs(JobKind::PostDeploy, "post-deploy").await {
@@ -1054,33 +1053,6 @@ impl Run {
             ])
             .await
             .map_err(|e| Failure::new(&["deploy", component], "DockerFailed", chain(&e)))
-    }
-
-    /// Stops the containers of services and workers the new spec no longer has.
-    async fn remove_dropped_components(&self, d: &Deployment) {
-        let inner = &self.engine.inner;
-        let Ok(all) = inner
-            .runtime
-            .list(&[
-                (labels::APP, d.app_id.as_str()),
-                (labels::DAEMON, self.daemon_id()),
-            ])
-            .await
-        else {
-            return;
-        };
-        for instance in all {
-            if d.spec.kind_of(&instance.component).is_none() {
-                tracing::info!(instance = %instance.name, "removing a component the spec dropped");
-                inner.ingress.eject(&instance.id);
-                let _ = slipway_rollout::Runtime::stop(
-                    &inner.runtime,
-                    &instance,
-                    Duration::from_secs(10),
-                )
-                .await;
-            }
-        }
     }
 }
 

@@ -121,6 +121,23 @@ databases:
     // Nothing to do: nothing changes.
     let done = env.engine.reconcile(&app.id).await.unwrap().unwrap();
     assert_eq!((done.started, done.removed), (0, 0));
+
+    // A component the new spec drops is removed once the deployment is active.
+    let mut spec = env.engine.app(&app.id).await.unwrap().spec;
+    spec.workers.clear();
+    let (_, d) = env.engine.update_app(&app.id, spec).await.unwrap();
+    wait_ok(&env, &d).await;
+    // The reconciler removes it just after the deployment became ACTIVE.
+    let mut left = containers(&env, &app.id).await;
+    for _ in 0..100 {
+        if !left.contains_key("worker") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = containers(&env, &app.id).await;
+    }
+    assert!(!left.contains_key("worker"), "{left:?}");
+    assert_eq!(left["web"].len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
