@@ -27,6 +27,11 @@ pub enum EngineError {
     Secret,
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error(
+        "the data directory {path} is in use by another Slipway daemon{}; stop it or give this one its own --data-dir",
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    DataDirInUse { path: PathBuf, holder: Option<u32> },
     #[error("cannot use the data directory {path}")]
     DataDir {
         path: PathBuf,

@@ -26,7 +26,7 @@ mod secrets;
 mod templates;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +98,41 @@ pub struct DeploymentUpdate {
     pub deployment: Deployment,
 }
 
+/// Takes the data directory for this process: its store, git mirrors and secret key must
+/// have one writer. The lock file names the holder's pid; the lock itself ends with the
+/// process, however it ends.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, EngineError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("daemon.lock");
+    let err = |source| EngineError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(EngineError::DataDirInUse {
+                path: dir.to_path_buf(),
+                holder: pid.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    file.rewind().map_err(err)?;
+    write!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(file)
+}
+
 /// Runs apps' deployments. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -117,6 +152,8 @@ struct Inner {
     updates: broadcast::Sender<DeploymentUpdate>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Held for the engine's life: one daemon per data directory.
+    _data_dir_lock: std::fs::File,
 }
 
 /// One app's turn-taking: one deployment runs at a time.
@@ -135,6 +172,7 @@ impl Engine {
             path: config.data_dir.clone(),
             source,
         })?;
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("slipway.db")).await?;
         let sources =
             SourceCache::new(config.data_dir.join("git")).with_timeout(config.fetch_timeout);
@@ -155,6 +193,7 @@ impl Engine {
                 updates,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                _data_dir_lock: data_dir_lock,
             }),
         };
         engine.recover().await?;

@@ -280,6 +280,33 @@ async fn a_build_that_never_ends_is_stopped_at_its_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_serves_one_daemon_at_a_time() {
+    let Some(docker) = slipway_testkit::docker().await else {
+        return;
+    };
+    let daemon_id = unique("onedir");
+    let _janitor = Janitor::new(&daemon_id);
+    let data = tempfile::tempdir().unwrap();
+    let first = engine_on(data.path(), &daemon_id, docker.clone()).await;
+
+    let mut config = EngineConfig::new(data.path());
+    config.daemon_id = daemon_id.clone();
+    let err = Engine::start(config, docker.clone()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(&data.path().display().to_string())
+            && message.contains(&format!("pid {}", std::process::id()))
+            && message.contains("--data-dir"),
+        "{message}"
+    );
+
+    first.shutdown().await;
+    drop(first);
+    let second = engine_on(data.path(), &daemon_id, docker).await;
+    second.shutdown().await;
+}
+
 /// Starts an engine on an existing data dir and daemon ID.
 async fn engine_on(data: &std::path::Path, daemon_id: &str, docker: bollard::Docker) -> Engine {
     let mut config = EngineConfig::new(data);

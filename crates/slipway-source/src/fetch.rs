@@ -11,6 +11,9 @@ use crate::SourceError;
 use crate::context::{self, BuildContext};
 
 /// The mirrors of every repository Slipway builds from.
+///
+/// The cache's directory belongs to one process: a lock file that git left in a mirror is
+/// taken for the remains of a fetch that was killed, and removed before the next fetch.
 #[derive(Debug)]
 pub struct SourceCache {
     root: PathBuf,
@@ -212,7 +215,10 @@ fn open_mirror(mirror: &Path, url: &str) -> Result<Repository, SourceError> {
         source,
     };
     let repo = match Repository::open_bare(mirror) {
-        Ok(r) => r,
+        Ok(r) => {
+            remove_stale_locks(mirror);
+            r
+        }
         Err(_) => {
             if let Some(parent) = mirror.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| {
@@ -233,6 +239,42 @@ fn open_mirror(mirror: &Path, url: &str) -> Result<Repository, SourceError> {
         }
     }
     Ok(repo)
+}
+
+/// Removes the `*.lock` files a killed fetch left behind (git writes `refs/heads/main.lock`,
+/// `packed-refs.lock`, `config.lock`, … and renames them into place), which would fail every
+/// later fetch with "failed to lock file". Only called with the mirror's fetch lock held.
+fn remove_stale_locks(mirror: &Path) {
+    fn walk(dir: &Path, depth: usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                // objects/ holds no lock files; refs/ nests as deep as branch names do.
+                if depth < 16 && entry.file_name() != "objects" {
+                    walk(&path, depth + 1);
+                }
+            } else if path.extension().is_some_and(|e| e == "lock") {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::warn!(
+                        path = %path.display(),
+                        "removed a lock file left by an interrupted fetch"
+                    ),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "cannot remove a lock file left by an interrupted fetch"
+                    ),
+                }
+            }
+        }
+    }
+    walk(mirror, 0);
 }
 
 fn fetch_blocking(

@@ -164,6 +164,33 @@ async fn fetches_incrementally_and_builds_contexts_from_the_commit_only() {
 }
 
 #[tokio::test]
+async fn a_fetch_killed_half_way_does_not_wedge_the_mirror() {
+    let repo = Repo::new();
+    repo.write("Dockerfile", "FROM scratch\n");
+    repo.commit("one");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = SourceCache::new(cache_dir.path());
+    let cancel = CancellationToken::new();
+    let fetched = cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
+
+    // What a daemon killed in the middle of a fetch leaves: git's lock files, each of which
+    // makes the next fetch fail with "failed to lock file".
+    for stale in ["refs/heads/main.lock", "packed-refs.lock", "config.lock"] {
+        std::fs::write(fetched.mirror.join(stale), "").unwrap();
+    }
+    repo.write("Dockerfile", "FROM scratch\nENV V=2\n");
+    let second = repo.commit("two");
+    let again = cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
+    assert_eq!(again.commit, second);
+    for stale in ["refs/heads/main.lock", "packed-refs.lock", "config.lock"] {
+        assert!(
+            !fetched.mirror.join(stale).exists(),
+            "{stale} is still there"
+        );
+    }
+}
+
+#[tokio::test]
 async fn each_failure_says_plainly_what_is_wrong() {
     let repo = Repo::new();
     repo.write("Dockerfile", "FROM scratch\n");
