@@ -1,0 +1,69 @@
+//! The errors of the Swarm runtime: each names what was being done and to what.
+
+/// What went wrong talking to Swarm or to the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// The engine is not part of a swarm at all.
+    #[error(
+        "the Docker engine is not in a swarm (its swarm state is \"{state}\"): run `docker swarm init` on the manager, or use the single-engine runtime"
+    )]
+    NotInSwarm { state: String },
+    /// The engine is a swarm worker: only managers can create and update services.
+    #[error("the Docker engine is a swarm worker, not a manager: point Slipway at a manager node")]
+    NotManager,
+    /// A node Slipway needs is not ready (down, or unknown to the swarm).
+    #[error("swarm node {node} is {state}{}", detail(.message))]
+    NodeDown {
+        node: String,
+        state: String,
+        message: String,
+    },
+    /// A Docker API call failed.
+    #[error("{action} failed")]
+    Docker {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The registry refused the push, or could not be reached.
+    #[error("pushing {image} to the registry {registry} failed: {reason}")]
+    Push {
+        image: String,
+        registry: String,
+        reason: String,
+    },
+    /// Swarm rolled the component back after its new tasks failed; the previous version runs.
+    #[error("{component}: the update failed and Swarm rolled it back ({message})")]
+    RolledBack { component: String, message: String },
+    /// Swarm paused the update (or the rollback) and it needs an operator.
+    #[error("{component}: Swarm paused the update ({message})")]
+    Paused { component: String, message: String },
+    /// The update did not finish in time.
+    #[error("{component}: the update did not finish within {seconds} s ({state})")]
+    Timeout {
+        component: String,
+        seconds: u64,
+        state: String,
+    },
+    /// A job ended without success.
+    #[error("job {component} failed: {reason}")]
+    JobFailed { component: String, reason: String },
+    /// A component that cannot be made into a service as asked.
+    #[error("{component}: {reason}")]
+    Invalid { component: String, reason: String },
+}
+
+fn detail(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(" ({message})")
+    }
+}
+
+impl SwarmError {
+    pub(crate) fn docker(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Self {
+        let action = action.into();
+        move |source| SwarmError::Docker { action, source }
+    }
+}

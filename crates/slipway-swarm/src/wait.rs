@@ -1,0 +1,242 @@
+//! Following a rolling update: a pure verdict from what Swarm reports (the service's spec and
+//! `UpdateStatus`, and its tasks), so that the decision is tested without Docker.
+
+use bollard::models::{Service, ServiceUpdateStatusStateEnum, Task, TaskSpec, TaskState};
+
+/// A task's transition, as reported while an update runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub task_id: String,
+    /// The replica's slot (1-based), when the service is replicated.
+    pub slot: Option<i64>,
+    pub node_id: String,
+    /// Swarm's task state: `preparing`, `starting`, `running`, `shutdown`, `failed`, ...
+    pub state: String,
+    /// What Swarm wants the task to be: `running` or `shutdown`.
+    pub desired: String,
+    /// Whether the task runs the service's current spec (a new task during an update).
+    pub current: bool,
+    /// Swarm's message, and the error of a failed task.
+    pub message: String,
+}
+
+/// How a finished update ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    /// The tasks running the new spec.
+    pub running: usize,
+}
+
+/// What to do after looking at the service and its tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Not done yet; why.
+    Wait(String),
+    Done(UpdateOutcome),
+    RolledBack(String),
+    Paused(String),
+}
+
+/// The part of a task spec that an update changes: a task whose part equals the service's
+/// runs the current spec.
+fn key(spec: Option<&TaskSpec>) -> (Option<u64>, Option<String>, Option<Vec<String>>) {
+    let c = spec.and_then(|s| s.container_spec.as_ref());
+    (
+        spec.and_then(|s| s.force_update),
+        c.and_then(|c| c.image.clone()),
+        c.and_then(|c| c.env.clone()),
+    )
+}
+
+pub(crate) fn is_current(service: &Service, task: &Task) -> bool {
+    let template = service.spec.as_ref().and_then(|s| s.task_template.as_ref());
+    key(template) == key(task.spec.as_ref())
+}
+
+/// The service's task template, as written by this update.
+pub(crate) fn template(service: &Service) -> Option<TaskSpec> {
+    service.spec.as_ref().and_then(|s| s.task_template.clone())
+}
+
+fn replicas(service: &Service) -> usize {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.mode.as_ref())
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+        .and_then(|r| usize::try_from(r).ok())
+        .unwrap_or(1)
+}
+
+/// The verdict on an update that wrote `intended` as the task template.
+pub(crate) fn judge(intended: Option<&TaskSpec>, service: &Service, tasks: &[Task]) -> Verdict {
+    let status = service.update_status.as_ref();
+    let state = status
+        .and_then(|s| s.state)
+        .unwrap_or(ServiceUpdateStatusStateEnum::EMPTY);
+    let message = status.and_then(|s| s.message.clone()).unwrap_or_default();
+    let ours = key(intended) == key(template(service).as_ref());
+    if !ours {
+        // The template is no longer ours: Swarm is rolling back (or someone else changed it).
+        return match state {
+            ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => Verdict::RolledBack(message),
+            ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED => Verdict::Paused(message),
+            _ => Verdict::Wait(format!("rolling back ({state})")),
+        };
+    }
+    if state == ServiceUpdateStatusStateEnum::PAUSED {
+        return Verdict::Paused(message);
+    }
+    let wanted_running = |t: &&Task| t.desired_state == Some(TaskState::RUNNING);
+    let running = tasks
+        .iter()
+        .filter(wanted_running)
+        .filter(|t| is_current(service, t))
+        .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
+        .count();
+    let old = tasks
+        .iter()
+        .filter(wanted_running)
+        .filter(|t| !is_current(service, t))
+        .count();
+    let want = replicas(service);
+    if running == want && old == 0 && state != ServiceUpdateStatusStateEnum::UPDATING {
+        Verdict::Done(UpdateOutcome { running })
+    } else {
+        Verdict::Wait(format!(
+            "{running} of {want} new tasks running, {old} old ones left ({state})"
+        ))
+    }
+}
+
+pub(crate) fn event(service: &Service, task: &Task) -> TaskEvent {
+    let status = task.status.as_ref();
+    let mut message = status.and_then(|s| s.message.clone()).unwrap_or_default();
+    if let Some(err) = status.and_then(|s| s.err.as_ref()) {
+        message = format!("{message}: {err}");
+    }
+    TaskEvent {
+        task_id: task.id.clone().unwrap_or_default(),
+        slot: task.slot,
+        node_id: task.node_id.clone().unwrap_or_default(),
+        state: status
+            .and_then(|s| s.state)
+            .map_or_else(String::new, |s| s.to_string()),
+        desired: task
+            .desired_state
+            .map_or_else(String::new, |s| s.to_string()),
+        current: is_current(service, task),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{
+        ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceUpdateStatus,
+        TaskSpecContainerSpec, TaskStatus,
+    };
+
+    fn tmpl(force: u64, image: &str) -> TaskSpec {
+        TaskSpec {
+            force_update: Some(force),
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(image.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn service(t: TaskSpec, state: Option<ServiceUpdateStatusStateEnum>) -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                task_template: Some(t),
+                mode: Some(ServiceSpecMode {
+                    replicated: Some(ServiceSpecModeReplicated { replicas: Some(2) }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_status: state.map(|s| ServiceUpdateStatus {
+                state: Some(s),
+                message: Some("msg".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn task(t: TaskSpec, state: TaskState, desired: TaskState) -> Task {
+        Task {
+            spec: Some(t),
+            desired_state: Some(desired),
+            status: Some(TaskStatus {
+                state: Some(state),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn done_only_when_every_replica_runs_the_new_spec() {
+        use TaskState::*;
+        let new = tmpl(2, "img");
+        let old = tmpl(1, "img");
+        let s = service(new.clone(), Some(ServiceUpdateStatusStateEnum::COMPLETED));
+        let half = [
+            task(new.clone(), RUNNING, RUNNING),
+            task(old.clone(), RUNNING, RUNNING),
+        ];
+        assert!(matches!(judge(Some(&new), &s, &half), Verdict::Wait(_)));
+        let all = [
+            task(new.clone(), RUNNING, RUNNING),
+            task(new.clone(), RUNNING, RUNNING),
+            task(old.clone(), SHUTDOWN, SHUTDOWN),
+        ];
+        assert_eq!(
+            judge(Some(&new), &s, &all),
+            Verdict::Done(UpdateOutcome { running: 2 })
+        );
+        let updating = service(new.clone(), Some(ServiceUpdateStatusStateEnum::UPDATING));
+        assert!(matches!(
+            judge(Some(&new), &updating, &all),
+            Verdict::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_reverted_template_is_a_rollback_once_swarm_says_so() {
+        use TaskState::*;
+        let new = tmpl(1, "img:v2");
+        let old = tmpl(1, "img:v1");
+        let tasks = [
+            task(old.clone(), RUNNING, RUNNING),
+            task(old.clone(), RUNNING, RUNNING),
+        ];
+        let started = service(
+            old.clone(),
+            Some(ServiceUpdateStatusStateEnum::ROLLBACK_STARTED),
+        );
+        assert!(matches!(
+            judge(Some(&new), &started, &tasks),
+            Verdict::Wait(_)
+        ));
+        let done = service(
+            old.clone(),
+            Some(ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED),
+        );
+        assert_eq!(
+            judge(Some(&new), &done, &tasks),
+            Verdict::RolledBack("msg".into())
+        );
+        let paused = service(new.clone(), Some(ServiceUpdateStatusStateEnum::PAUSED));
+        assert_eq!(
+            judge(Some(&new), &paused, &tasks),
+            Verdict::Paused("msg".into())
+        );
+    }
+}

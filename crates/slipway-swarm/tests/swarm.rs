@@ -1,0 +1,664 @@
+//! The Swarm runtime against the real Docker engine: a single-node swarm (initialised for the
+//! test only when the engine is in none, and left again only then) and Debian's
+//! `docker-registry` on loopback as the registry every node pulls from.
+//!
+//! The scenarios run one at a time (they share the swarm); each has its own daemon ID, app ID
+//! and names, and its clean-up (services, containers, volumes, networks, images, the swarm,
+//! the registry) runs from `Drop`, so also when an assertion fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::SwarmInitRequest;
+use bollard::query_parameters::LeaveSwarmOptionsBuilder;
+use slipway_ingress::{Ingress, IngressConfig};
+use slipway_spec::{AppSpec, ComponentKind, HealthCheck, ServiceSpec, labels};
+use slipway_swarm::{
+    EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push,
+};
+use slipway_testkit::{Janitor, build_hello_image_with, unique};
+use tokio_util::sync::CancellationToken;
+
+/// The swarm is shared: one scenario at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const HEALTHCHECK: &str = "HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n";
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Debian's `docker-registry` on a free loopback port, storing in a temp dir.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Option<Registry> {
+        if Command::new("docker-registry")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            let why = "the `docker-registry` program is missing (apt-get install docker-registry)";
+            assert!(!in_ci(), "{why}");
+            eprintln!("skipping: {why}");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("slipway-registry-")
+            .tempdir()
+            .unwrap();
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        let registry = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&registry.addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(registry)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One scenario's world: the swarm, the registry, a daemon ID that labels everything.
+struct Fixture {
+    docker: Docker,
+    swarm: Swarm,
+    daemon_id: String,
+    app_id: String,
+    registry: Option<Registry>,
+    /// This scenario initialised the swarm, and leaves it.
+    initialised: bool,
+    gwbridge_existed: bool,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+const GWBRIDGE: &str = "docker_gwbridge";
+
+async fn fixture() -> Option<Fixture> {
+    let serial = SERIAL.lock().await;
+    let docker = slipway_testkit::docker().await?;
+    let registry = Registry::start()?;
+    let info = docker.info().await.unwrap();
+    let state = info
+        .swarm
+        .as_ref()
+        .and_then(|s| s.local_node_state)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let gwbridge_existed = docker
+        .inspect_network(
+            GWBRIDGE,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .is_ok();
+    let initialised = match state.as_str() {
+        "inactive" => {
+            docker
+                .init_swarm(SwarmInitRequest {
+                    listen_addr: Some("127.0.0.1:2377".into()),
+                    advertise_addr: Some("127.0.0.1".into()),
+                    ..Default::default()
+                })
+                .await
+                .expect("a single-node swarm can be initialised");
+            true
+        }
+        "active" => false,
+        other => panic!("this engine's swarm state is {other}: cannot test the Swarm runtime"),
+    };
+    let daemon_id = unique("swarm-test");
+    let fixture = Fixture {
+        swarm: match Swarm::connect(docker.clone(), &daemon_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                if initialised {
+                    let _ = docker
+                        .leave_swarm(Some(
+                            LeaveSwarmOptionsBuilder::default().force(true).build(),
+                        ))
+                        .await;
+                }
+                panic!("{e}");
+            }
+        },
+        docker,
+        app_id: unique("app"),
+        daemon_id,
+        registry: Some(registry),
+        initialised,
+        gwbridge_existed,
+        _serial: serial,
+    };
+    fixture.swarm.check_nodes(None).await.unwrap();
+    Some(fixture)
+}
+
+impl Fixture {
+    fn registry(&self) -> &str {
+        &self.registry.as_ref().unwrap().addr
+    }
+
+    /// Builds the hello image at `version` (with a HEALTHCHECK), pushes it, and returns the
+    /// reference pinned by digest.
+    async fn image(&self, version: &str) -> String {
+        self.image_with(version, HEALTHCHECK).await
+    }
+
+    /// [`Fixture::image`] with `extra` Dockerfile lines instead of the HEALTHCHECK.
+    async fn image_with(&self, version: &str, extra: &str) -> String {
+        let tag = format!("slipway-swarm-test/{}:{version}", self.app_id);
+        build_hello_image_with(&self.docker, &tag, &self.daemon_id, version, extra)
+            .await
+            .unwrap();
+        push(
+            &self.docker,
+            &tag,
+            self.registry(),
+            &format!("slipway/{}-web", self.app_id),
+            version,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn web(&self, image: &str, replicas: u32) -> ServiceDef {
+        ServiceDef {
+            daemon_id: self.daemon_id.clone(),
+            app_id: self.app_id.clone(),
+            component: "web".into(),
+            kind: Some(ComponentKind::Service),
+            deployment_id: unique("dep"),
+            image: image.into(),
+            // hello keeps serving for a second after its stop signal, as Swarm requires.
+            env: BTreeMap::from([("STOP_DELAY_MS".into(), "1000".into())]),
+            replicas,
+            http_port: Some(8080),
+            health_check: Some(HealthCheck {
+                http_path: Some("/healthz".into()),
+                period_seconds: Some(0.2),
+                timeout_seconds: Some(1.0),
+                failure_threshold: Some(3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let (swarm, daemon_id) = (self.swarm.clone(), self.daemon_id.clone());
+        let (initialised, gwbridge_existed) = (self.initialised, self.gwbridge_existed);
+        // A thread of its own, so that this works inside and outside a tokio runtime.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for name in swarm.services(None).await.unwrap_or_default() {
+                    let _ = swarm.remove(&name).await;
+                }
+                Janitor::sweep(swarm.docker(), &daemon_id).await;
+                if initialised {
+                    let _ = swarm
+                        .docker()
+                        .leave_swarm(Some(
+                            LeaveSwarmOptionsBuilder::default().force(true).build(),
+                        ))
+                        .await;
+                    if !gwbridge_existed {
+                        let _ = swarm.docker().remove_network(GWBRIDGE).await;
+                    }
+                }
+            });
+        });
+        let _ = done.join();
+        self.registry.take();
+    }
+}
+
+/// Per client: answers, failures and the bodies of the answers.
+type Tally = (u64, Vec<String>, Vec<String>);
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+/// `clients` clients sending requests one after another until stopped (at most 120 s each).
+fn load(http: &reqwest::Client, url: &str, clients: usize) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..clients)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.to_string(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (mut ok, mut failures, mut bodies) = (0u64, Vec::new(), Vec::new());
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            ok += 1;
+                            bodies.push(r.text().await.unwrap_or_default());
+                        }
+                        Ok(r) => failures.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (ok, failures, bodies)
+            })
+        })
+        .collect();
+    Load { stop, tasks }
+}
+
+impl Load {
+    async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failures, mut bodies) = (0, Vec::new(), Vec::new());
+        for t in self.tasks {
+            let (o, f, b) = t.await.unwrap();
+            ok += o;
+            failures.extend(f);
+            bodies.extend(b);
+        }
+        (ok, failures, bodies)
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn running_tasks(events: &[TaskEvent]) -> BTreeMap<String, TaskEvent> {
+    let mut last = BTreeMap::new();
+    for e in events {
+        last.insert(e.task_id.clone(), e.clone());
+    }
+    last.retain(|_, e| e.state == "running" && e.desired == "running");
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
+    let Some(f) = fixture().await else { return };
+    let v1 = f.image("v1").await;
+    assert!(v1.contains("@sha256:"), "{v1}");
+    let def = f.web(&v1, 3);
+    let name = f.swarm.apply(&def).await.unwrap();
+    let mut events = Vec::new();
+    f.swarm
+        .wait(&name, "web", UPDATE_TIMEOUT, |e| events.push(e.clone()))
+        .await
+        .unwrap();
+    let first = running_tasks(&events);
+    assert_eq!(first.len(), 3, "{events:?}");
+
+    // Labels on the service and on its containers.
+    let service = f.docker.inspect_service(&name, None).await.unwrap();
+    let spec = service.spec.unwrap();
+    assert_eq!(spec.labels.unwrap()[labels::DAEMON], f.daemon_id);
+    let filters = HashMap::from([(
+        "label",
+        vec![format!("com.docker.swarm.service.name={name}")],
+    )]);
+    let containers = f
+        .docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(containers.len(), 3);
+    for c in &containers {
+        let l = c.labels.clone().unwrap();
+        assert_eq!(l[labels::DAEMON], f.daemon_id);
+        assert_eq!(l[labels::APP], f.app_id);
+        assert_eq!(l[labels::COMPONENT], "web");
+        assert_eq!(l[labels::KIND], "service");
+    }
+
+    // The ingress, fed by the tasks' endpoints on 127.0.0.1.
+    let ingress = Ingress::new(IngressConfig::default());
+    let app_name = unique("swarm");
+    ingress.set_app(
+        &f.app_id,
+        &AppSpec {
+            name: app_name.clone(),
+            services: vec![ServiceSpec {
+                name: "web".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    let feed = Arc::clone(&ingress);
+    let app_id = f.app_id.clone();
+    let _follower = follow_endpoints(
+        f.swarm.clone(),
+        name.clone(),
+        8080,
+        Some("/healthz".into()),
+        move |e| match e {
+            EndpointEvent::Ready { task_id, addr } => {
+                assert!(addr.ip().is_loopback(), "{addr}");
+                feed.add(&app_id, "web", &task_id, addr);
+            }
+            EndpointEvent::Leaving { task_id } => {
+                let (feed, app_id) = (Arc::clone(&feed), app_id.clone());
+                tokio::spawn(async move {
+                    feed.drain(&app_id, "web", &task_id, Duration::from_secs(5))
+                        .await;
+                });
+            }
+        },
+    );
+    wait_until("3 tasks are in the ingress", || {
+        ingress.ready_count(&f.app_id, "web") == 3
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        Arc::clone(&ingress),
+        listener,
+        stop.clone(),
+    ));
+    let _stop = stop.drop_guard();
+    let host = format!("{app_name}.localhost");
+    let http = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{host}:{}/", addr.port());
+
+    // Restart under load: every task replaced, from the same image digest.
+    let running = load(&http, &url, 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.swarm.restart(&name).await.unwrap();
+    let mut events = Vec::new();
+    let outcome = f
+        .swarm
+        .wait(&name, "web", UPDATE_TIMEOUT, |e| events.push(e.clone()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.running, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures, bodies) = running.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the restart: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 50, "the load ran: {ok} requests");
+    assert!(bodies.iter().all(|b| b.starts_with("hello from v1")));
+    let after = running_tasks(&events);
+    assert_eq!(after.len(), 3, "{events:?}");
+    assert!(
+        after.keys().all(|t| !first.contains_key(t)),
+        "every task was replaced"
+    );
+    let spec = f
+        .docker
+        .inspect_service(&name, None)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let task = spec.task_template.unwrap();
+    assert_eq!(task.force_update, Some(1));
+    assert_eq!(task.container_spec.unwrap().image.as_deref(), Some(&*v1));
+
+    // Force rebuild under load: a new image, pushed, and the service updated to it.
+    let running = load(&http, &url, 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = f.image("v2").await;
+    f.swarm.apply(&f.web(&v2, 3)).await.unwrap();
+    f.swarm
+        .wait(&name, "web", UPDATE_TIMEOUT, |_| {})
+        .await
+        .unwrap();
+    wait_until("only the new tasks are in the ingress", || {
+        ingress.ready_count(&f.app_id, "web") == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failures, _) = running.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rebuild: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 50, "the load ran: {ok} requests");
+    for _ in 0..30 {
+        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+        assert!(body.starts_with("hello from v2"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_new_version_is_rolled_back_by_swarm_and_reported() {
+    let Some(f) = fixture().await else { return };
+    let v1 = f.image("v1").await;
+    let name = f.swarm.apply(&f.web(&v1, 2)).await.unwrap();
+    f.swarm
+        .wait(&name, "web", UPDATE_TIMEOUT, |_| {})
+        .await
+        .unwrap();
+
+    let mut broken = f.web(&v1, 2);
+    broken.env.insert("HEALTHZ_FAIL".into(), "1".into());
+    f.swarm.apply(&broken).await.unwrap();
+    let mut events = Vec::new();
+    let err = f
+        .swarm
+        .wait(&name, "web", UPDATE_TIMEOUT, |e| events.push(e.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SwarmError::RolledBack { component, .. } if component == "web"),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("web: "), "{err}");
+    assert!(
+        events.iter().any(|e| e.current && e.state == "failed") || !events.is_empty(),
+        "{events:?}"
+    );
+
+    // The previous version runs, untouched.
+    let spec = f
+        .docker
+        .inspect_service(&name, None)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let env = spec
+        .task_template
+        .unwrap()
+        .container_spec
+        .unwrap()
+        .env
+        .unwrap();
+    assert!(
+        !env.iter().any(|e| e.starts_with("HEALTHZ_FAIL")),
+        "{env:?}"
+    );
+    f.swarm
+        .wait(&name, "web", UPDATE_TIMEOUT, |_| {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_to_completion_and_databases_keep_a_pinned_volume() {
+    let Some(f) = fixture().await else { return };
+    let v1 = f.image("v1").await;
+    let job = |code: &str| ServiceDef {
+        daemon_id: f.daemon_id.clone(),
+        app_id: f.app_id.clone(),
+        component: "migrate".into(),
+        kind: Some(ComponentKind::Job),
+        deployment_id: unique("dep"),
+        image: v1.clone(),
+        env: BTreeMap::from([
+            ("ROLE".into(), "job".into()),
+            ("JOB_EXIT_CODE".into(), code.into()),
+        ]),
+        replicas: 1,
+        ..Default::default()
+    };
+    let ok = f
+        .swarm
+        .run_job(&job("0"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ok.exit_code, 0);
+    assert!(ok.logs.contains("job done"), "{}", ok.logs);
+    let err = f
+        .swarm
+        .run_job(&job("3"), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SwarmError::JobFailed { component, reason } if component == "migrate" && reason.contains("exit code 3")),
+        "{err:?}"
+    );
+
+    let network = f.swarm.ensure_network(&f.app_id, "dep0").await.unwrap();
+    let volume = format!("slipway-{}-db", f.app_id);
+    let db = ServiceDef {
+        daemon_id: f.daemon_id.clone(),
+        app_id: f.app_id.clone(),
+        component: "db".into(),
+        kind: Some(ComponentKind::Database),
+        deployment_id: "dep0".into(),
+        // A database serves no HTTP: its image has no HTTP health check.
+        image: f.image_with("db", "").await,
+        env: BTreeMap::from([("ROLE".into(), "db".into())]),
+        replicas: 1,
+        network: Some(network.clone()),
+        volume: Some((volume.clone(), "/data".into())),
+        ..Default::default()
+    };
+    let name = f.swarm.ensure_database(&db).await.unwrap();
+    f.swarm
+        .wait(&name, "db", UPDATE_TIMEOUT, |_| {})
+        .await
+        .unwrap();
+    let spec = f
+        .docker
+        .inspect_service(&name, None)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(
+        spec.task_template
+            .unwrap()
+            .placement
+            .unwrap()
+            .constraints
+            .unwrap(),
+        vec![format!("node.id=={}", f.swarm.node_id())]
+    );
+    let v = f.docker.inspect_volume(&volume).await.unwrap();
+    assert_eq!(v.labels[labels::DAEMON], f.daemon_id);
+    assert_eq!(v.labels[labels::COMPONENT], "db");
+    let n = f
+        .docker
+        .inspect_network(
+            &network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.labels.unwrap()[labels::DAEMON], f.daemon_id);
+    // Ensuring it again changes nothing.
+    assert_eq!(f.swarm.ensure_database(&db).await.unwrap(), name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_registry_refuses_is_a_clear_error() {
+    let Some(f) = fixture().await else { return };
+    let tag = format!("slipway-swarm-test/{}:v1", f.app_id);
+    build_hello_image_with(&f.docker, &tag, &f.daemon_id, "v1", "")
+        .await
+        .unwrap();
+    // Nothing listens there.
+    let closed = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let registry = format!("127.0.0.1:{closed}");
+    let err = push(&f.docker, &tag, &registry, "slipway/refused", "v1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SwarmError::Push { registry: r, .. } if *r == registry),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&registry), "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+}
