@@ -6,6 +6,8 @@ use std::time::Duration;
 
 /// The name of the bench's runtime threads (the ingress and the engine run on them).
 pub const BENCH_THREADS: &str = "slipway-bench";
+/// The name the ingress gives its own threads (one per CPU).
+pub const INGRESS_THREADS: &str = "slipway-ingress";
 /// The name of the load generator's threads, whose time is not counted.
 pub const LOAD_THREADS: &str = "slipway-load";
 
@@ -29,7 +31,7 @@ fn read_stat(path: &str) -> Option<(String, u32, u64)> {
     parse_stat(&std::fs::read_to_string(path).ok()?)
 }
 
-/// The CPU time of this process's threads named [`BENCH_THREADS`].
+/// The CPU time of this process's threads named [`BENCH_THREADS`] and [`INGRESS_THREADS`].
 pub fn bench_threads() -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
@@ -37,7 +39,7 @@ pub fn bench_threads() -> Duration {
     let ticks: u64 = tasks
         .flatten()
         .filter_map(|t| read_stat(&format!("{}/stat", t.path().display())))
-        .filter(|(name, _, _)| name.starts_with(BENCH_THREADS))
+        .filter(|(name, _, _)| name.starts_with(BENCH_THREADS) || name.starts_with(INGRESS_THREADS))
         .map(|(_, _, ticks)| ticks)
         .sum();
     TICK * ticks as u32

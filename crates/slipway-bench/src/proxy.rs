@@ -205,9 +205,9 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
          it. Throughput is the median over the rounds of successful requests per second; \
          latencies (ms) pool every round's successful requests. *Proxy CPU* is the proxy's \
          own CPU time (user + system, read from `/proc`) during the measured loads divided by \
-         the requests it served: for the ingress, the bench's runtime threads (the engine is \
-         idle meanwhile; the load generator's threads are not counted), for nginx its master \
-         and workers.",
+         the requests it served: for the ingress, its own threads (one per CPU) and the bench's \
+         runtime threads (the engine is idle meanwhile; the load generator's threads are not \
+         counted), for nginx its master and workers.",
         c = s.proxy_connections,
         d = s.proxy_duration.as_secs(),
         r = s.proxy_rounds,

@@ -1,63 +1,227 @@
 //! The HTTP server that forwards requests to instances.
+//!
+//! Each backend keeps its own pool of idle HTTP/1.1 connections (newest first), so that a
+//! request costs one pool pop and no URI rewriting: the request's own origin-form URI is sent
+//! as it came unless a route rewrites the path. A connection goes back to its pool when the
+//! response body it carried has been sent whole; one whose response was cut short is closed.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::table::{InFlight, Ingress};
+use crate::table::{Backend, InFlight, Ingress};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Request bodies up to this size are kept, so that a request that could not be sent can be
 /// sent again to another instance.
 const RETRY_BODY_BYTES: u64 = 64 * 1024;
+/// How long an idle connection to a backend is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most idle connections kept per backend.
+const MAX_IDLE: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A backend's idle connections, the most recently used last, each with the ingress worker
+/// whose thread drives it: a worker only takes its own.
+#[derive(Default)]
+pub(crate) struct IdleConnections(Mutex<Vec<Idle>>);
+
+struct Idle {
+    conn: SendRequest<UpstreamBody>,
+    since: Instant,
+    worker: usize,
+}
+
+impl std::fmt::Debug for IdleConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |v| v.len());
+        f.debug_struct("IdleConnections").field("idle", &n).finish()
+    }
+}
+
+impl IdleConnections {
+    fn pop(&self) -> Option<SendRequest<UpstreamBody>> {
+        let worker = WORKER.get();
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(i) = idle.iter().rposition(|c| c.worker == worker) {
+            let c = idle.remove(i);
+            if !c.conn.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    fn push(&self, conn: SendRequest<UpstreamBody>) {
+        if conn.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest are at the front: drop those that waited too long.
+        let stale = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..stale);
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            conn,
+            since: now,
+            worker: WORKER.get(),
+        });
+    }
+}
+
+/// Why no connection to a backend could be had: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connecting took longer than {} s", CONNECT_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// An idle connection to `backend`, else a new one.
+async fn checkout(backend: &Backend) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    while let Some(mut conn) = backend.connections.pop() {
+        if conn.ready().await.is_ok() {
+            return Ok(conn);
+        }
+    }
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    let id = backend.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(instance = %id, error = %e, "backend connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
 
 struct Proxy {
     ingress: Arc<Ingress>,
-    client: Client<HttpConnector, ProxyBody>,
+    scheme: HeaderValue,
 }
 
-/// Serves the ingress on `listener` until `shutdown` fires. Connections under way when it
-/// fires are finished by their own tasks.
+thread_local! {
+    /// The ingress worker this thread is, for its own idle connections.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How long connections under way may take to finish after `shutdown` fires.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves the ingress on `listener` until `shutdown` fires, then lets the requests under way
+/// finish (for at most 30 s) and returns.
+///
+/// The ingress runs on threads of its own, one per CPU, each with a single-threaded runtime
+/// that accepts from the same listener and keeps its own connections to the instances: a
+/// request is read, forwarded and answered on one thread, with no hand-off to another.
 pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1024)
-        .build(connector);
-    let header_timeout = ingress.config.header_timeout;
-    let proxy = Arc::new(Proxy { ingress, client });
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the ingress cannot take its listener");
+            return;
+        }
+    };
+    let scheme = HeaderValue::from_static(if ingress.config.public_scheme == "https" {
+        "https"
+    } else {
+        "http"
+    });
+    let proxy = Arc::new(Proxy { ingress, scheme });
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+    let mut finished = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let own = match listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the ingress cannot share its listener");
+                break;
+            }
+        };
+        let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
+        let (done, finish) = tokio::sync::oneshot::channel::<()>();
+        let started = std::thread::Builder::new()
+            .name(format!("slipway-ingress-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "an ingress worker cannot start its runtime");
+                        return;
+                    }
+                };
+                WORKER.set(index);
+                runtime.block_on(worker(proxy, own, shutdown));
+                drop(done);
+            });
+        match started {
+            Ok(_) => finished.push(finish),
+            Err(e) => tracing::error!(error = %e, "an ingress worker cannot start"),
+        }
+    }
+    drop(listener);
+    for f in finished {
+        let _ = f.await;
+    }
+}
+
+/// One ingress thread's accept loop and its connections.
+async fn worker(proxy: Arc<Proxy>, listener: std::net::TcpListener, shutdown: CancellationToken) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "an ingress worker cannot listen");
+            return;
+        }
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(proxy.ingress.config.header_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
         let (stream, remote) = match accepted {
             Ok(a) => a,
@@ -68,24 +232,42 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
             }
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder) = (Arc::clone(&proxy), Arc::clone(&builder));
-        tokio::spawn(async move {
+        let (proxy, builder, shutdown) =
+            (Arc::clone(&proxy), Arc::clone(&builder), shutdown.clone());
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
                 async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
             });
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %remote, "client connection ended with an error");
             }
         });
     }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            connections = connections.len(),
+            "connections still open at the end of the ingress's shutdown grace are closed"
+        );
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    let mut r = Response::new(ProxyBody::Bytes(Some(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -145,36 +327,64 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// `X-Forwarded-For` with `ip` appended.
+fn forwarded_for(previous: Option<&HeaderValue>, ip: std::net::IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(previous.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = previous {
+        buf.extend_from_slice(p.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    write!(buf, "{ip}").ok()?;
+    HeaderValue::from_maybe_shared(Bytes::from(buf)).ok()
+}
+
 impl Proxy {
     async fn handle(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
-            .unwrap_or_default();
-        let bare_host = without_port(&host);
+        let host = match req.headers().get(header::HOST) {
+            Some(h) => h.clone(),
+            None => match req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                Some(h) => h,
+                None => HeaderValue::from_static(""),
+            },
+        };
+        let bare_host = without_port(host.to_str().unwrap_or_default());
         let Some(app) = self.ingress.app_for_host(bare_host) else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("no app is served at {bare_host}\n"),
             );
         };
-        let path = req.uri().path().to_string();
-        let query = req
-            .uri()
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let Some((component, forwarded_path)) = app.route(&path) else {
+        let Some((component, forwarded_path)) = app.route(req.uri().path()) else {
             return text(
                 StatusCode::NOT_FOUND,
-                format!("app {} has no route for {path}\n", app.name),
+                format!("app {} has no route for {}\n", app.name, req.uri().path()),
             );
         };
-        let component = component.to_string();
-        let Some(pool) = app.pool(&component) else {
+        // The path to send, when a route changes it.
+        let rewritten: Option<PathAndQuery> = match forwarded_path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => {
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                };
+                match PathAndQuery::try_from(pq) {
+                    Ok(pq) => Some(pq),
+                    Err(_) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "the request path is not valid\n".into(),
+                        );
+                    }
+                }
+            }
+        };
+        let Some(pool) = app.pool(component) else {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no instance of {component} is ready\n"),
@@ -193,30 +403,31 @@ impl Proxy {
             );
         }
         let upgrade = is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
+        let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let http::request::Parts {
+            method,
+            uri,
+            mut headers,
+            ..
+        } = parts;
 
-        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers, upgrade);
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", remote.ip()),
-            None => remote.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        if let Some(v) = forwarded_for(headers.get("x-forwarded-for"), remote.ip()) {
             headers.insert("x-forwarded-for", v);
         }
-        headers.insert(
-            "x-forwarded-proto",
-            HeaderValue::from_static(if self.ingress.config.public_scheme == "https" {
-                "https"
-            } else {
-                "http"
-            }),
-        );
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            headers.insert("x-forwarded-host", v.clone());
-            headers.insert(header::HOST, v);
-        }
+        headers.insert("x-forwarded-proto", self.scheme.clone());
+        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(header::HOST, host);
+        // Origin-form: the path and query alone.
+        let uri = match rewritten {
+            Some(pq) => Uri::from(pq),
+            None => match uri.path_and_query() {
+                Some(_) if uri.scheme().is_none() => uri,
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
+            },
+        };
 
         // Keep small bodies so that the request can be sent again.
         let (kept, mut streaming): (Option<Bytes>, Option<Incoming>) = if body.is_end_stream() {
@@ -237,9 +448,10 @@ impl Proxy {
         } else {
             (None, Some(body))
         };
-        let retryable = kept.is_some();
-        let mut client_upgrade = client_upgrade;
+        // A request that may go out twice keeps what it needs for the second time.
+        let resendable = kept.is_some() && is_idempotent(&method);
         let mut exclude: Option<String> = None;
+        let mut spare: Option<Request<UpstreamBody>> = None;
         for attempt in 0..2 {
             let Some(backend) = pool.pick(exclude.as_deref()) else {
                 return text(
@@ -248,52 +460,68 @@ impl Proxy {
                 );
             };
             let guard = InFlight::new(Arc::clone(&backend));
-            let body: ProxyBody = match (&kept, streaming.take()) {
-                (Some(b), _) => Full::new(b.clone()).map_err(|e| match e {}).boxed(),
-                (None, Some(b)) => Limited::new(b, max as usize).boxed(),
-                (None, None) => Empty::new().map_err(|e| match e {}).boxed(),
+            let up = match spare.take() {
+                Some(up) => up,
+                None => {
+                    let body = match (&kept, streaming.take()) {
+                        (Some(b), _) => UpstreamBody::Bytes(Some(b.clone())),
+                        (None, Some(b)) => UpstreamBody::Stream(Limited::new(b, max as usize)),
+                        (None, None) => UpstreamBody::Bytes(None),
+                    };
+                    let mut up = Request::new(body);
+                    *up.method_mut() = method.clone();
+                    *up.version_mut() = Version::HTTP_11;
+                    *up.uri_mut() = uri.clone();
+                    *up.headers_mut() = if attempt == 0 && !resendable {
+                        std::mem::take(&mut headers)
+                    } else {
+                        headers.clone()
+                    };
+                    up
+                }
             };
-            let uri = format!("http://{}{forwarded_path}{query}", backend.addr);
-            let mut up = Request::new(body);
-            *up.method_mut() = parts.method.clone();
-            *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = headers.clone();
-            match uri.parse() {
-                Ok(u) => *up.uri_mut() = u,
-                Err(_) => {
+            let mut conn = match checkout(&backend).await {
+                Ok(c) => c,
+                Err(e) => {
+                    backend.mark_down();
+                    if attempt == 0 {
+                        tracing::debug!(instance = %backend.id, error = %e, "sending to another instance");
+                        exclude = Some(backend.id.clone());
+                        spare = Some(up);
+                        continue;
+                    }
                     return text(
-                        StatusCode::BAD_REQUEST,
-                        "the request path is not valid\n".into(),
+                        StatusCode::BAD_GATEWAY,
+                        format!("{component} could not be reached: {e}\n"),
                     );
                 }
-            }
-            let sent =
-                tokio::time::timeout(self.ingress.config.request_timeout, self.client.request(up))
-                    .await;
+            };
+            let timeout = self.ingress.config.request_timeout;
+            let sent = tokio::time::timeout(timeout, conn.try_send_request(up)).await;
             match sent {
                 Err(_) => {
                     return text(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "{component} did not answer within {} s\n",
-                            self.ingress.config.request_timeout.as_secs()
+                            timeout.as_secs()
                         ),
                     );
                 }
-                Ok(Err(e)) => {
-                    let not_sent = e.is_connect();
-                    if not_sent {
-                        backend.mark_down();
-                    }
-                    let may_retry = retryable && (not_sent || is_idempotent(&parts.method));
-                    if attempt == 0 && may_retry {
-                        tracing::debug!(instance = %backend.id, error = %e, "sending again to another instance");
+                Ok(Err(mut e)) => {
+                    // Not sent at all: the connection closed as it was taken.
+                    let unsent = e.take_message();
+                    let error = e.into_error();
+                    let may_retry = attempt == 0 && (unsent.is_some() || resendable);
+                    if may_retry {
+                        tracing::debug!(instance = %backend.id, error = %error, "sending again to another instance");
                         exclude = Some(backend.id.clone());
+                        spare = unsent;
                         continue;
                     }
                     return text(
                         StatusCode::BAD_GATEWAY,
-                        format!("{component} could not be reached: {}\n", root_cause(&e)),
+                        format!("{component} could not be reached: {}\n", root_cause(&error)),
                     );
                 }
                 Ok(Ok(mut resp)) => {
@@ -310,19 +538,16 @@ impl Proxy {
                             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
                         });
                         let (parts, _) = resp.into_parts();
-                        return Response::from_parts(
-                            parts,
-                            Empty::new().map_err(|e| match e {}).boxed(),
-                        );
+                        return Response::from_parts(parts, ProxyBody::Bytes(None));
                     }
                     strip_hop_by_hop(resp.headers_mut(), false);
-                    return resp.map(|b| {
-                        Tracked {
-                            inner: b,
-                            _guard: guard,
-                        }
-                        .map_err(|e| Box::new(e) as BoxError)
-                        .boxed()
+                    return resp.map(|inner| {
+                        ProxyBody::Upstream(Upstream {
+                            inner,
+                            conn: Some(conn),
+                            done: false,
+                            guard,
+                        })
                     });
                 }
             }
@@ -353,13 +578,50 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cur.to_string()
 }
 
-/// A response body that keeps its request counted in flight until it has been sent.
-struct Tracked {
-    inner: Incoming,
-    _guard: InFlight,
+/// A request body on its way to a backend: kept whole, or streamed from the client.
+pub(crate) enum UpstreamBody {
+    Bytes(Option<Bytes>),
+    Stream(Limited<Incoming>),
 }
 
-impl Body for Tracked {
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Bytes(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            UpstreamBody::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Bytes(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            UpstreamBody::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// What the ingress answers with: its own short text, or a backend's response.
+pub(crate) enum ProxyBody {
+    Bytes(Option<Bytes>),
+    Upstream(Upstream),
+}
+
+impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -367,14 +629,48 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        match self.get_mut() {
+            ProxyBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(u) => {
+                let polled = Pin::new(&mut u.inner).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    u.done = true;
+                }
+                polled
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            ProxyBody::Bytes(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ProxyBody::Upstream(u) => u.inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            ProxyBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}
+
+/// A backend's response body. Its request counts as in flight until the body is gone, and its
+/// connection goes back to the backend's pool if the body was read to its end.
+pub(crate) struct Upstream {
+    inner: Incoming,
+    conn: Option<SendRequest<UpstreamBody>>,
+    done: bool,
+    guard: InFlight,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && (self.done || self.inner.is_end_stream())
+        {
+            self.guard.0.connections.push(conn);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The routing table: apps by host, routes by path, pools of ready instances.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,6 +47,8 @@ pub(crate) struct Backend {
     pub draining: AtomicBool,
     down_until: Mutex<Option<Instant>>,
     idle: Notify,
+    /// Kept-alive connections to it that wait for a request.
+    pub connections: crate::proxy::IdleConnections,
 }
 
 impl Backend {
@@ -161,8 +164,9 @@ impl AppRoutes {
             .collect()
     }
 
-    /// The component and the path to send for a request path.
-    pub(crate) fn route(&self, path: &str) -> Option<(&str, String)> {
+    /// The component and the path to send for a request path (borrowed when it is the
+    /// request's own).
+    pub(crate) fn route<'p>(&self, path: &'p str) -> Option<(&str, Cow<'p, str>)> {
         for r in &self.routes {
             let matches = path == r.prefix
                 || r.prefix == "/"
@@ -174,11 +178,11 @@ impl AppRoutes {
             }
             let rest = &path[r.prefix.len().min(path.len())..];
             let forwarded = if let Some(rewrite) = &r.rewrite {
-                join(rewrite, rest)
+                Cow::Owned(join(rewrite, rest))
             } else if r.preserve_prefix || r.prefix == "/" {
-                path.to_string()
+                Cow::Borrowed(path)
             } else {
-                join("/", rest)
+                Cow::Owned(join("/", rest))
             };
             return Some((r.component.as_str(), forwarded));
         }
@@ -338,6 +342,7 @@ impl Ingress {
             draining: AtomicBool::new(false),
             down_until: Mutex::new(None),
             idle: Notify::new(),
+            connections: Default::default(),
         }));
     }
 
@@ -396,7 +401,12 @@ impl Ingress {
 
     /// The app served at `host` (without its port).
     pub(crate) fn app_for_host(&self, host: &str) -> Option<Arc<AppRoutes>> {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         let name = host.strip_suffix(self.host_suffix.as_str())?;
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         let id = table.names.get(name)?;
@@ -424,7 +434,7 @@ mod tests {
         let (ingress, app) = ingress_for(
             "name: shop\nservices:\n  - {name: web, image: {repository: a}}\n  - {name: api, image: {repository: a}}\n",
         );
-        assert_eq!(app.route("/x/y?z"), Some(("web", "/x/y?z".to_string())));
+        assert_eq!(app.route("/x/y?z"), Some(("web", "/x/y?z".into())));
         assert!(ingress.app_for_host("SHOP.localhost.").is_some());
         assert!(ingress.app_for_host("other.localhost").is_none());
         assert_eq!(ingress.live_url("shop"), "http://shop.localhost:7480");

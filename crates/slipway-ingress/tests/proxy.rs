@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,16 +16,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// A backend that answers with its name and the headers it got; `/slow` takes 400 ms; an
-/// upgrade request is switched to an echo of every byte.
+/// A backend that answers with its name and the headers it got; `/slow` takes 400 ms, `/big`
+/// answers with 256 KiB; an upgrade request is switched to an echo of every byte.
 async fn backend(name: &'static str) -> SocketAddr {
+    counting_backend(name).await.0
+}
+
+/// [`backend`], with the count of the connections it accepted.
+async fn counting_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |mut req: Request<hyper::body::Incoming>| async move {
@@ -49,6 +58,10 @@ async fn backend(name: &'static str) -> SocketAddr {
                                 .unwrap();
                             return Ok::<_, Infallible>(r);
                         }
+                        if req.uri().path() == "/big" {
+                            let big = Bytes::from(vec![b'x'; 256 * 1024]);
+                            return Ok(Response::new(Full::new(big)));
+                        }
                         if req.uri().path() == "/slow" {
                             tokio::time::sleep(Duration::from_millis(400)).await;
                         }
@@ -66,7 +79,7 @@ async fn backend(name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 struct Setup {
@@ -277,4 +290,41 @@ async fn upgrades_are_passed_through() {
     let mut echo = [0u8; 4];
     conn.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test]
+async fn connections_to_instances_are_kept_alive_and_reused() {
+    let s = setup(SPEC).await;
+    let (web, accepted) = counting_backend("web").await;
+    s.ingress.add("app1", "web", "w1", web);
+    for i in 0..100 {
+        let path = if i % 2 == 0 { "/a" } else { "/big" };
+        let (status, body) = s.get("shop.localhost", path).await;
+        assert_eq!(status, 200);
+        if path == "/big" {
+            assert_eq!(body.len(), 256 * 1024);
+        } else {
+            assert!(body.starts_with("web /a"), "{body}");
+        }
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "100 requests one after another took {n} connections to the instance"
+    );
+
+    // A response the client walks away from half-way does not leave its connection in the
+    // pool for the next request.
+    let mut raw = TcpStream::connect(s.addr).await.unwrap();
+    raw.write_all(b"GET /big HTTP/1.1\r\nHost: shop.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let _ = raw.read(&mut first).await.unwrap();
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..5 {
+        let (status, body) = s.get("shop.localhost", "/big").await;
+        assert_eq!((status, body.len()), (200, 256 * 1024));
+    }
 }
