@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    LocalNodeState, NetworkCreateRequest, NodeState, Service, ServiceSpec, Task, TaskState,
+    LocalNodeState, NetworkCreateRequest, Node, NodeState, Service, ServiceSpec, Task, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
@@ -92,27 +92,10 @@ impl Swarm {
                 message: String::new(),
             });
         }
-        for n in &nodes {
-            let id = n.id.clone().unwrap_or_default();
-            if node.is_some_and(|w| w != id) {
-                continue;
-            }
-            let status = n.status.clone().unwrap_or_default();
-            let state = status.state.unwrap_or(NodeState::UNKNOWN);
-            if state != NodeState::READY {
-                let name = n
-                    .description
-                    .as_ref()
-                    .and_then(|d| d.hostname.clone())
-                    .map_or(id.clone(), |h| format!("{h} ({id})"));
-                return Err(SwarmError::NodeDown {
-                    node: name,
-                    state: state.to_string(),
-                    message: status.message.unwrap_or_default(),
-                });
-            }
+        match nodes.iter().find_map(|n| not_ready(n, node)) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Creates the app's overlay network (attachable, labelled) when missing; returns its name.
@@ -528,9 +511,69 @@ impl Swarm {
     }
 }
 
+/// Why node `n` cannot run tasks, when it is the node asked about (any node with `None`).
+fn not_ready(n: &Node, node: Option<&str>) -> Option<SwarmError> {
+    let id = n.id.clone().unwrap_or_default();
+    if node.is_some_and(|w| w != id) {
+        return None;
+    }
+    let status = n.status.clone().unwrap_or_default();
+    let state = status.state.unwrap_or(NodeState::UNKNOWN);
+    if state == NodeState::READY {
+        return None;
+    }
+    let name = n
+        .description
+        .as_ref()
+        .and_then(|d| d.hostname.clone())
+        .map_or(id.clone(), |h| format!("{h} ({id})"));
+    Some(SwarmError::NodeDown {
+        node: name,
+        state: state.to_string(),
+        message: status.message.unwrap_or_default(),
+    })
+}
+
 fn last_line(logs: &str) -> &str {
     logs.lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{NodeDescription, NodeStatus};
+
+    fn node(id: &str, state: NodeState) -> Node {
+        Node {
+            id: Some(id.into()),
+            description: Some(NodeDescription {
+                hostname: Some(format!("host-{id}")),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: Some(state),
+                message: Some("heartbeat failure".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_that_is_down_is_named_with_its_state() {
+        assert!(not_ready(&node("a", NodeState::READY), None).is_none());
+        let down = node("b", NodeState::DOWN);
+        assert!(
+            not_ready(&down, Some("a")).is_none(),
+            "only the node asked about"
+        );
+        let err = not_ready(&down, None).unwrap();
+        assert_eq!(
+            err.to_string(),
+            "swarm node host-b (b) is down (heartbeat failure)"
+        );
+    }
 }

@@ -135,6 +135,13 @@ async fn fixture() -> Option<Fixture> {
         .is_ok();
     let initialised = match state.as_str() {
         "inactive" => {
+            // Outside a swarm, the runtime refuses clearly.
+            let err = Swarm::connect(docker.clone(), "none").await.unwrap_err();
+            assert!(
+                matches!(&err, SwarmError::NotInSwarm { state } if state == "inactive"),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("docker swarm init"), "{err}");
             docker
                 .init_swarm(SwarmInitRequest {
                     listen_addr: Some("127.0.0.1:2377".into()),
@@ -519,8 +526,12 @@ async fn a_failing_new_version_is_rolled_back_by_swarm_and_reported() {
         "{err:?}"
     );
     assert!(err.to_string().starts_with("web: "), "{err}");
+    // The new tasks were seen failing (their health check), and taken down by the rollback.
     assert!(
-        events.iter().any(|e| e.current && e.state == "failed") || !events.is_empty(),
+        events.iter().any(
+            |e| matches!(e.state.as_str(), "failed" | "shutdown" | "complete")
+                && !e.message.is_empty()
+        ),
         "{events:?}"
     );
 
