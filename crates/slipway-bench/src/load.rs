@@ -56,6 +56,10 @@ pub struct LoadSpec {
     /// How long it runs after its warm-up, at the most.
     pub max_duration: Duration,
     pub max_requests: u64,
+    /// Each connection's requests per second when paced (each request is sent at its
+    /// scheduled time, or at once when the previous one ended late); as fast as the answers
+    /// come when `None`.
+    pub rate_per_connection: Option<f64>,
 }
 
 /// What a load measured.
@@ -222,7 +226,17 @@ async fn run(spec: LoadSpec, stop: Arc<AtomicBool>) -> LoadReport {
 async fn client(shared: Arc<Shared>) -> Tally {
     let mut tally = Tally::default();
     let mut connection: Option<SendRequest<Empty<Bytes>>> = None;
+    let interval = shared
+        .spec
+        .rate_per_connection
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next = tokio::time::Instant::now();
     while shared.may_go_on() {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next).await;
+            next = (next + interval).max(tokio::time::Instant::now());
+        }
         let recording = shared.recording();
         let began = Instant::now();
         let result = tokio::time::timeout(

@@ -81,6 +81,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Figures> {
         warm_up: WARM_UP,
         max_duration: MAX_LOAD,
         max_requests: MAX_REQUESTS,
+        rate_per_connection: None,
     };
     let mut f = Figures {
         idle: Measured::default(),
