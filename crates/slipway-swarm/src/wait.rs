@@ -1,7 +1,9 @@
 //! Following a rolling update: a pure verdict from what Swarm reports (the service's spec and
 //! `UpdateStatus`, and its tasks), so that the decision is tested without Docker.
 
-use bollard::models::{Service, ServiceUpdateStatusStateEnum, Task, TaskSpec, TaskState};
+use bollard::models::{
+    Service, ServiceUpdateStatusStateEnum, Task, TaskSpec, TaskSpecContainerSpec, TaskState,
+};
 
 /// A task's transition, as reported while an update runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,14 +39,12 @@ pub(crate) enum Verdict {
     Paused(String),
 }
 
-/// The part of a task spec that an update changes: a task whose part equals the service's
-/// runs the current spec.
-fn key(spec: Option<&TaskSpec>) -> (Option<u64>, Option<String>, Option<Vec<String>>) {
-    let c = spec.and_then(|s| s.container_spec.as_ref());
+/// The part of a task spec that an update changes (the container, down to its labels, and the
+/// force-update counter): a task whose part equals the service's runs the current spec.
+fn key(spec: Option<&TaskSpec>) -> (Option<u64>, Option<&TaskSpecContainerSpec>) {
     (
         spec.and_then(|s| s.force_update),
-        c.and_then(|c| c.image.clone()),
-        c.and_then(|c| c.env.clone()),
+        spec.and_then(|s| s.container_spec.as_ref()),
     )
 }
 
@@ -76,7 +76,8 @@ pub(crate) fn judge(intended: Option<&TaskSpec>, service: &Service, tasks: &[Tas
         .and_then(|s| s.state)
         .unwrap_or(ServiceUpdateStatusStateEnum::EMPTY);
     let message = status.and_then(|s| s.message.clone()).unwrap_or_default();
-    let ours = key(intended) == key(template(service).as_ref());
+    let current = template(service);
+    let ours = key(intended) == key(current.as_ref());
     if !ours {
         // The template is no longer ours: Swarm is rolling back (or someone else changed it).
         return match state {
@@ -135,8 +136,7 @@ pub(crate) fn event(service: &Service, task: &Task) -> TaskEvent {
 mod tests {
     use super::*;
     use bollard::models::{
-        ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceUpdateStatus,
-        TaskSpecContainerSpec, TaskStatus,
+        ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceUpdateStatus, TaskStatus,
     };
 
     fn tmpl(force: u64, image: &str) -> TaskSpec {
