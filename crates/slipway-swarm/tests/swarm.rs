@@ -42,7 +42,8 @@ struct Registry {
 }
 
 impl Registry {
-    fn start() -> Option<Registry> {
+    /// `read_only`: a registry in maintenance mode, which refuses every push.
+    fn start(read_only: bool) -> Option<Registry> {
         if Command::new("docker-registry")
             .arg("--version")
             .output()
@@ -67,7 +68,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    readonly:\n      enabled: {read_only}\nhttp:\n  addr: {addr}\n",
                 dir.path().join("data").display()
             ),
         )
@@ -118,7 +119,7 @@ const GWBRIDGE: &str = "docker_gwbridge";
 async fn fixture() -> Option<Fixture> {
     let serial = SERIAL.lock().await;
     let docker = slipway_testkit::docker().await?;
-    let registry = Registry::start()?;
+    let registry = Registry::start(false)?;
     let info = docker.info().await.unwrap();
     let state = info
         .swarm
@@ -672,4 +673,16 @@ async fn a_push_the_registry_refuses_is_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains(&registry), "{text}");
     assert!(text.contains("connection refused"), "{text}");
+
+    // A registry that answers but refuses (read-only): its answer is in the error.
+    let read_only = Registry::start(true).unwrap();
+    let err = push(&f.docker, &tag, &read_only.addr, "slipway/refused", "v1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SwarmError::Push { registry: r, .. } if *r == read_only.addr),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("405"), "{text}");
 }
