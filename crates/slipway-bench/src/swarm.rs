@@ -1,6 +1,7 @@
 //! Docker Swarm's forced rolling update, for the restart benchmark: a service of the example
 //! app's replicas (with an image HEALTHCHECK, so that start-first waits for health), updated
-//! with `docker service update --force --detach=false`.
+//! with `docker service update --force --detach=false`, and, taking turns with it on the same
+//! service, restarted by Slipway's Swarm runtime (`slipway_swarm::Swarm::restart` and `wait`).
 //!
 //! Swarm is initialised (on 127.0.0.1) only when this node is not in a swarm, and left again
 //! at the end only then; the service is removed at the end however the measurement ends.
@@ -16,9 +17,16 @@ use crate::stats::Timings;
 /// The network `docker swarm init` creates and `docker swarm leave` keeps.
 const GWBRIDGE: &str = "docker_gwbridge";
 
-/// Times `reps` forced updates of a service of `replicas` replicas; `Err` says why it could
-/// not be measured.
-pub async fn measure(bench: &Bench, replicas: usize, reps: usize) -> Result<Timings, String> {
+/// The forced updates of one service: by the docker CLI, and by Slipway's Swarm runtime.
+#[derive(Debug, Default)]
+pub struct Updates {
+    pub cli: Timings,
+    pub slipway: Timings,
+}
+
+/// Times `reps` forced updates each way of a service of `replicas` replicas; `Err` says why
+/// it could not be measured.
+pub async fn measure(bench: &Bench, replicas: usize, reps: usize) -> Result<Updates, String> {
     let mut guard = match Swarm::join().await {
         Ok(g) => g,
         Err(e) => return Err(format!("{e:#}")),
@@ -33,7 +41,7 @@ async fn updates(
     swarm: &mut Swarm,
     replicas: usize,
     reps: usize,
-) -> anyhow::Result<Timings> {
+) -> anyhow::Result<Updates> {
     let image = format!("slipway-bench-hello-hc:{}", bench.id);
     slipway_testkit::build_hello_image_with(
         &bench.docker,
@@ -67,14 +75,41 @@ async fn updates(
         .args([image.as_str()])
         .run()
         .await?;
+    let runtime = slipway_swarm::Swarm::connect(bench.docker.clone(), &bench.id)
+        .await
+        .context("Slipway's Swarm runtime cannot use this swarm")?;
     update(&name).await?;
-    let mut times = Timings::default();
+    runtime_restart(&runtime, &name).await?;
+    let mut times = Updates::default();
     for rep in 0..reps {
-        let took = update(&name).await?;
-        println!("    swarm update {}: {:.2} s", rep + 1, took.as_secs_f64());
-        times.push(took);
+        // Taking turns to go first.
+        let (cli, slipway) = if rep % 2 == 0 {
+            let cli = update(&name).await?;
+            (cli, runtime_restart(&runtime, &name).await?)
+        } else {
+            let slipway = runtime_restart(&runtime, &name).await?;
+            (update(&name).await?, slipway)
+        };
+        println!(
+            "    swarm update {}: docker CLI {:.2} s, Slipway's Swarm runtime {:.2} s",
+            rep + 1,
+            cli.as_secs_f64(),
+            slipway.as_secs_f64()
+        );
+        times.cli.push(cli);
+        times.slipway.push(slipway);
     }
     Ok(times)
+}
+
+/// One restart by Slipway's Swarm runtime, timed until every task runs the new spec.
+async fn runtime_restart(runtime: &slipway_swarm::Swarm, name: &str) -> anyhow::Result<Duration> {
+    let started = std::time::Instant::now();
+    runtime.restart(name).await?;
+    runtime
+        .wait(name, "web", Duration::from_secs(120), |_| {})
+        .await?;
+    Ok(started.elapsed())
 }
 
 /// One forced update, timed; fails unless Swarm says it completed.
