@@ -3,70 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{HEALTH, env, git, wait_ok};
 use slipway_spec::parse_spec;
-use slipway_testkit::{HelloRepo, unique};
+use slipway_testkit::{HelloRepo, Tally, Traffic, unique};
 use tokio_util::sync::CancellationToken;
-
-/// Per client: requests answered, failures, and the bodies of the answers.
-type Tally = (u64, Vec<String>, Vec<String>);
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Tally>>,
-}
-
-/// `clients` clients sending requests one after another until stopped, at most 60 s or 5000
-/// requests each.
-fn load(http: &reqwest::Client, url: &str, clients: usize) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = (0..clients)
-        .map(|_| {
-            let (http, url, stop) = (http.clone(), url.to_string(), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let (mut ok, mut failures, mut bodies) = (0u64, Vec::new(), Vec::new());
-                for _ in 0..5000 {
-                    if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(60) {
-                        break;
-                    }
-                    match http.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            ok += 1;
-                            bodies.push(r.text().await.unwrap_or_default());
-                        }
-                        Ok(r) => failures.push(format!(
-                            "{} {}",
-                            r.status(),
-                            r.text().await.unwrap_or_default()
-                        )),
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                }
-                (ok, failures, bodies)
-            })
-        })
-        .collect();
-    Load { stop, tasks }
-}
-
-impl Load {
-    async fn finish(self) -> Tally {
-        self.stop.store(true, Ordering::SeqCst);
-        let (mut ok, mut failures, mut bodies) = (0, Vec::new(), Vec::new());
-        for t in self.tasks {
-            let (o, f, b) = t.await.unwrap();
-            ok += o;
-            failures.extend(f);
-            bodies.extend(b);
-        }
-        (ok, failures, bodies)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
@@ -109,12 +51,12 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
     );
 
     // Restart under load.
-    let running = load(&http, &url, 8);
+    let running = Traffic::start(&http, &url, 8, 5000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = env.engine.restart(&app.id, &[]).await.unwrap();
     wait_ok(&env, &d).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failures, _) = running.finish().await;
+    let Tally { ok, failures, .. } = running.finish().await;
     assert!(
         failures.is_empty(),
         "{} of {} requests failed during the restart: {:?}",
@@ -126,7 +68,7 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
 
     // Force rebuild of a new commit under load.
     repo.commit_version("v2").unwrap();
-    let running = load(&http, &url, 8);
+    let running = Traffic::start(&http, &url, 8, 5000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = env
         .engine
@@ -134,7 +76,11 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
         .await
         .unwrap();
     wait_ok(&env, &d).await;
-    let (ok, failures, bodies) = running.finish().await;
+    let Tally {
+        ok,
+        failures,
+        bodies,
+    } = running.finish().await;
     assert!(
         failures.is_empty(),
         "{} of {} requests failed during the rebuild: {:?}",

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -21,7 +20,7 @@ use slipway_spec::{AppSpec, ComponentKind, HealthCheck, ServiceSpec, labels};
 use slipway_swarm::{
     EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push,
 };
-use slipway_testkit::{Janitor, build_hello_image_with, unique};
+use slipway_testkit::{Janitor, Tally, Traffic, build_hello_image_with, unique};
 use tokio_util::sync::CancellationToken;
 
 /// The swarm is shared: one scenario at a time.
@@ -268,58 +267,6 @@ impl Drop for Fixture {
     }
 }
 
-/// Per client: answers, failures and the bodies of the answers.
-type Tally = (u64, Vec<String>, Vec<String>);
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Tally>>,
-}
-
-/// `clients` clients sending requests one after another until stopped (at most 120 s each).
-fn load(http: &reqwest::Client, url: &str, clients: usize) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = (0..clients)
-        .map(|_| {
-            let (http, url, stop) = (http.clone(), url.to_string(), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let (mut ok, mut failures, mut bodies) = (0u64, Vec::new(), Vec::new());
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
-                    match http.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            ok += 1;
-                            bodies.push(r.text().await.unwrap_or_default());
-                        }
-                        Ok(r) => failures.push(format!(
-                            "{} {}",
-                            r.status(),
-                            r.text().await.unwrap_or_default()
-                        )),
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                }
-                (ok, failures, bodies)
-            })
-        })
-        .collect();
-    Load { stop, tasks }
-}
-
-impl Load {
-    async fn finish(self) -> Tally {
-        self.stop.store(true, Ordering::SeqCst);
-        let (mut ok, mut failures, mut bodies) = (0, Vec::new(), Vec::new());
-        for t in self.tasks {
-            let (o, f, b) = t.await.unwrap();
-            ok += o;
-            failures.extend(f);
-            bodies.extend(b);
-        }
-        (ok, failures, bodies)
-    }
-}
-
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
@@ -436,7 +383,7 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     let url = format!("http://{host}:{}/", addr.port());
 
     // Restart under load: every task replaced, from the same image digest.
-    let running = load(&http, &url, 4);
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.swarm.restart(&name).await.unwrap();
     let mut events = Vec::new();
@@ -447,7 +394,11 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
         .unwrap();
     assert_eq!(outcome.running, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failures, bodies) = running.finish().await;
+    let Tally {
+        ok,
+        failures,
+        bodies,
+    } = running.finish().await;
     assert!(
         failures.is_empty(),
         "{} of {} requests failed during the restart: {:?}",
@@ -475,7 +426,7 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     assert_eq!(task.container_spec.unwrap().image.as_deref(), Some(&*v1));
 
     // Force rebuild under load: a new image, pushed, and the service updated to it.
-    let running = load(&http, &url, 4);
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let v2 = f.image("v2").await;
     f.swarm.apply(&f.web(&v2, 3)).await.unwrap();
@@ -488,7 +439,7 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, failures, _) = running.finish().await;
+    let Tally { ok, failures, .. } = running.finish().await;
     assert!(
         failures.is_empty(),
         "{} of {} requests failed during the rebuild: {:?}",

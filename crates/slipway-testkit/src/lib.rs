@@ -5,7 +5,12 @@
 //!   new versions of it;
 //! - [`Janitor`] removes every Docker object that carries a daemon ID when it is dropped, so a
 //!   test cleans up even when an assertion fails;
-//! - [`docker`] connects to the engine, or explains why a test is skipped (outside CI only).
+//! - [`docker`] connects to the engine, or explains why a test is skipped (outside CI only);
+//! - [`Traffic`] keeps clients sending requests while a test restarts or rebuilds an app.
+
+mod traffic;
+
+pub use traffic::{Tally, Traffic};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
