@@ -20,6 +20,19 @@ const MODERATE_CONNECTIONS: usize = 8;
 const MODERATE_RATE: f64 = 250.0;
 const MAX_REQUESTS: u64 = 5_000_000;
 
+/// The columns of both tables: one row a path.
+const COLUMNS: [&str; 9] = [
+    "path",
+    "req/s, median (min–max)",
+    "of direct",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "p99 added",
+    "proxy CPU µs/request",
+    "failed",
+];
+
 /// Whose CPU time is the proxy's.
 #[derive(Clone, Copy)]
 enum Meter {
@@ -262,17 +275,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
             format!("({nginx_version}) ")
         },
     ));
-    let mut t = Table::new(&[
-        "path",
-        "req/s, median (min–max)",
-        "of direct",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99 added",
-        "proxy CPU µs/request",
-        "failed",
-    ]);
+    let mut t = Table::new(&COLUMNS);
     for p in paths {
         t.row(path_row(p, direct, |p| &p.heavy));
     }
@@ -286,17 +289,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         iv = 1000.0 / MODERATE_RATE,
         total = MODERATE_RATE * MODERATE_CONNECTIONS as f64,
     ));
-    let mut t = Table::new(&[
-        "path",
-        "req/s, median (min–max)",
-        "of direct",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99 added",
-        "proxy CPU µs/request",
-        "failed",
-    ]);
+    let mut t = Table::new(&COLUMNS);
     for p in paths {
         t.row(path_row(p, direct, |p| &p.moderate));
     }
@@ -383,7 +376,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
 fn path_row(p: &Path, direct: &Path, which: fn(&Path) -> &Measured) -> Vec<String> {
     if let Err(why) = &p.target {
         let mut row = vec![p.name.into(), format!("not measured: {why}")];
-        row.resize(9, String::new());
+        row.resize(COLUMNS.len(), String::new());
         return row;
     }
     let (m, d) = (which(p), which(direct));
