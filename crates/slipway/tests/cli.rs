@@ -1,110 +1,13 @@
 //! The real `slipway` binary: a daemon process, and the CLI talking to it.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use common::{BIN, Daemon, free_port};
 use serde_json::Value;
-use slipway_testkit::{HelloRepo, Janitor, unique};
+use slipway_testkit::{HelloRepo, unique};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipway");
-
-struct Daemon {
-    child: Child,
-    url: String,
-    token: String,
-    _data: tempfile::TempDir,
-    _janitor: Janitor,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGTERM, the way a service manager stops it; then make sure it is gone.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_daemon() -> Daemon {
-    start_daemon_with(&[])
-}
-
-fn start_daemon_with(extra: &[&str]) -> Daemon {
-    let data = tempfile::tempdir().unwrap();
-    let daemon_id = unique("cli");
-    std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
-    let janitor = Janitor::new(&daemon_id);
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ingress",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .args(extra)
-        .env_remove("SLIPWAY_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let scheme = if extra.contains(&"--tls") {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let token_file = data.path().join("token");
-    loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && token_file.exists() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    assert_eq!(token.len(), 64, "a generated token");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600, "the token file is private");
-    Daemon {
-        child,
-        url,
-        token,
-        _data: data,
-        _janitor: janitor,
-    }
-}
+mod common;
 
 impl Daemon {
     fn cli(&self, args: &[&str]) -> Output {
@@ -147,7 +50,14 @@ fn the_cli_drives_a_real_daemon() {
     if rt.block_on(slipway_testkit::docker()).is_none() {
         return;
     }
-    let daemon = start_daemon();
+    let daemon = Daemon::start("cli", &[]);
+    assert_eq!(daemon.token.len(), 64, "a generated token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(daemon.data.path().join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
     let repo = HelloRepo::new("v1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let name = unique("cli");
@@ -294,8 +204,8 @@ fn tokens_are_created_scoped_and_revoked() {
     if rt.block_on(slipway_testkit::docker()).is_none() {
         return;
     }
-    let daemon = start_daemon();
-    let data = daemon._data.path().to_str().unwrap().to_string();
+    let daemon = Daemon::start("cli", &[]);
+    let data = daemon.data.path().to_str().unwrap().to_string();
     let admin = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
@@ -322,7 +232,7 @@ fn tokens_are_created_scoped_and_revoked() {
     assert_eq!(v["scope"], "read-write");
 
     // Only digests are stored.
-    let db = std::fs::read(daemon._data.path().join("slipway.db")).unwrap();
+    let db = std::fs::read(daemon.data.path().join("slipway.db")).unwrap();
     let haystack = String::from_utf8_lossy(&db);
     assert!(!haystack.contains(&reader[4..]) && !haystack.contains(&writer[4..]));
 
@@ -371,11 +281,11 @@ fn https_with_a_self_signed_certificate_and_no_plain_http_beyond_loopback() {
     if rt.block_on(slipway_testkit::docker()).is_none() {
         return;
     }
-    let daemon = start_daemon_with(&["--tls", "self-signed"]);
-    let cert = daemon._data.path().join("tls/cert.pem");
+    let daemon = Daemon::start("cli", &["--tls", "self-signed"]);
+    let cert = daemon.data.path().join("tls/cert.pem");
     assert!(cert.exists(), "the certificate is kept in the data dir");
     use std::os::unix::fs::PermissionsExt;
-    let key_mode = std::fs::metadata(daemon._data.path().join("tls/key.pem"))
+    let key_mode = std::fs::metadata(daemon.data.path().join("tls/key.pem"))
         .unwrap()
         .permissions()
         .mode();
@@ -467,8 +377,8 @@ fn app_platforms_own_python_client_drives_slipway_over_https() {
         return;
     }
     let Some(python) = pydo_python() else { return };
-    let daemon = start_daemon_with(&["--tls", "self-signed"]);
-    let cert = daemon._data.path().join("tls/cert.pem");
+    let daemon = Daemon::start("cli", &["--tls", "self-signed"]);
+    let cert = daemon.data.path().join("tls/cert.pem");
     let repo = HelloRepo::new("v1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let name = unique("pydo");

@@ -2,78 +2,16 @@
 //! started again on the same data: the app keeps answering while the daemon is down, the
 //! interrupted deployment is settled, and exactly the previous version runs.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use serde_json::Value;
-use slipway_testkit::{HelloRepo, Janitor, unique};
+use slipway_testkit::{HelloRepo, unique};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipway");
-
-struct Daemon {
-    child: Option<Child>,
-    port: u16,
-    data: tempfile::TempDir,
-    token: String,
-    _janitor: Janitor,
-}
+mod common;
 
 impl Daemon {
-    fn new() -> Daemon {
-        let data = tempfile::tempdir().unwrap();
-        let daemon_id = unique("crash");
-        std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut d = Daemon {
-            child: None,
-            port,
-            data,
-            token: "crash-test-token".into(),
-            _janitor: Janitor::new(&daemon_id),
-        };
-        d.start();
-        d
-    }
-
-    fn start(&mut self) {
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--ingress",
-                "127.0.0.1:0",
-                "--token",
-                &self.token,
-                "--data-dir",
-            ])
-            .arg(self.data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL: no chance to clean up.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
     fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let client = reqwest::blocking::Client::new();
         let req = client
@@ -102,25 +40,6 @@ impl Daemon {
             }
             assert!(Instant::now() < deadline, "timed out waiting on {d}");
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
         }
     }
 }
@@ -212,7 +131,7 @@ fn kill_and_restart(
         answers(&running) >= 3,
         "the app answers while the daemon is down: {running:?}"
     );
-    daemon.start();
+    daemon.spawn();
     daemon.wait_for(app, dep, |d| {
         d["phase"] != "BUILDING"
             && d["phase"] != "DEPLOYING"
@@ -263,7 +182,7 @@ fn killed_during_a_build_a_job_and_a_rollout_it_comes_back_to_one_version() {
     if !docker_ready() {
         return;
     }
-    let mut daemon = Daemon::new();
+    let mut daemon = Daemon::start("crash", &[]);
     let repo = HelloRepo::new("v1").unwrap();
     let (app, first) = create(&daemon, &repo, "");
     let original = web_containers(&app);
@@ -364,7 +283,6 @@ fn killed_during_a_build_a_job_and_a_rollout_it_comes_back_to_one_version() {
         settled_rollout.to_string().contains("during deploy/web"),
         "{settled_rollout}"
     );
-    let _ = Path::new(BIN);
 }
 
 #[test]
@@ -372,7 +290,7 @@ fn sigterm_stops_the_daemon_cleanly_and_abandons_a_build() {
     if !docker_ready() {
         return;
     }
-    let mut daemon = Daemon::new();
+    let mut daemon = Daemon::start("crash", &[]);
     let repo = HelloRepo::new("v1").unwrap();
     let (app, first) = create(&daemon, &repo, "");
     repo.write(
@@ -389,7 +307,7 @@ fn sigterm_stops_the_daemon_cleanly_and_abandons_a_build() {
     let dep = d["deployment"]["id"].as_str().unwrap().to_string();
     daemon.wait_for(&app, &dep, |d| d["phase"] == "BUILDING");
 
-    let mut child = daemon.child.take().unwrap();
+    let mut child = daemon.take_process();
     let t = Instant::now();
     Command::new("kill")
         .arg("-TERM")
@@ -409,7 +327,7 @@ fn sigterm_stops_the_daemon_cleanly_and_abandons_a_build() {
     assert!(status.success(), "a clean exit: {status:?}");
     assert!(answers(&web_containers(&app)) >= 3, "the app keeps running");
 
-    daemon.start();
+    daemon.spawn();
     let d = daemon.deployment(&app, &dep);
     assert_eq!(
         d["phase"], "CANCELED",

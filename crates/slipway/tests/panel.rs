@@ -3,29 +3,21 @@
 //! `target/panel-screenshots/`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{BIN, Daemon, free_port};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use slipway_testkit::{HelloRepo, Janitor, unique};
+use slipway_testkit::{HelloRepo, unique};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipway");
+mod common;
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Stops a process group, politely and then not.
@@ -48,81 +40,6 @@ fn stop_group(child: &mut Child) {
         .status();
     let _ = child.kill();
     let _ = child.wait();
-}
-
-// --- The daemon, as crates/slipway/tests/cli.rs starts it --------------------------------------
-
-struct Daemon {
-    child: Child,
-    url: String,
-    token: String,
-    _data: tempfile::TempDir,
-    _janitor: Janitor,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon() -> Daemon {
-    let data = tempfile::tempdir().unwrap();
-    let daemon_id = unique("panel");
-    std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
-    let janitor = Janitor::new(&daemon_id);
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ingress",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env_remove("SLIPWAY_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let token_file = data.path().join("token");
-    loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && token_file.exists() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    Daemon {
-        child,
-        url,
-        token,
-        _data: data,
-        _janitor: janitor,
-    }
 }
 
 impl Daemon {
@@ -413,7 +330,11 @@ async fn the_panel_signs_in_restarts_and_rebuilds_in_a_real_browser() {
     let Some(driver) = start_chromedriver().await else {
         return;
     };
-    let daemon = Arc::new(tokio::task::spawn_blocking(start_daemon).await.unwrap());
+    let daemon = Arc::new(
+        tokio::task::spawn_blocking(|| Daemon::start("panel", &[]))
+            .await
+            .unwrap(),
+    );
     let repo = Arc::new(HelloRepo::new("v1").unwrap());
     let dir = tempfile::tempdir().unwrap();
     let name = unique("panel");

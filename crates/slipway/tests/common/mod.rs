@@ -1,0 +1,133 @@
+//! The real `slipway` daemon, as the CLI, panel and crash tests start it: a process on loopback
+//! with a data directory and a daemon ID of its own, stopped with SIGTERM when dropped, and
+//! every Docker object it made removed by its janitor.
+
+// Each test binary uses its own part of this.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slipway_testkit::{Janitor, unique};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_slipway");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    /// `http(s)://127.0.0.1:<port>`.
+    pub url: String,
+    /// The token the daemon generated on its first start.
+    pub token: String,
+    pub data: tempfile::TempDir,
+    extra: Vec<String>,
+    _janitor: Janitor,
+}
+
+impl Daemon {
+    /// `slipway serve` with a fresh data directory, a daemon ID starting with `prefix`, and
+    /// `extra` arguments; returns once it listens and has written its token.
+    pub fn start(prefix: &str, extra: &[&str]) -> Daemon {
+        let data = tempfile::tempdir().unwrap();
+        let daemon_id = unique(prefix);
+        std::fs::write(data.path().join("daemon-id"), &daemon_id).unwrap();
+        let port = free_port();
+        let scheme = if extra.contains(&"--tls") {
+            "https"
+        } else {
+            "http"
+        };
+        let mut daemon = Daemon {
+            child: None,
+            port,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            token: String::new(),
+            data,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _janitor: Janitor::new(&daemon_id),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts the process (again, after [`Daemon::kill`]) on the same data directory.
+    pub fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--ingress",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(self.data.path())
+            .args(&self.extra)
+            .env_remove("SLIPWAY_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let token_file = self.data.path().join("token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || !token_file.exists()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_string();
+    }
+
+    /// The process, for a test that stops it in its own way; dropping the daemon then leaves
+    /// it alone.
+    pub fn take_process(&mut self) -> Child {
+        self.child.take().expect("the daemon is running")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        // SIGTERM, the way a service manager stops it; then make sure it is gone.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
