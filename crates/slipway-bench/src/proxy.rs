@@ -8,7 +8,7 @@ use crate::cpu;
 use crate::load::{self, LoadReport, LoadSpec, Target};
 use crate::nginx;
 use crate::report::{Section, Table, Verdict};
-use crate::setup::Bench;
+use crate::setup::{Bench, image_source, web_spec};
 use crate::stats::{median_f64, thousands};
 
 /// Targets: the ingress keeps this share of the direct throughput, adds less than this p99.
@@ -118,19 +118,6 @@ impl Path {
     }
 }
 
-fn spec(name: &str, repository: &str, tag: &str) -> String {
-    format!(
-        r#"name: {name}
-services:
-  - name: web
-    image: {{repository: {repository}, tag: "{tag}"}}
-    instance_count: 1
-    http_port: 8080
-    health_check: {{http_path: /healthz, period_seconds: 0.05, failure_threshold: 200}}
-"#
-    )
-}
-
 pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
     let (paths, nginx_version) = measure(bench).await?;
     Ok(write(bench, &paths, &nginx_version))
@@ -139,7 +126,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
 async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
     let (repository, tag) = bench.image_parts();
     let name = slipway_testkit::unique("bench-proxy");
-    let app = bench.create_app(&spec(&name, repository, tag)).await?;
+    let app = bench
+        .create_app(&web_spec(&name, &image_source(repository, tag), 1, 0))
+        .await?;
     let instances = bench.web_instances(&app).await?;
     let Some((_, direct)) = instances.first() else {
         anyhow::bail!("the app has no instance");

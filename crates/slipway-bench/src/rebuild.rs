@@ -10,7 +10,7 @@ use slipway_spec::Deployment;
 
 use crate::cmd::Cmd;
 use crate::report::{Section, Table, Verdict};
-use crate::setup::Bench;
+use crate::setup::{Bench, git_source, web_spec};
 use crate::stats::{Timings, ratio};
 use crate::traffic::new_repo;
 
@@ -35,20 +35,6 @@ struct Figures {
     reuse_deploy_step: Timings,
 }
 
-fn spec(name: &str, url: &str) -> String {
-    format!(
-        r#"name: {name}
-services:
-  - name: web
-    git: {{repo_clone_url: "{url}", branch: main}}
-    instance_count: 3
-    http_port: 8080
-    health_check: {{http_path: /healthz, period_seconds: 0.05, failure_threshold: 200}}
-    termination: {{drain_seconds: 0, grace_period_seconds: 5}}
-"#
-    )
-}
-
 pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
     let f = measure(bench).await?;
     Ok(write(&f))
@@ -68,7 +54,9 @@ const OPS: [Op; 4] = [Op::ForceRebuild, Op::DockerBuild, Op::Restart, Op::Reuse]
 async fn measure(bench: &Bench) -> anyhow::Result<Figures> {
     let repo = new_repo().await?;
     let name = slipway_testkit::unique("bench-build");
-    let app = bench.create_app(&spec(&name, &repo.url())).await?;
+    let app = bench
+        .create_app(&web_spec(&name, &git_source(&repo.url()), 3, 0))
+        .await?;
     let context = tempfile::tempdir().context("cannot make the build context's directory")?;
     for file in FILES {
         std::fs::copy(repo.path().join(file), context.path().join(file))

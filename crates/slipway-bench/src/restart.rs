@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::cmd::Cmd;
 use crate::report::{Section, Table, Verdict};
-use crate::setup::Bench;
+use crate::setup::{Bench, image_source, web_spec};
 use crate::stats::{Timings, ratio};
 use crate::swarm;
 
@@ -45,21 +45,6 @@ for old in "$@"; do
 done
 "#;
 
-/// The spec of the restarted service: ready checks every 50 ms, no drain, 5 s grace.
-fn spec(name: &str, repository: &str, tag: &str) -> String {
-    format!(
-        r#"name: {name}
-services:
-  - name: web
-    image: {{repository: {repository}, tag: "{tag}"}}
-    instance_count: {INSTANCES}
-    http_port: 8080
-    health_check: {{http_path: /healthz, period_seconds: 0.05, failure_threshold: 200}}
-    termination: {{drain_seconds: 0, grace_period_seconds: 5}}
-"#
-    )
-}
-
 /// Measured figures of the three ways to restart.
 struct Figures {
     slipway: Timings,
@@ -75,7 +60,14 @@ pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
 async fn measure(bench: &Bench) -> anyhow::Result<Figures> {
     let (repository, tag) = bench.image_parts();
     let name = slipway_testkit::unique("bench-restart");
-    let app = bench.create_app(&spec(&name, repository, tag)).await?;
+    let app = bench
+        .create_app(&web_spec(
+            &name,
+            &image_source(repository, tag),
+            INSTANCES,
+            0,
+        ))
+        .await?;
     let dir = tempfile::tempdir().context("cannot make a directory for the script")?;
     let script = dir.path().join("replace.sh");
     std::fs::write(&script, SCRIPT).context("cannot write the script")?;

@@ -85,6 +85,33 @@ pub struct Bench {
     _janitor: Janitor,
 }
 
+/// The spec of the benchmarks' app: one service `web` of the example app from `source` (a
+/// spec line, `git: …` or `image: …`), checked on `/healthz` every 50 ms, drained for at most
+/// `drain_seconds` and given 5 s to stop.
+pub fn web_spec(name: &str, source: &str, instances: usize, drain_seconds: u32) -> String {
+    format!(
+        r#"name: {name}
+services:
+  - name: web
+    {source}
+    instance_count: {instances}
+    http_port: 8080
+    health_check: {{http_path: /healthz, period_seconds: 0.05, failure_threshold: 200}}
+    termination: {{drain_seconds: {drain_seconds}, grace_period_seconds: 5}}
+"#
+    )
+}
+
+/// A spec line for a git source on `main`.
+pub fn git_source(url: &str) -> String {
+    format!("git: {{repo_clone_url: \"{url}\", branch: main}}")
+}
+
+/// A spec line for a local image.
+pub fn image_source(repository: &str, tag: &str) -> String {
+    format!("image: {{repository: {repository}, tag: \"{tag}\"}}")
+}
+
 impl Bench {
     /// Connects to Docker, builds the example app's image and starts an engine and its ingress.
     pub async fn start(settings: Settings) -> anyhow::Result<Bench> {
@@ -233,5 +260,22 @@ impl Bench {
         self.stop.cancel();
         self.engine.shutdown().await;
         Janitor::sweep(&self.docker, &self.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmarks_specs_are_valid() {
+        for source in [
+            git_source("/tmp/repo"),
+            image_source("slipway-bench-hello", "abc"),
+        ] {
+            let spec = parse_spec(&web_spec("bench-app", &source, 3, 5)).unwrap().spec;
+            let web = &spec.services[0];
+            assert_eq!(web.instance_count, Some(3));
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::cmd::Cmd;
 use crate::load::{self, LoadReport, LoadSpec, Target};
 use crate::netstat;
 use crate::report::{Section, Table, Verdict};
-use crate::setup::Bench;
+use crate::setup::{Bench, git_source, web_spec};
 use crate::stats::{Timings, thousands};
 
 /// How long the load runs unrecorded first, while its connections are made.
@@ -50,21 +50,6 @@ struct Figures {
     docker_restart: Measured,
 }
 
-fn spec(name: &str, repo: &HelloRepo) -> String {
-    format!(
-        r#"name: {name}
-services:
-  - name: web
-    git: {{repo_clone_url: "{url}", branch: main}}
-    instance_count: 3
-    http_port: 8080
-    health_check: {{http_path: /healthz, period_seconds: 0.05, failure_threshold: 200}}
-    termination: {{drain_seconds: 5, grace_period_seconds: 5}}
-"#,
-        url = repo.url()
-    )
-}
-
 pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
     let figures = measure(bench).await?;
     Ok(write(bench, &figures))
@@ -73,7 +58,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<(Section, Vec<Verdict>)> {
 async fn measure(bench: &Bench) -> anyhow::Result<Figures> {
     let repo = new_repo().await?;
     let name = slipway_testkit::unique("bench-load");
-    let app = bench.create_app(&spec(&name, &repo)).await?;
+    let app = bench
+        .create_app(&web_spec(&name, &git_source(&repo.url()), 3, 5))
+        .await?;
     let target = Target::local(bench.ingress.port(), &bench.host(&name));
     let load = LoadSpec {
         target: target.clone(),
