@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{HEALTH, env, git, wait_ok};
 use slipway_spec::parse_spec;
-use slipway_testkit::{HelloRepo, Tally, Traffic, unique};
+use slipway_testkit::{HelloRepo, Traffic, unique};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,14 +56,9 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
     let d = env.engine.restart(&app.id, &[]).await.unwrap();
     wait_ok(&env, &d).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Tally { ok, failures, .. } = running.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the restart: {:?}",
-        failures.len(),
-        ok as usize + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let tally = running.finish().await;
+    tally.assert_none_failed("the restart");
+    let ok = tally.ok;
     assert!(ok > 100, "the load ran: {ok} requests");
 
     // Force rebuild of a new commit under load.
@@ -76,18 +71,9 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
         .await
         .unwrap();
     wait_ok(&env, &d).await;
-    let Tally {
-        ok,
-        failures,
-        bodies,
-    } = running.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the rebuild: {:?}",
-        failures.len(),
-        ok as usize + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let tally = running.finish().await;
+    tally.assert_none_failed("the rebuild");
+    let bodies = tally.bodies;
     assert!(bodies.iter().any(|b| b.starts_with("hello from v1")));
     assert!(
         bodies.iter().any(|b| b.starts_with("hello from v2")),

@@ -20,7 +20,7 @@ use slipway_spec::{AppSpec, ComponentKind, HealthCheck, ServiceSpec, labels};
 use slipway_swarm::{
     EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push,
 };
-use slipway_testkit::{Janitor, Tally, Traffic, build_hello_image_with, unique};
+use slipway_testkit::{Janitor, Traffic, build_hello_image_with, unique};
 use tokio_util::sync::CancellationToken;
 
 /// The swarm is shared: one scenario at a time.
@@ -394,18 +394,9 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
         .unwrap();
     assert_eq!(outcome.running, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Tally {
-        ok,
-        failures,
-        bodies,
-    } = running.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the restart: {:?}",
-        failures.len(),
-        ok as usize + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let tally = running.finish().await;
+    tally.assert_none_failed("the restart");
+    let (ok, bodies) = (tally.ok, tally.bodies);
     assert!(ok > 50, "the load ran: {ok} requests");
     assert!(bodies.iter().all(|b| b.starts_with("hello from v1")));
     let after = running_tasks(&events);
@@ -439,14 +430,9 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let Tally { ok, failures, .. } = running.finish().await;
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the rebuild: {:?}",
-        failures.len(),
-        ok as usize + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let tally = running.finish().await;
+    tally.assert_none_failed("the rebuild");
+    let ok = tally.ok;
     assert!(ok > 50, "the load ran: {ok} requests");
     for _ in 0..30 {
         let body = http.get(&url).send().await.unwrap().text().await.unwrap();

@@ -14,6 +14,19 @@ pub struct Tally {
     pub bodies: Vec<String>,
 }
 
+impl Tally {
+    /// Panics, with the first few failures, unless every request was answered with a 2xx.
+    pub fn assert_none_failed(&self, during: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} requests failed during {during}: {:?}",
+            self.failures.len(),
+            self.ok as usize + self.failures.len(),
+            &self.failures[..self.failures.len().min(5)]
+        );
+    }
+}
+
 /// Clients under way.
 #[derive(Debug)]
 pub struct Traffic {
