@@ -13,12 +13,15 @@ use crate::context::{self, BuildContext};
 /// The mirrors of every repository Slipway builds from.
 ///
 /// The cache's directory belongs to one process: a lock file that git left in a mirror is
-/// taken for the remains of a fetch that was killed, and removed before the next fetch.
+/// taken for the remains of a fetch that was killed, and removed before this process first
+/// fetches into that mirror.
 #[derive(Debug)]
 pub struct SourceCache {
     root: PathBuf,
     fetch_timeout: Duration,
-    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per mirror: held while a fetch writes to it; true once this process has swept the
+    /// lock files an earlier process left in it.
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<bool>>>>,
 }
 
 /// What the fetcher may present to a private remote.
@@ -167,8 +170,9 @@ impl SourceCache {
         let (worker_cancel, credentials) = (cancel.clone(), credentials.clone());
         let started = Instant::now();
         let worker = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
+            let mut swept = guard;
             fetch_blocking(
+                &mut swept,
                 &url_owned,
                 &branch_owned,
                 &mirror_owned,
@@ -209,14 +213,16 @@ impl SourceCache {
     }
 }
 
-fn open_mirror(mirror: &Path, url: &str) -> Result<Repository, SourceError> {
+fn open_mirror(mirror: &Path, url: &str, swept: &mut bool) -> Result<Repository, SourceError> {
     let err = |source| SourceError::Mirror {
         path: mirror.to_path_buf(),
         source,
     };
     let repo = match Repository::open_bare(mirror) {
         Ok(r) => {
-            remove_stale_locks(mirror);
+            if !*swept {
+                remove_stale_locks(mirror);
+            }
             r
         }
         Err(_) => {
@@ -243,7 +249,8 @@ fn open_mirror(mirror: &Path, url: &str) -> Result<Repository, SourceError> {
 
 /// Removes the `*.lock` files a killed fetch left behind (git writes `refs/heads/main.lock`,
 /// `packed-refs.lock`, `config.lock`, … and renames them into place), which would fail every
-/// later fetch with "failed to lock file". Only called with the mirror's fetch lock held.
+/// later fetch with "failed to lock file". Called once per mirror and process, with the
+/// mirror's fetch lock held: within the process, that lock keeps fetches from overlapping.
 fn remove_stale_locks(mirror: &Path) {
     fn walk(dir: &Path, depth: usize) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -278,6 +285,7 @@ fn remove_stale_locks(mirror: &Path) {
 }
 
 fn fetch_blocking(
+    swept: &mut bool,
     url: &str,
     branch: &str,
     mirror: &Path,
@@ -288,7 +296,8 @@ fn fetch_blocking(
     if cancel.is_cancelled() {
         return Err(SourceError::Canceled { url: url.into() });
     }
-    let repo = open_mirror(mirror, url)?;
+    let repo = open_mirror(mirror, url, swept)?;
+    *swept = true;
     let mut remote = repo
         .find_remote("origin")
         .map_err(|source| SourceError::Mirror {

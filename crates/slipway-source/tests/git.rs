@@ -180,6 +180,10 @@ async fn a_fetch_killed_half_way_does_not_wedge_the_mirror() {
     }
     repo.write("Dockerfile", "FROM scratch\nENV V=2\n");
     let second = repo.commit("two");
+    // The daemon that comes back is a new process with a cache of its own on the same
+    // directory.
+    drop(cache);
+    let cache = SourceCache::new(cache_dir.path());
     let again = cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
     assert_eq!(again.commit, second);
     for stale in ["refs/heads/main.lock", "packed-refs.lock", "config.lock"] {
