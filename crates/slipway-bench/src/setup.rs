@@ -273,7 +273,9 @@ mod tests {
             git_source("/tmp/repo"),
             image_source("slipway-bench-hello", "abc"),
         ] {
-            let spec = parse_spec(&web_spec("bench-app", &source, 3, 5)).unwrap().spec;
+            let spec = parse_spec(&web_spec("bench-app", &source, 3, 5))
+                .unwrap()
+                .spec;
             let web = &spec.services[0];
             assert_eq!(web.instance_count, Some(3));
         }
