@@ -1,7 +1,8 @@
 //! Docker Swarm's forced rolling update, for the restart benchmark: a service of the example
-//! app's replicas (with an image HEALTHCHECK, so that start-first waits for health), updated
-//! with `docker service update --force --detach=false`, and, taking turns with it on the same
-//! service, restarted by Slipway's Swarm runtime (`slipway_swarm::Swarm::restart` and `wait`).
+//! app's replicas (with an image HEALTHCHECK, so that start-first waits for health), created by
+//! Slipway's Swarm runtime, updated with `docker service update --force --detach=false`, and,
+//! taking turns with it on the same service, restarted by Slipway's Swarm runtime
+//! (`slipway_swarm::Swarm::restart` and `wait`).
 //!
 //! Swarm is initialised (on 127.0.0.1) only when this node is not in a swarm, and left again
 //! at the end only then; the service is removed at the end however the measurement ends.
@@ -52,42 +53,48 @@ async fn updates(
     )
     .await
     .context("cannot build the image with a HEALTHCHECK")?;
-    let name = format!("slipway-{}", bench.id);
-    swarm.service = Some(name.clone());
-    Cmd::new("docker")
-        .args([
-            "service",
-            "create",
-            "--quiet",
-            "--detach=false",
-            "--no-resolve-image",
-        ])
-        .args(["--name", &name, "--replicas", &replicas.to_string()])
-        .args(["--update-parallelism", "1", "--update-order", "start-first"])
-        .args(["--update-delay", "0s", "--update-monitor", "1ms"])
-        .args(["--stop-grace-period", "5s", "--env", "PORT=8080"])
-        .args([
-            "--label",
-            &bench.label(),
-            "--container-label",
-            &bench.label(),
-        ])
-        .args([image.as_str()])
-        .run()
-        .await?;
     let runtime = slipway_swarm::Swarm::connect(bench.docker.clone(), &bench.id)
         .await
         .context("Slipway's Swarm runtime cannot use this swarm")?;
+    // The service as Slipway's runtime makes it: start-first one task at a time, the health
+    // check's period (that of the image's HEALTHCHECK) as the monitor period.
+    let def = slipway_swarm::ServiceDef {
+        daemon_id: bench.id.clone(),
+        app_id: bench.id.clone(),
+        component: "web".into(),
+        kind: Some(slipway_spec::ComponentKind::Service),
+        deployment_id: bench.id.clone(),
+        image: image.clone(),
+        env: [("PORT".to_string(), "8080".to_string())].into(),
+        replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+        health_check: Some(slipway_spec::HealthCheck {
+            period_seconds: Some(0.05),
+            timeout_seconds: Some(1.0),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        termination: Some(slipway_spec::Termination {
+            grace_period_seconds: Some(5.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let name = slipway_swarm::service_name(&def.app_id, &def.component);
+    swarm.service = Some(name.clone());
+    runtime.apply(&def).await?;
+    runtime
+        .wait(&name, "web", Duration::from_secs(120), |_| {})
+        .await?;
     update(&name).await?;
-    runtime_restart(&runtime, &name).await?;
+    runtime_restart(&runtime, &def).await?;
     let mut times = Updates::default();
     for rep in 0..reps {
         // Taking turns to go first.
         let (cli, slipway) = if rep % 2 == 0 {
             let cli = update(&name).await?;
-            (cli, runtime_restart(&runtime, &name).await?)
+            (cli, runtime_restart(&runtime, &def).await?)
         } else {
-            let slipway = runtime_restart(&runtime, &name).await?;
+            let slipway = runtime_restart(&runtime, &def).await?;
             (update(&name).await?, slipway)
         };
         println!(
@@ -103,11 +110,14 @@ async fn updates(
 }
 
 /// One restart by Slipway's Swarm runtime, timed until every task runs the new spec.
-async fn runtime_restart(runtime: &slipway_swarm::Swarm, name: &str) -> anyhow::Result<Duration> {
+async fn runtime_restart(
+    runtime: &slipway_swarm::Swarm,
+    def: &slipway_swarm::ServiceDef,
+) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
-    runtime.restart(name).await?;
+    let name = runtime.restart(def).await?;
     runtime
-        .wait(name, "web", Duration::from_secs(120), |_| {})
+        .wait(&name, "web", Duration::from_secs(120), |_| {})
         .await?;
     Ok(started.elapsed())
 }

@@ -35,6 +35,9 @@ pub enum SwarmError {
     /// Swarm rolled the component back after its new tasks failed; the previous version runs.
     #[error("{component}: the update failed and Swarm rolled it back ({message})")]
     RolledBack { component: String, message: String },
+    /// A new service's every task failed: there is no previous version to roll back to.
+    #[error("{component}: every task of the new service failed ({message})")]
+    NeverStarted { component: String, message: String },
     /// Swarm paused the update (or the rollback) and it needs an operator.
     #[error("{component}: Swarm paused the update ({message})")]
     Paused { component: String, message: String },

@@ -9,12 +9,15 @@
 //!   databases with a named volume and a placement constraint on one node; jobs as
 //!   `replicated-job` services.
 //! - [`Swarm`]: the calls to a swarm manager. [`Swarm::connect`] refuses an engine that is not
-//!   a manager; [`Swarm::apply`] creates or updates a service; [`Swarm::restart`] bumps the
-//!   force-update counter so that every task is replaced from the same image digest and
-//!   nothing else in the spec changes; [`Swarm::wait`] follows the rolling update from
-//!   `UpdateStatus` and the task states, reports each task transition, and turns Swarm's
-//!   rollback into [`SwarmError::RolledBack`] naming the component; [`Swarm::run_job`] runs a
-//!   job to completion and reads its exit code from the task.
+//!   a manager; [`Swarm::apply`] creates or updates a service; [`Swarm::restart`] writes the
+//!   running version's spec again with the force-update counter bumped, so that every task is
+//!   replaced from the same image digest and nothing else changes; [`Swarm::wait`] follows the
+//!   rolling update from `UpdateStatus` and the task states, reports each task transition,
+//!   and turns Swarm's rollback into [`SwarmError::RolledBack`] naming the component and why
+//!   Swarm rolled back (a new service whose every task fails, which Swarm would restart for
+//!   ever, is [`SwarmError::NeverStarted`]); [`Swarm::failed_health_check`] reads what a
+//!   failing task's health check answered; [`Swarm::run_job`] runs a job to completion and
+//!   reads its exit code from the task.
 //! - [`push`]: pushes a built image to the registry every node pulls from, and returns the
 //!   reference pinned by digest.
 //! - [`follow_endpoints`]: the tasks of a service as HTTP endpoints, for the ingress. Tasks
@@ -41,6 +44,6 @@ mod wait;
 pub use endpoints::{EndpointEvent, Follower, follow_endpoints};
 pub use error::SwarmError;
 pub use registry::push;
-pub use spec::{ServiceDef, service_name, service_spec, update_settings};
+pub use spec::{ServiceDef, network_name, service_name, service_spec, short_id, update_settings};
 pub use swarm::{JobOutcome, Swarm};
 pub use wait::{TaskEvent, UpdateOutcome};

@@ -69,9 +69,21 @@ impl ServiceDef {
     }
 }
 
-/// The Swarm service of a component: `slipway-<app id>-<component>`.
+/// The short form of an app ID in Swarm's object names: the first 12 characters of the ID
+/// without its dashes (Docker limits a service name to 63 characters).
+pub fn short_id(app_id: &str) -> String {
+    app_id.chars().filter(|c| *c != '-').take(12).collect()
+}
+
+/// The Swarm service of a component: `slipway-<short app id>-<component>`.
 pub fn service_name(app_id: &str, component: &str) -> String {
-    format!("slipway-{app_id}-{component}")
+    format!("slipway-{}-{component}", short_id(app_id))
+}
+
+/// The app's overlay network: `slipway-<short app id>`, the name its network has on one
+/// engine.
+pub fn network_name(app_id: &str) -> String {
+    format!("slipway-{}", short_id(app_id))
 }
 
 /// How Swarm replaces tasks: `(parallelism, start_first, monitor)`.
@@ -168,7 +180,15 @@ pub fn service_spec(def: &ServiceDef, force_update: u64) -> ServiceSpec {
         env: Some(env),
         mounts,
         stop_grace_period: Some(nanos(grace)),
-        health_check: def.health_check.as_ref().map(health_config),
+        health_check: match def.kind {
+            // Workers and jobs serve nothing to check: an image's HEALTHCHECK (often the same
+            // image as a service's) would have Swarm replace them as unhealthy.
+            Some(ComponentKind::Worker | ComponentKind::Job) => Some(HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
+            _ => def.health_check.as_ref().map(health_config),
+        },
         ..Default::default()
     };
     let restart = if def.is_job() {
@@ -392,11 +412,17 @@ mod tests {
         let mode = s.mode.unwrap();
         assert!(mode.replicated.is_none());
         assert_eq!(mode.replicated_job.unwrap().total_completions, Some(1));
+        let task = s.task_template.unwrap();
         assert_eq!(
-            s.task_template.unwrap().restart_policy.unwrap().condition,
+            task.restart_policy.unwrap().condition,
             Some(TaskSpecRestartPolicyConditionEnum::NONE)
         );
         assert!(s.update_config.is_none());
+        // The image's HEALTHCHECK is off: a job serves nothing.
+        assert_eq!(
+            task.container_spec.unwrap().health_check.unwrap().test,
+            Some(vec!["NONE".to_string()])
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    LocalNodeState, NetworkCreateRequest, Node, NodeState, Service, ServiceSpec, Task, TaskState,
+    HealthStatusEnum, LocalNodeState, NetworkCreateRequest, Node, NodeState, Service, ServiceSpec,
+    ServiceUpdateStatusStateEnum, Task, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
@@ -16,7 +17,7 @@ use slipway_spec::labels;
 use tokio::time::Instant;
 
 use crate::error::SwarmError;
-use crate::spec::{ServiceDef, service_name, service_spec};
+use crate::spec::{ServiceDef, network_name, service_name, service_spec};
 use crate::wait::{self, TaskEvent, UpdateOutcome, Verdict};
 
 /// How often Swarm's state is read while waiting.
@@ -104,7 +105,7 @@ impl Swarm {
         app_id: &str,
         deployment_id: &str,
     ) -> Result<String, SwarmError> {
-        let name = format!("slipway-{app_id}");
+        let name = network_name(app_id);
         if self
             .docker
             .inspect_network(
@@ -133,6 +134,11 @@ impl Swarm {
             .await
             .map_err(SwarmError::docker(format!("creating the network {name}")))?;
         Ok(name)
+    }
+
+    /// A service as Swarm has it now; `None` when there is no such service.
+    pub async fn service(&self, name: &str) -> Result<Option<Service>, SwarmError> {
+        self.inspect(name).await
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<Service>, SwarmError> {
@@ -201,21 +207,40 @@ impl Swarm {
         Ok(name)
     }
 
-    /// Restarts every task of a service from the same image digest: bumps its force-update
-    /// counter and changes nothing else. Follow it with [`Swarm::wait`].
-    pub async fn restart(&self, name: &str) -> Result<(), SwarmError> {
+    /// Restarts every task of a component's service from the same image digest: writes the
+    /// spec of `def` (the running version's definition) again with the force-update counter
+    /// bumped, so that nothing else changes; the deployment that made the running version
+    /// stays in its labels. Returns the service's name; follow it with [`Swarm::wait`].
+    ///
+    /// The spec is rendered from `def` rather than read back and written again: the engine
+    /// reports a container's health check as `Healthcheck`, which bollard's model does not
+    /// read, so a read-back spec would lose it.
+    pub async fn restart(&self, def: &ServiceDef) -> Result<String, SwarmError> {
+        let name = service_name(&def.app_id, &def.component);
         let current = self
-            .inspect(name)
+            .inspect(&name)
             .await?
             .ok_or_else(|| SwarmError::Invalid {
-                component: name.to_string(),
-                reason: "there is no such service to restart".into(),
+                component: def.component.clone(),
+                reason: format!("there is no service {name} to restart"),
             })?;
-        let mut spec = current.spec.clone().unwrap_or_default();
-        let task = spec.task_template.get_or_insert_with(Default::default);
-        task.force_update = Some(task.force_update.unwrap_or(0) + 1);
-        tracing::info!(service = %name, force_update = ?task.force_update, "restarting the service");
-        self.update(name, &current, spec).await
+        let spec = current.spec.as_ref();
+        let mut def = def.clone();
+        if let Some(made_by) = spec
+            .and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(labels::DEPLOYMENT))
+        {
+            def.deployment_id = made_by.clone();
+        }
+        let force = spec
+            .and_then(|s| s.task_template.as_ref())
+            .and_then(|t| t.force_update)
+            .unwrap_or(0)
+            + 1;
+        tracing::info!(service = %name, force_update = force, "restarting the service");
+        self.update(&name, &current, service_spec(&def, force))
+            .await?;
+        Ok(name)
     }
 
     async fn tasks(&self, name: &str) -> Result<Vec<Task>, SwarmError> {
@@ -252,6 +277,15 @@ impl Swarm {
             })?;
         let intended = wait::template(&first);
         let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+        // Swarm keeps the tasks of earlier versions for a while: they are history, not news.
+        for t in self.tasks(name).await? {
+            let e = wait::event(intended.as_ref(), &t);
+            if !e.current && e.desired != "running" {
+                seen.insert(e.task_id, (e.state, e.desired));
+            }
+        }
+        // Why Swarm started rolling back, as it said then (once done, it says only that).
+        let mut rollback_reason: Option<String> = None;
         loop {
             let service = self
                 .inspect(name)
@@ -262,7 +296,7 @@ impl Swarm {
                 })?;
             let tasks = self.tasks(name).await?;
             for t in &tasks {
-                let e = wait::event(&service, t);
+                let e = wait::event(intended.as_ref(), t);
                 let now = (e.state.clone(), e.desired.clone());
                 if seen.get(&e.task_id) != Some(&now) {
                     tracing::debug!(task = %e.task_id, state = %e.state, desired = %e.desired, "task");
@@ -270,10 +304,28 @@ impl Swarm {
                     seen.insert(e.task_id.clone(), now);
                 }
             }
+            if let Some(status) = &service.update_status
+                && matches!(
+                    status.state,
+                    Some(
+                        ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+                            | ServiceUpdateStatusStateEnum::PAUSED
+                    )
+                )
+                && let Some(m) = status.message.clone().filter(|m| !m.is_empty())
+            {
+                rollback_reason.get_or_insert(m);
+            }
             match wait::judge(intended.as_ref(), &service, &tasks) {
                 Verdict::Done(outcome) => return Ok(outcome),
                 Verdict::RolledBack(message) => {
                     return Err(SwarmError::RolledBack {
+                        component: component.to_string(),
+                        message: rollback_reason.unwrap_or(message),
+                    });
+                }
+                Verdict::NeverStarted(message) => {
+                    return Err(SwarmError::NeverStarted {
                         component: component.to_string(),
                         message,
                     });
@@ -368,6 +420,31 @@ impl Swarm {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// What the last run of a task container's health check said, when the container is on
+    /// this node and its check failed: `unhealthy: <the check's output>`.
+    pub async fn failed_health_check(&self, container_id: &str) -> Option<String> {
+        let state = self
+            .docker
+            .inspect_container(
+                container_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()?
+            .state?;
+        let health = state.health?;
+        let last = health.log?.into_iter().last()?;
+        if last.exit_code == Some(0) && health.status != Some(HealthStatusEnum::UNHEALTHY) {
+            return None;
+        }
+        let output = last.output.unwrap_or_default();
+        Some(format!(
+            "its health check failed (exit code {}): {}",
+            last.exit_code.unwrap_or(-1),
+            output.trim()
+        ))
     }
 
     /// A service's output (all its tasks), as text.

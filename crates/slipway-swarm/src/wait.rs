@@ -16,10 +16,13 @@ pub struct TaskEvent {
     pub state: String,
     /// What Swarm wants the task to be: `running` or `shutdown`.
     pub desired: String,
-    /// Whether the task runs the service's current spec (a new task during an update).
+    /// Whether the task runs the spec the update wrote (a new task; it stays new while Swarm
+    /// rolls the update back).
     pub current: bool,
     /// Swarm's message, and the error of a failed task.
     pub message: String,
+    /// The task's container, once it has one (on its node).
+    pub container_id: Option<String>,
 }
 
 /// How a finished update ended.
@@ -37,6 +40,9 @@ pub(crate) enum Verdict {
     Done(UpdateOutcome),
     RolledBack(String),
     Paused(String),
+    /// A service just created (there is no previous version to roll back to) whose every
+    /// task failed; the last task's error.
+    NeverStarted(String),
 }
 
 /// The part of a task spec that an update changes (the container, down to its labels, and the
@@ -102,6 +108,27 @@ pub(crate) fn judge(intended: Option<&TaskSpec>, service: &Service, tasks: &[Tas
         .filter(|t| !is_current(service, t))
         .count();
     let want = replicas(service);
+    if status.is_none() && running < want {
+        // A new service: Swarm has nothing to roll back to and would restart failing tasks
+        // for ever. As many failed tasks as replicas is a failed start.
+        let failed: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.status.as_ref().and_then(|s| s.state),
+                    Some(TaskState::FAILED | TaskState::REJECTED)
+                )
+            })
+            .collect();
+        if failed.len() >= want.max(1) {
+            let last = failed
+                .iter()
+                .map(|t| event(current.as_ref(), t).message)
+                .rfind(|m| !m.is_empty())
+                .unwrap_or_default();
+            return Verdict::NeverStarted(last);
+        }
+    }
     if running == want && old == 0 && state != ServiceUpdateStatusStateEnum::UPDATING {
         Verdict::Done(UpdateOutcome { running })
     } else {
@@ -111,7 +138,9 @@ pub(crate) fn judge(intended: Option<&TaskSpec>, service: &Service, tasks: &[Tas
     }
 }
 
-pub(crate) fn event(service: &Service, task: &Task) -> TaskEvent {
+/// A task's state as an event; `current` when it runs `intended`, the task template the update
+/// wrote (so a new task stays new while Swarm rolls the update back).
+pub(crate) fn event(intended: Option<&TaskSpec>, task: &Task) -> TaskEvent {
     let status = task.status.as_ref();
     let mut message = status.and_then(|s| s.message.clone()).unwrap_or_default();
     if let Some(err) = status.and_then(|s| s.err.as_ref()) {
@@ -127,8 +156,11 @@ pub(crate) fn event(service: &Service, task: &Task) -> TaskEvent {
         desired: task
             .desired_state
             .map_or_else(String::new, |s| s.to_string()),
-        current: is_current(service, task),
+        current: key(intended) == key(task.spec.as_ref()),
         message,
+        container_id: status
+            .and_then(|s| s.container_status.as_ref())
+            .and_then(|c| c.container_id.clone()),
     }
 }
 
@@ -204,6 +236,32 @@ mod tests {
         let updating = service(new.clone(), Some(ServiceUpdateStatusStateEnum::UPDATING));
         assert!(matches!(
             judge(Some(&new), &updating, &all),
+            Verdict::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_new_service_whose_every_task_failed_never_started() {
+        use TaskState::*;
+        let new = tmpl(0, "img");
+        let s = service(new.clone(), None);
+        let mut failed = task(new.clone(), FAILED, SHUTDOWN);
+        failed.status.as_mut().unwrap().err = Some("task: non-zero exit (3)".into());
+        let one = [failed.clone(), task(new.clone(), STARTING, RUNNING)];
+        assert!(matches!(judge(Some(&new), &s, &one), Verdict::Wait(_)));
+        let two = [
+            failed.clone(),
+            failed.clone(),
+            task(new.clone(), STARTING, RUNNING),
+        ];
+        match judge(Some(&new), &s, &two) {
+            Verdict::NeverStarted(m) => assert!(m.contains("non-zero exit (3)"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // An update is Swarm's to roll back: failures alone do not end it.
+        let updating = service(new.clone(), Some(ServiceUpdateStatusStateEnum::UPDATING));
+        assert!(matches!(
+            judge(Some(&new), &updating, &two),
             Verdict::Wait(_)
         ));
     }
