@@ -8,183 +8,62 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::SwarmInitRequest;
-use bollard::query_parameters::LeaveSwarmOptionsBuilder;
 use slipway_ingress::{Ingress, IngressConfig};
 use slipway_spec::{AppSpec, ComponentKind, HealthCheck, ServiceSpec, labels};
 use slipway_swarm::{
     EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push,
 };
-use slipway_testkit::{Janitor, Traffic, build_hello_image_with, unique};
+use slipway_testkit::{LocalSwarm, Registry, Traffic, build_hello_image_with, unique};
 use tokio_util::sync::CancellationToken;
-
-/// The swarm is shared: one scenario at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const HEALTHCHECK: &str = "HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n";
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Debian's `docker-registry` on a free loopback port, storing in a temp dir.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// `read_only`: a registry in maintenance mode, which refuses every push.
-    fn start(read_only: bool) -> Option<Registry> {
-        if Command::new("docker-registry")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            let why = "the `docker-registry` program is missing (apt-get install docker-registry)";
-            assert!(!in_ci(), "{why}");
-            eprintln!("skipping: {why}");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("slipway-registry-")
-            .tempdir()
-            .unwrap();
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    readonly:\n      enabled: {read_only}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry starts");
-        let registry = Registry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&registry.addr).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(registry)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One scenario's world: the swarm, the registry, a daemon ID that labels everything.
+/// One scenario's world: the swarm, the registry, a daemon ID that labels everything. The
+/// scenarios run one at a time ([`LocalSwarm`] is held by one test at a time).
 struct Fixture {
     docker: Docker,
     swarm: Swarm,
     daemon_id: String,
     app_id: String,
-    registry: Option<Registry>,
-    /// This scenario initialised the swarm, and leaves it.
-    initialised: bool,
-    gwbridge_existed: bool,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
+    registry: Registry,
+    _local: LocalSwarm,
 }
 
-const GWBRIDGE: &str = "docker_gwbridge";
-
 async fn fixture() -> Option<Fixture> {
-    let serial = SERIAL.lock().await;
     let docker = slipway_testkit::docker().await?;
     let registry = Registry::start(false)?;
-    let info = docker.info().await.unwrap();
-    let state = info
-        .swarm
-        .as_ref()
-        .and_then(|s| s.local_node_state)
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    let gwbridge_existed = docker
-        .inspect_network(
-            GWBRIDGE,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .is_ok();
-    let initialised = match state.as_str() {
-        "inactive" => {
-            // Outside a swarm, the runtime refuses clearly.
-            let err = Swarm::connect(docker.clone(), "none").await.unwrap_err();
-            assert!(
-                matches!(&err, SwarmError::NotInSwarm { state } if state == "inactive"),
-                "{err:?}"
-            );
-            assert!(err.to_string().contains("docker swarm init"), "{err}");
-            docker
-                .init_swarm(SwarmInitRequest {
-                    listen_addr: Some("127.0.0.1:2377".into()),
-                    advertise_addr: Some("127.0.0.1".into()),
-                    ..Default::default()
-                })
-                .await
-                .expect("a single-node swarm can be initialised");
-            true
-        }
-        "active" => false,
-        other => panic!("this engine's swarm state is {other}: cannot test the Swarm runtime"),
-    };
+    if LocalSwarm::state(&docker).await == "inactive" {
+        // Outside a swarm, the runtime refuses clearly.
+        let err = Swarm::connect(docker.clone(), "none").await.unwrap_err();
+        assert!(
+            matches!(&err, SwarmError::NotInSwarm { state } if state == "inactive"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("docker swarm init"), "{err}");
+    }
+    let mut local = LocalSwarm::join(&docker).await;
     let daemon_id = unique("swarm-test");
-    let fixture = Fixture {
-        swarm: match Swarm::connect(docker.clone(), &daemon_id).await {
-            Ok(s) => s,
-            Err(e) => {
-                if initialised {
-                    let _ = docker
-                        .leave_swarm(Some(
-                            LeaveSwarmOptionsBuilder::default().force(true).build(),
-                        ))
-                        .await;
-                }
-                panic!("{e}");
-            }
-        },
+    local.clean_up(&daemon_id);
+    let swarm = Swarm::connect(docker.clone(), &daemon_id).await.unwrap();
+    swarm.check_nodes(None).await.unwrap();
+    Some(Fixture {
+        swarm,
         docker,
         app_id: unique("app"),
         daemon_id,
-        registry: Some(registry),
-        initialised,
-        gwbridge_existed,
-        _serial: serial,
-    };
-    fixture.swarm.check_nodes(None).await.unwrap();
-    Some(fixture)
+        registry,
+        _local: local,
+    })
 }
 
 impl Fixture {
     fn registry(&self) -> &str {
-        &self.registry.as_ref().unwrap().addr
+        &self.registry.addr
     }
 
     /// Builds the hello image at `version` (with a HEALTHCHECK), pushes it, and returns the
@@ -231,39 +110,6 @@ impl Fixture {
             }),
             ..Default::default()
         }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let (swarm, daemon_id) = (self.swarm.clone(), self.daemon_id.clone());
-        let (initialised, gwbridge_existed) = (self.initialised, self.gwbridge_existed);
-        // A thread of its own, so that this works inside and outside a tokio runtime.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                for name in swarm.services(None).await.unwrap_or_default() {
-                    let _ = swarm.remove(&name).await;
-                }
-                Janitor::sweep(swarm.docker(), &daemon_id).await;
-                if initialised {
-                    let _ = swarm
-                        .docker()
-                        .leave_swarm(Some(
-                            LeaveSwarmOptionsBuilder::default().force(true).build(),
-                        ))
-                        .await;
-                    if !gwbridge_existed {
-                        let _ = swarm.docker().remove_network(GWBRIDGE).await;
-                    }
-                }
-            });
-        });
-        let _ = done.join();
-        self.registry.take();
     }
 }
 
@@ -385,7 +231,7 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     // Restart under load: every task replaced, from the same image digest.
     let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    f.swarm.restart(&name).await.unwrap();
+    assert_eq!(f.swarm.restart(&def).await.unwrap(), name);
     let mut events = Vec::new();
     let outcome = f
         .swarm

@@ -6,10 +6,13 @@
 //! - [`Janitor`] removes every Docker object that carries a daemon ID when it is dropped, so a
 //!   test cleans up even when an assertion fails;
 //! - [`docker`] connects to the engine, or explains why a test is skipped (outside CI only);
-//! - [`Traffic`] keeps clients sending requests while a test restarts or rebuilds an app.
+//! - [`Traffic`] keeps clients sending requests while a test restarts or rebuilds an app;
+//! - [`LocalSwarm`] and [`Registry`]: a single-node swarm and a loopback registry.
 
+mod swarm;
 mod traffic;
 
+pub use swarm::{LocalSwarm, Registry};
 pub use traffic::{Tally, Traffic};
 
 use std::path::{Path, PathBuf};
@@ -56,6 +59,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &id[..8])
 }
 
+/// Whether this runs in CI (`CI=true`), where a test may not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// Connects to the Docker engine. Outside CI, when no engine is reachable, prints why and
 /// returns `None` so that the test can skip; in CI (`CI=true`) that is a failure.
 pub async fn docker() -> Option<Docker> {
@@ -68,7 +76,7 @@ pub async fn docker() -> Option<Docker> {
     .await;
     match result {
         Ok(d) => Some(d),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+        Err(e) if in_ci() => {
             panic!("Docker is unreachable in CI: {e}")
         }
         Err(e) => {
