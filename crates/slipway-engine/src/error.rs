@@ -44,6 +44,8 @@ pub enum EngineError {
     Runtime(#[from] slipway_rollout::RuntimeError),
     #[error(transparent)]
     Build(#[from] slipway_build::BuildError),
+    #[error(transparent)]
+    Swarm(#[from] slipway_swarm::SwarmError),
 }
 
 fn quote(names: &[String]) -> String {

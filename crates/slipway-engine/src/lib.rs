@@ -23,6 +23,7 @@ mod liveness;
 mod reconcile;
 mod run;
 mod secrets;
+mod swarm;
 mod templates;
 
 use std::collections::HashMap;
@@ -46,6 +47,7 @@ use tokio_util::task::TaskTracker;
 pub use error::EngineError;
 pub use reconcile::Reconciled;
 pub use slipway_store::{LogKind, LogLine};
+pub use swarm::SwarmConfig;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -72,6 +74,9 @@ pub struct EngineConfig {
     /// How often the reconciler converges every app to its active deployment (it also runs
     /// at start-up and after each deployment).
     pub reconcile_interval: Duration,
+    /// Run apps as Docker Swarm services on the swarm the engine manages, instead of as
+    /// containers on this one engine.
+    pub swarm: Option<SwarmConfig>,
 }
 
 impl EngineConfig {
@@ -88,6 +93,7 @@ impl EngineConfig {
             git_token: None,
             git_ssh_key: None,
             reconcile_interval: Duration::from_secs(30),
+            swarm: None,
         }
     }
 }
@@ -144,6 +150,8 @@ struct Inner {
     config: EngineConfig,
     store: Store,
     runtime: DockerRuntime,
+    /// Set when apps run on a swarm.
+    swarm: Option<swarm::SwarmMode>,
     builder: ImageBuilder,
     sources: SourceCache,
     secrets: secrets::Secrets,
@@ -165,8 +173,9 @@ struct AppSlot {
 }
 
 impl Engine {
-    /// Opens the store in `config.data_dir` and starts the engine on `docker`. Deployments
-    /// that a previous run of the daemon left unfinished are marked ERROR.
+    /// Opens the store in `config.data_dir` and starts the engine on `docker` (a swarm manager
+    /// when `config.swarm` is set). Deployments that a previous run of the daemon left
+    /// unfinished are settled.
     pub async fn start(config: EngineConfig, docker: Docker) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
             path: config.data_dir.clone(),
@@ -180,9 +189,21 @@ impl Engine {
         let (updates, _) = broadcast::channel(1024);
         let ingress = Ingress::new(config.ingress.clone());
         let secrets = secrets::Secrets::load_or_create(&config.data_dir.join("secret.key"))?;
+        let swarm = match &config.swarm {
+            Some(swarm_config) => {
+                let swarm =
+                    slipway_swarm::Swarm::connect(docker.clone(), &config.daemon_id).await?;
+                if let Err(e) = swarm.check_nodes(None).await {
+                    tracing::warn!(error = %e, "a node of the swarm is not ready; Swarm runs tasks on the others");
+                }
+                Some(swarm::SwarmMode::new(swarm, swarm_config.clone()))
+            }
+            None => None,
+        };
         let engine = Engine {
             inner: Arc::new(Inner {
                 runtime: DockerRuntime::new(docker),
+                swarm,
                 ingress,
                 secrets,
                 config,
@@ -198,22 +219,26 @@ impl Engine {
         };
         engine.recover().await?;
         engine.restore_routes().await?;
-        let liveness = engine.clone();
-        engine
-            .inner
-            .tasks
-            .spawn(async move { liveness.watch_liveness().await });
+        // On a swarm, Swarm restarts crashed tasks and runs the health checks, and the
+        // ingress's followers see tasks come and go.
+        if engine.inner.swarm.is_none() {
+            let liveness = engine.clone();
+            engine
+                .inner
+                .tasks
+                .spawn(async move { liveness.watch_liveness().await });
+            let watcher = engine.clone();
+            engine
+                .inner
+                .tasks
+                .spawn(async move { watcher.watch_crashes().await });
+        }
         let reconciler = engine.clone();
         let interval = engine.inner.config.reconcile_interval;
         engine.inner.tasks.spawn(async move {
             reconciler.reconcile_all().await;
             reconciler.reconcile_forever(interval).await;
         });
-        let watcher = engine.clone();
-        engine
-            .inner
-            .tasks
-            .spawn(async move { watcher.watch_crashes().await });
         Ok(engine)
     }
 
@@ -230,6 +255,12 @@ impl Engine {
                 continue;
             };
             self.inner.ingress.set_app(&app.id, &active.spec);
+            if let Some(mode) = &self.inner.swarm {
+                for service in &active.spec.services {
+                    self.follow_service(mode, &app.id, &active.spec, &service.name);
+                }
+                continue;
+            }
             let running = self
                 .inner
                 .runtime
@@ -365,6 +396,10 @@ impl Engine {
             }
             d.set_phase(Phase::Error);
             self.inner.store.save_deployment(&d).await?;
+            if self.inner.swarm.is_some() {
+                // Swarm's services are returned to the active deployment by the reconciler.
+                continue;
+            }
             // Its new instances and job containers.
             let started = self
                 .inner
@@ -686,6 +721,12 @@ impl Engine {
             token.cancel();
         }
         let _turn = slot.turn.lock().await;
+        if let Some(mode) = &self.inner.swarm {
+            mode.unfollow(&record.id, None);
+            for name in mode.swarm.services(Some(&record.id)).await? {
+                mode.swarm.remove(&name).await?;
+            }
+        }
         let filter = [
             (labels::APP, record.id.as_str()),
             (labels::DAEMON, self.inner.config.daemon_id.as_str()),
@@ -831,5 +872,38 @@ impl Engine {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        if let Some(mode) = &self.inner.swarm {
+            mode.unfollow_all();
+        }
+    }
+
+    /// Whether apps run on a swarm.
+    pub fn on_swarm(&self) -> bool {
+        self.inner.swarm.is_some()
+    }
+
+    /// Feeds the ingress with the tasks of a service component on the swarm.
+    fn follow_service(
+        &self,
+        mode: &swarm::SwarmMode,
+        app_id: &str,
+        spec: &AppSpec,
+        component: &str,
+    ) {
+        let Some(service) = spec.service(component) else {
+            return;
+        };
+        let (drain, _) = templates::termination(spec, component);
+        mode.follow(
+            &self.inner.ingress,
+            app_id,
+            component,
+            service.http_port.unwrap_or(8080),
+            service
+                .health_check
+                .as_ref()
+                .and_then(|h| h.http_path.clone()),
+            drain,
+        );
     }
 }

@@ -118,6 +118,11 @@ impl Engine {
             .await?
             .map(|d| self.opened(&d))
             .transpose()?;
+        if let Some(mode) = &inner.swarm {
+            return self
+                .reconcile_on_swarm(mode, &record, active.as_ref())
+                .await;
+        }
         let observed = inner
             .runtime
             .list(&[(labels::APP, record.id.as_str()), (labels::DAEMON, daemon)])

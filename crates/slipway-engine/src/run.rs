@@ -1,5 +1,7 @@
 //! Running one deployment through its phases.
 
+mod on_swarm;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -482,7 +484,39 @@ impl Run {
         self.deploy(previous, true).await
     }
 
+    /// Builds (or reuses) a component's image; on a swarm, also pushes it to the registry.
     async fn build_component(
+        &self,
+        kind: ComponentKind,
+        c: ComponentRef<'_>,
+        previous: Option<&Deployment>,
+        d: &Deployment,
+    ) -> Result<(ComponentKind, DeploymentComponent), Failure> {
+        let (kind, mut built) = self.build_locally(kind, c, previous, d).await?;
+        let Some(mode) = &self.engine.inner.swarm else {
+            return Ok((kind, built));
+        };
+        let Some(image) = built.image.as_mut() else {
+            return Ok((kind, built));
+        };
+        if image.pushed.is_none() {
+            let pushed = mode
+                .push(&image.id, &d.app_id, c.name)
+                .await
+                .map_err(|e| Failure::new(&["build", c.name], "PushFailed", chain(&e)))?;
+            image.pushed = Some(pushed);
+        }
+        let pushed = image.pushed.clone().unwrap_or_default();
+        self.log(
+            LogKind::Build,
+            c.name,
+            vec![format!("the image is in the registry as {pushed}")],
+        )
+        .await;
+        Ok((kind, built))
+    }
+
+    async fn build_locally(
         &self,
         kind: ComponentKind,
         c: ComponentRef<'_>,
@@ -512,7 +546,11 @@ impl Run {
                     kind,
                     DeploymentComponent {
                         name: c.name.to_string(),
-                        image: Some(ComponentImage { id, reference }),
+                        image: Some(ComponentImage {
+                            id,
+                            reference,
+                            pushed: None,
+                        }),
                         ..DeploymentComponent::default()
                     },
                 ))
@@ -652,6 +690,7 @@ impl Run {
                         image: Some(ComponentImage {
                             id: built.id,
                             reference: tag,
+                            pushed: None,
                         }),
                         build_reused: false,
                         build_key: Some(key),
@@ -679,15 +718,33 @@ impl Run {
         self.start_step(&["deploy"]).await;
         let d = self.opened().await?;
         let inner = &self.engine.inner;
-        // The network belongs to the whole app: its component label is empty.
-        let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
-        net_labels.insert(labels::COMPONENT.into(), String::new());
-        net_labels.insert(labels::DEPLOYMENT.into(), d.id.clone());
-        inner
-            .runtime
-            .ensure_network(&templates::network_name(&d.app_id), &net_labels)
-            .await
-            .map_err(|e| Failure::new(&["deploy"], "DockerFailed", chain(&e)))?;
+        if let Some(mode) = &inner.swarm {
+            if let Err(e) = mode.swarm.check_nodes(None).await {
+                self.log(
+                    LogKind::Deploy,
+                    "",
+                    vec![format!(
+                        "warning: {}; Swarm runs tasks on the other nodes",
+                        chain(&e)
+                    )],
+                )
+                .await;
+            }
+            mode.swarm
+                .ensure_network(&d.app_id, &d.id)
+                .await
+                .map_err(|e| Failure::new(&["deploy"], "SwarmFailed", chain(&e)))?;
+        } else {
+            // The network belongs to the whole app: its component label is empty.
+            let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
+            net_labels.insert(labels::COMPONENT.into(), String::new());
+            net_labels.insert(labels::DEPLOYMENT.into(), d.id.clone());
+            inner
+                .runtime
+                .ensure_network(&templates::network_name(&d.app_id), &net_labels)
+                .await
+                .map_err(|e| Failure::new(&["deploy"], "DockerFailed", chain(&e)))?;
+        }
 
         if with_jobs {
             for db in &d.spec.databases {
@@ -697,7 +754,12 @@ impl Run {
         }
 
         let components = self.rollout_components(&d);
-        self.roll_all(&d, previous, &components).await?;
+        if let Some(mode) = &inner.swarm {
+            self.roll_all_on_swarm(mode, &d, previous, &components)
+                .await?;
+        } else {
+            self.roll_all(&d, previous, &components).await?;
+        }
 
         if with_jobs {
             self.update(|d| d.progress.succeed(&["deploy"], now()))
@@ -754,16 +816,41 @@ impl Run {
             labels: daemon_labels(self.daemon_id(), &d.app_id),
         };
         let volume = templates::volume_name(&d.app_id, &db.name);
-        let instance = inner
-            .runtime
-            .ensure_database(&spec, &volume, &data_dir)
-            .await
-            .map_err(|e| fail("DatabaseFailed", chain(&e)))?;
+        let runs_as = if let Some(mode) = &inner.swarm {
+            let pushed = mode
+                .push(&spec.image, &d.app_id, &db.name)
+                .await
+                .map_err(|e| fail("PushFailed", chain(&e)))?;
+            let def = slipway_swarm::ServiceDef {
+                daemon_id: self.daemon_id().to_string(),
+                app_id: d.app_id.clone(),
+                component: db.name.clone(),
+                kind: Some(ComponentKind::Database),
+                deployment_id: d.id.clone(),
+                image: pushed,
+                env: spec.env.clone(),
+                replicas: 1,
+                network: Some(slipway_swarm::network_name(&d.app_id)),
+                volume: Some((volume, data_dir)),
+                ..Default::default()
+            };
+            mode.swarm
+                .ensure_database(&def)
+                .await
+                .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+        } else {
+            inner
+                .runtime
+                .ensure_database(&spec, &volume, &data_dir)
+                .await
+                .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+                .name
+        };
         self.update(|d| {
             d.progress.succeed_with(
                 &path,
                 now(),
-                &format!("database {} runs as {}", db.name, instance.name),
+                &format!("database {} runs as {runs_as}", db.name),
             )
         })
         .await;
@@ -814,28 +901,18 @@ impl Run {
             } else {
                 self.cancel.clone()
             };
-            let outcome = self
-                .engine
-                .inner
-                .runtime
-                .run_job(&spec, self.engine.inner.config.job_timeout, &cancel)
-                .await
-                .map_err(|e| Failure::new(&path, "JobFailed", chain(&e)))?;
-            let mut lines: Vec<String> = outcome.output.lines().map(str::to_string).collect();
-            lines.push(format!(
-                "job {job} ({}) exited with code {}",
-                outcome.container_name, outcome.exit_code
-            ));
+            let (output, ran_as, exit_code) = self.run_job(&d, job, &path, &spec, &cancel).await?;
+            let mut lines: Vec<String> = output.lines().map(str::to_string).collect();
+            lines.push(format!("job {job} ({ran_as}) exited with code {exit_code}"));
             self.log(LogKind::Deploy, job, lines).await;
-            if outcome.exit_code != 0 {
-                let tail: Vec<&str> = outcome.output.lines().rev().take(5).collect();
+            if exit_code != 0 {
+                let tail: Vec<&str> = output.lines().rev().take(5).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure::new(
                     &path,
                     "JobFailed",
                     format!(
-                        "job {job} exited with code {}{}",
-                        outcome.exit_code,
+                        "job {job} exited with code {exit_code}{}",
                         if tail.is_empty() {
                             String::new()
                         } else {
@@ -849,6 +926,43 @@ impl Run {
         }
         self.update(|d| d.progress.succeed(&[step], now())).await;
         Ok(())
+    }
+
+    /// Runs one job to its end: `(its output, what it ran as, its exit code)`.
+    async fn run_job(
+        &self,
+        d: &Deployment,
+        job: &str,
+        path: &[&str],
+        spec: &InstanceSpec,
+        cancel: &CancellationToken,
+    ) -> Result<(String, String, i64), Failure> {
+        let inner = &self.engine.inner;
+        let timeout = inner.config.job_timeout;
+        let Some(mode) = &inner.swarm else {
+            let outcome = inner
+                .runtime
+                .run_job(spec, timeout, cancel)
+                .await
+                .map_err(|e| Failure::new(path, "JobFailed", chain(&e)))?;
+            return Ok((outcome.output, outcome.container_name, outcome.exit_code));
+        };
+        let def = mode
+            .def(d, job, self.daemon_id())
+            .map_err(|reason| Failure::new(path, "JobFailed", reason))?;
+        let name = slipway_swarm::service_name(&d.app_id, job);
+        tokio::select! {
+            outcome = mode.swarm.run_job(&def, timeout) => {
+                let outcome = outcome.map_err(|e| Failure::new(path, "JobFailed", chain(&e)))?;
+                Ok((outcome.logs, format!("Swarm job {name}"), outcome.exit_code))
+            }
+            () = cancel.cancelled() => {
+                if let Err(e) = mode.swarm.remove(&name).await {
+                    tracing::warn!(job = %name, error = %chain(&e), "removing a canceled job failed");
+                }
+                Err(Failure::canceled(path))
+            }
+        }
     }
 
     /// Rolls out every component concurrently; if one fails, the others stop and every

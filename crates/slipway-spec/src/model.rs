@@ -347,6 +347,10 @@ pub struct ComponentImage {
     pub id: String,
     /// The tag or reference it was known by.
     pub reference: String,
+    /// On a swarm: the reference, pinned by digest, it was pushed to the registry as, which
+    /// every node pulls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<String>,
 }
 
 /// A component of a deployment, as App Platform lists them (`services[]`, `workers[]`, `jobs[]`).

@@ -1,0 +1,456 @@
+//! The engine on a swarm (`EngineConfig::swarm`), against the real Docker engine: a
+//! single-node swarm (initialised for the test only when the engine is in none, and left again
+//! only then) and Debian's `docker-registry` on loopback as the registry.
+//!
+//! One app is deployed, restarted and force-rebuilt under steady traffic through the ingress,
+//! then given a version whose health check fails: Swarm rolls it back, the deployment ends in
+//! ERROR, and the previous version keeps serving. Clean-up (services, containers, networks,
+//! volumes, images, the swarm, the registry) runs from `Drop`, so also when an assertion fails.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use slipway_engine::{Engine, EngineConfig, LogKind, SwarmConfig};
+use slipway_spec::{Deployment, Phase, StepStatus, parse_spec};
+use slipway_testkit::{HelloRepo, LocalSwarm, Registry, Traffic, unique};
+use tokio_util::sync::CancellationToken;
+
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn wait_for(engine: &Engine, d: &Deployment) -> Deployment {
+    tokio::time::timeout(Duration::from_secs(300), engine.wait(&d.app_id, &d.id))
+        .await
+        .expect("the deployment ends within 5 minutes")
+        .unwrap()
+}
+
+fn assert_active(d: &Deployment) {
+    assert_eq!(
+        d.phase,
+        Phase::Active,
+        "deployment failed: {:?}",
+        d.progress.first_error()
+    );
+}
+
+async fn deploy_log(engine: &Engine, d: &Deployment) -> Vec<String> {
+    engine
+        .store()
+        .read_log(&d.id, LogKind::Deploy, None, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect()
+}
+
+/// The image and force-update counter of a component's Swarm service.
+async fn service(docker: &bollard::Docker, app_id: &str, component: &str) -> (String, u64) {
+    let name = slipway_swarm::service_name(app_id, component);
+    let spec = docker
+        .inspect_service(&name, None)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let task = spec.task_template.unwrap();
+    (
+        task.container_spec.unwrap().image.unwrap(),
+        task.force_update.unwrap_or(0),
+    )
+}
+
+/// An engine on the local swarm, and what it needs; the fields drop in order (the engine's
+/// store first, the swarm's clean-up last).
+struct World {
+    engine: Engine,
+    docker: bollard::Docker,
+    daemon_id: String,
+    registry: Registry,
+    _data: tempfile::TempDir,
+    _local: LocalSwarm,
+}
+
+async fn world() -> Option<World> {
+    let docker = slipway_testkit::docker().await?;
+    let registry = Registry::start(false)?;
+    let mut local = LocalSwarm::join(&docker).await;
+    let daemon_id = unique("swarm-engine");
+    local.clean_up(&daemon_id);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(data.path());
+    config.daemon_id = daemon_id.clone();
+    let mut swarm = SwarmConfig::new(&registry.addr);
+    swarm.update_timeout = UPDATE_TIMEOUT;
+    config.swarm = Some(swarm);
+    let engine = Engine::start(config, docker.clone()).await.unwrap();
+    assert!(engine.on_swarm());
+    Some(World {
+        engine,
+        docker,
+        daemon_id,
+        registry,
+        _data: data,
+        _local: local,
+    })
+}
+
+/// The example app with a container health check of its own (Swarm runs checks inside the
+/// container).
+fn hello_repo() -> HelloRepo {
+    let repo = HelloRepo::new("v1").unwrap();
+    let dockerfile = std::fs::read_to_string(repo.path().join("Dockerfile")).unwrap();
+    repo.write(
+        "Dockerfile",
+        &format!(
+            "{dockerfile}HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n"
+        ),
+    )
+    .unwrap();
+    repo.commit("a container health check").unwrap();
+    repo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is_rolled_back() {
+    let Some(world) = world().await else { return };
+    let (engine, docker, daemon_id, registry) = (
+        &world.engine,
+        &world.docker,
+        &world.daemon_id,
+        &world.registry,
+    );
+    // It serves for a second after its stop signal, as Swarm needs (STOP_DELAY_MS).
+    let repo = hello_repo();
+    let name = unique("swarm");
+    let spec_yaml = |extra_env: &str| {
+        format!(
+            "name: {name}\nservices:\n  - name: web\n    {git}\n    instance_count: 3\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3}}\n    termination: {{drain_seconds: 5, grace_period_seconds: 5}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{extra_env}",
+            git = common::git(&repo)
+        )
+    };
+    let spec = parse_spec(&spec_yaml("")).unwrap().spec;
+    let (app, first) = engine.create_app(spec).await.unwrap();
+    let first = wait_for(engine, &first).await;
+    assert_active(&first);
+
+    // The image was pushed, and the service runs it by digest, with 3 instance steps done.
+    let image = first.services[0].image.clone().unwrap();
+    let pushed = image.pushed.clone().expect("the image was pushed");
+    assert!(
+        pushed.starts_with(&format!("{}/slipway/", registry.addr)) && pushed.contains("@sha256:"),
+        "{pushed}"
+    );
+    assert_eq!(service(docker, &app.id, "web").await, (pushed.clone(), 0));
+    let mut progress = first.progress.clone();
+    let web = progress.find_mut(&["deploy", "web"]).unwrap();
+    assert_eq!(web.steps.len(), 3);
+    assert!(
+        web.steps.iter().all(|s| s.status == StepStatus::Success),
+        "{web:?}"
+    );
+    let log = deploy_log(engine, &first).await;
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("web: new task web.") && l.contains("is running")),
+        "{log:?}"
+    );
+    // The tasks' containers carry the daemon's labels, and are the app's instances.
+    let instances = engine.instances(&app.id).await.unwrap();
+    assert_eq!(instances.len(), 3, "{instances:?}");
+
+    // The ingress, fed with the tasks.
+    let ingress = engine.ingress();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingress.ready_count(&app.id, "web") < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the tasks never joined the ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        engine.ingress(),
+        listener,
+        stop.clone(),
+    ));
+    let _stop = stop.drop_guard();
+    let host = format!("{name}.localhost");
+    let http = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{host}:{}/", addr.port());
+
+    // Restart under load: the same image digest, every task replaced, no request failed.
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = engine.restart(&app.id, &[]).await.unwrap();
+    let d = wait_for(engine, &d).await;
+    assert_active(&d);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tally = running.finish().await;
+    tally.assert_none_failed("the restart");
+    eprintln!("restart: {} requests, none failed", tally.ok);
+    assert!(tally.ok > 50, "the load ran: {} requests", tally.ok);
+    assert!(tally.bodies.iter().all(|b| b.starts_with("hello from v1")));
+    assert_eq!(service(docker, &app.id, "web").await, (pushed.clone(), 1));
+    assert!(
+        !d.progress.steps.iter().any(|s| s.name == "build"),
+        "a restart builds nothing"
+    );
+
+    // Force rebuild of a new commit under load.
+    repo.commit_version("v2").unwrap();
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = engine
+        .create_deployment(&app.id, true, false)
+        .await
+        .unwrap();
+    let rebuilt = wait_for(engine, &d).await;
+    assert_active(&rebuilt);
+    let v2 = rebuilt.services[0].image.clone().unwrap().pushed.unwrap();
+    assert_ne!(v2, pushed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+        if body.starts_with("hello from v2") && ingress.ready_count(&app.id, "web") == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2 never served alone: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tally = running.finish().await;
+    tally.assert_none_failed("the rebuild");
+    eprintln!("rebuild: {} requests, none failed", tally.ok);
+    assert!(tally.ok > 50, "the load ran: {} requests", tally.ok);
+    for _ in 0..30 {
+        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+        assert!(body.starts_with("hello from v2"), "{body}");
+    }
+
+    // A new version whose health check fails: Swarm rolls it back, the deployment is ERROR,
+    // and v2 serves throughout.
+    let running = Traffic::start(&http, &url, 2, 100_000, Duration::from_secs(180));
+    let broken = parse_spec(&spec_yaml("      - {key: HEALTHZ_FAIL, value: \"1\"}\n"))
+        .unwrap()
+        .spec;
+    let (_, d) = engine.update_app(&app.id, broken).await.unwrap();
+    let d = wait_for(engine, &d).await;
+    assert_eq!(d.phase, Phase::Error, "{:?}", d.progress);
+    // The new task's step says why it failed: its health check's answer.
+    let (step, reason) = d.progress.first_error().expect("the failure is in a step");
+    assert_eq!(reason.code, "InstanceFailed", "{step:?}");
+    assert!(
+        reason.message.contains("health check failed") && reason.message.contains("500"),
+        "{}",
+        reason.message
+    );
+    // The component's step says what happened to the update, and with what reason.
+    let mut progress = d.progress.clone();
+    let web = progress.find_mut(&["deploy", "web"]).unwrap();
+    let reason = web.reason.clone().expect("the component's step failed");
+    assert_eq!(reason.code, "RolloutFailed");
+    assert!(
+        reason
+            .message
+            .starts_with("web: the update failed and Swarm rolled it back")
+            && reason.message.contains("health check failed")
+            && reason
+                .message
+                .contains("the previous version keeps running"),
+        "{}",
+        reason.message
+    );
+    eprintln!("the failed update: {}", reason.message);
+    let tally = running.finish().await;
+    tally.assert_none_failed("the failed update");
+    assert!(tally.bodies.iter().all(|b| b.starts_with("hello from v2")));
+    assert_eq!(service(docker, &app.id, "web").await.0, v2);
+    let active = engine.store().active_deployment(&app.id).await.unwrap();
+    assert_eq!(active.map(|a| a.id), Some(rebuilt.id));
+
+    // Deleting the app removes its services.
+    engine.delete_app(&app.id, true).await.unwrap();
+    let left = docker
+        .list_services(None::<bollard::query_parameters::ListServicesOptions>)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|s| s.labels.as_ref())
+                .and_then(|l| l.get(slipway_spec::labels::DAEMON))
+                == Some(daemon_id)
+        })
+        .count();
+    assert_eq!(left, 0);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_swarm_jobs_databases_and_workers_run_and_a_restart_touches_only_what_it_names() {
+    let Some(world) = world().await else { return };
+    let (engine, docker, daemon_id) = (&world.engine, &world.docker, &world.daemon_id);
+    let repo = hello_repo();
+    let db_image = format!("slipway-test-db:{daemon_id}");
+    slipway_testkit::build_hello_image(docker, &db_image, daemon_id, "db")
+        .await
+        .unwrap();
+    let name = unique("swarm-shop");
+    let spec = parse_spec(&format!(
+        r#"
+name: {name}
+services:
+  - name: web
+    {git}
+    health_check: {{http_path: /healthz, period_seconds: 0.2, failure_threshold: 3}}
+workers:
+  - name: worker
+    {git}
+    envs: [{{key: ROLE, value: worker}}]
+databases:
+  - name: db
+    image: {{repository: slipway-test-db, tag: "{daemon_id}"}}
+    data_dir: /data
+    envs: [{{key: ROLE, value: db}}, {{key: DATA_DIR, value: /data}}]
+jobs:
+  - name: migrate
+    kind: PRE_DEPLOY
+    {git}
+    envs: [{{key: ROLE, value: job}}]
+"#,
+        git = common::git(&repo),
+    ))
+    .unwrap()
+    .spec;
+    let (app, first) = engine.create_app(spec).await.unwrap();
+    let first = wait_for(engine, &first).await;
+    assert_active(&first);
+
+    // The job ran to completion as a Swarm job, and its service is gone.
+    let job_log = engine
+        .store()
+        .read_log(&first.id, LogKind::Deploy, Some("migrate"), 0)
+        .await
+        .unwrap();
+    assert!(
+        job_log.iter().any(|l| l.line.contains("job done"))
+            && job_log
+                .iter()
+                .any(|l| l.line.contains("exited with code 0")),
+        "{job_log:?}"
+    );
+    let short = slipway_swarm::short_id(&app.id);
+    assert_eq!(
+        app_services(docker, &app.id).await,
+        ["db", "web", "worker"]
+            .map(|c| format!("slipway-{short}-{c}"))
+            .to_vec()
+    );
+    // The database is pinned to this node, with its labelled volume.
+    let db = docker
+        .inspect_service(&slipway_swarm::service_name(&app.id, "db"), None)
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    let constraints = db
+        .task_template
+        .unwrap()
+        .placement
+        .unwrap()
+        .constraints
+        .unwrap();
+    assert_eq!(constraints.len(), 1);
+    assert!(constraints[0].starts_with("node.id=="), "{constraints:?}");
+    assert!(
+        app_volumes(docker, &app.id).await == ["db"],
+        "the database's volume carries the app's labels"
+    );
+
+    // A restart of the worker only: its tasks are replaced; web and db are not touched.
+    let (web_image, web_force) = service(docker, &app.id, "web").await;
+    let (worker_image, worker_force) = service(docker, &app.id, "worker").await;
+    let db_before = db_version(docker, &app.id).await;
+    let d = engine
+        .restart(&app.id, &["worker".to_string()])
+        .await
+        .unwrap();
+    let d = wait_for(engine, &d).await;
+    assert_active(&d);
+    assert_eq!(
+        service(docker, &app.id, "worker").await,
+        (worker_image, worker_force + 1)
+    );
+    assert_eq!(
+        service(docker, &app.id, "web").await,
+        (web_image, web_force)
+    );
+    assert_eq!(db_version(docker, &app.id).await, db_before);
+    let log = deploy_log(engine, &d).await;
+    assert!(
+        log.iter().any(|l| l.starts_with("worker: new task"))
+            && log
+                .iter()
+                .all(|l| !l.starts_with("web:") && !l.starts_with("migrate:")),
+        "{log:?}"
+    );
+
+    // Deleting the app with purge removes its services and its database's volume.
+    engine.delete_app(&app.id, true).await.unwrap();
+    assert!(app_services(docker, &app.id).await.is_empty());
+    assert!(
+        app_volumes(docker, &app.id).await.is_empty(),
+        "the volume was purged"
+    );
+    engine.shutdown().await;
+}
+
+/// The names of an app's Swarm services, sorted.
+async fn app_services(docker: &bollard::Docker, app_id: &str) -> Vec<String> {
+    let prefix = format!("slipway-{}-", slipway_swarm::short_id(app_id));
+    let mut names: Vec<String> = docker
+        .list_services(None::<bollard::query_parameters::ListServicesOptions>)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|s| s.spec.and_then(|s| s.name))
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The components of an app's volumes.
+async fn app_volumes(docker: &bollard::Docker, app_id: &str) -> Vec<String> {
+    docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await
+        .unwrap()
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.labels.get(slipway_spec::labels::APP).map(String::as_str) == Some(app_id))
+        .filter_map(|v| v.labels.get(slipway_spec::labels::COMPONENT).cloned())
+        .collect()
+}
+
+/// The version (update counter) of the database's service.
+async fn db_version(docker: &bollard::Docker, app_id: &str) -> u64 {
+    docker
+        .inspect_service(&slipway_swarm::service_name(app_id, "db"), None)
+        .await
+        .unwrap()
+        .version
+        .and_then(|v| v.index)
+        .unwrap()
+}
