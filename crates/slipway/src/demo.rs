@@ -63,6 +63,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tls_cert: None,
         tls_key: None,
         tls: None,
+        runtime: crate::serve::RuntimeArg::Docker,
+        registry: None,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

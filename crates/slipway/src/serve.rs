@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use slipway_engine::{Engine, EngineConfig};
+use slipway_engine::{Engine, EngineConfig, SwarmConfig};
 use slipway_ingress::IngressConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -53,6 +53,21 @@ pub(crate) struct ServeArgs {
     /// address on first start and kept in DATA_DIR/tls (its path is printed).
     #[arg(long, env = "SLIPWAY_TLS", value_parser = ["self-signed"])]
     pub tls: Option<String>,
+    /// Where apps run: `docker`, as containers on this Docker engine, or `swarm`, as services
+    /// of the Docker Swarm this engine manages (needs --registry).
+    #[arg(long, env = "SLIPWAY_RUNTIME", value_enum, default_value_t = RuntimeArg::Docker)]
+    pub runtime: RuntimeArg,
+    /// With `--runtime swarm`: the registry every node of the swarm pulls from
+    /// (`host[:port]`); built images are pushed there.
+    #[arg(long, env = "SLIPWAY_REGISTRY", required_if_eq("runtime", "swarm"))]
+    pub registry: Option<String>,
+}
+
+/// Where apps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RuntimeArg {
+    Docker,
+    Swarm,
 }
 
 /// A running daemon: the engine and the API server.
@@ -114,6 +129,15 @@ impl Daemon {
             base_domain: args.base_domain.clone(),
             public_port: Some(ingress_addr.port()),
             ..IngressConfig::default()
+        };
+        config.swarm = match (args.runtime, &args.registry) {
+            (RuntimeArg::Swarm, Some(registry)) if !registry.trim().is_empty() => {
+                Some(SwarmConfig::new(registry.trim()))
+            }
+            (RuntimeArg::Swarm, _) => anyhow::bail!(
+                "--runtime swarm needs --registry: the registry every node of the swarm pulls the built images from"
+            ),
+            (RuntimeArg::Docker, _) => None,
         };
         let engine = Engine::start(config, docker).await?;
         let ingress_stop = CancellationToken::new();

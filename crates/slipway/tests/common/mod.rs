@@ -29,6 +29,8 @@ pub struct Daemon {
     /// The token the daemon generated on its first start.
     pub token: String,
     pub data: tempfile::TempDir,
+    /// Every Docker object it makes carries `slipway.daemon=<daemon_id>`.
+    pub daemon_id: String,
     extra: Vec<String>,
     _janitor: Janitor,
 }
@@ -54,6 +56,7 @@ impl Daemon {
             data,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _janitor: Janitor::new(&daemon_id),
+            daemon_id,
         };
         daemon.spawn();
         daemon
