@@ -179,10 +179,11 @@ fn write(f: &Figures) -> (Section, Vec<Verdict>) {
          `-p 127.0.0.1::8080`, `docker port`, `curl` on `/healthz` every 15 ms until 200, \
          `docker stop -t 5` and `docker rm` of the old one), timed as a whole; \
          **Docker Swarm** — `docker service update --force --detach=false` of a service of \
-         {INSTANCES} replicas of the same app (`--update-parallelism 1 \
-         --update-order start-first --update-delay 0s --update-monitor 1ms`; the image adds \
-         `HEALTHCHECK --interval=50ms CMD [\"/hello\", \"check\"]`, since the service's \
-         replicas have no published port to probe), taking turns on that same service with \
+         {INSTANCES} replicas of the same app, made by Slipway's Swarm runtime as it makes a \
+         service (update parallelism 1, start-first, no delay, a monitor period of 50 ms, \
+         the health check's period; the image adds \
+         `HEALTHCHECK --interval=50ms CMD [\"/hello\", \"check\"]`, which Swarm runs inside \
+         the container), taking turns on that same service with \
          **Slipway's Swarm runtime** — `slipway_swarm::Swarm::restart` (the service's \
          force-update counter bumped, nothing else changed) and `Swarm::wait` until every task \
          runs the new spec, read from the service's update status and its tasks every 100 ms. \

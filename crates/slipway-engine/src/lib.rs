@@ -812,6 +812,11 @@ impl Engine {
         tail: Option<usize>,
     ) -> Result<futures::stream::BoxStream<'static, String>, EngineError> {
         use futures::StreamExt;
+        if let Some(mode) = &self.inner.swarm {
+            return self
+                .run_logs_on_swarm(mode, app_id, component, follow, tail)
+                .await;
+        }
         let instances: Vec<Instance> = self
             .instances(app_id)
             .await?

@@ -211,6 +211,50 @@ impl SwarmMode {
 }
 
 impl Engine {
+    /// The RUN log of an app on a swarm: what the tasks of its services and workers write, on
+    /// every node, each line prefixed with its component, merged in time order (with
+    /// `follow`, as it comes).
+    pub(crate) async fn run_logs_on_swarm(
+        &self,
+        mode: &SwarmMode,
+        app_id: &str,
+        component: Option<&str>,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<futures::stream::BoxStream<'static, String>, EngineError> {
+        use futures::StreamExt;
+        let record = self.app(app_id).await?;
+        let running: Vec<String> = mode.swarm.services(Some(&record.id)).await?;
+        let components: Vec<String> = record
+            .spec
+            .components()
+            .into_iter()
+            .filter(|(_, kind)| kind.is_restartable())
+            .map(|(name, _)| name.to_string())
+            .filter(|name| component.is_none_or(|want| want == name))
+            .filter(|name| running.contains(&service_name(&record.id, name)))
+            .collect();
+        let streams: Vec<_> = components
+            .iter()
+            .map(|c| {
+                let c = c.clone();
+                mode.swarm
+                    .log_lines(&service_name(&record.id, &c), follow, tail)
+                    .map(move |(at, line)| (at, format!("{c} {line}")))
+            })
+            .collect();
+        let format = |(_, line): (String, String)| line;
+        if follow {
+            return Ok(futures::stream::select_all(streams).map(format).boxed());
+        }
+        let mut lines = Vec::new();
+        for s in streams {
+            lines.extend(s.collect::<Vec<_>>().await);
+        }
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(futures::stream::iter(lines.into_iter().map(format)).boxed())
+    }
+
     /// Converges an app's Swarm services to its active deployment: a service that is missing
     /// is created, one that runs another image or replica count than the active deployment's
     /// is updated back to it (Swarm rolls it), and the services of components the spec no

@@ -21,7 +21,7 @@ use crate::spec::{ServiceDef, network_name, service_name, service_spec};
 use crate::wait::{self, TaskEvent, UpdateOutcome, Verdict};
 
 /// How often Swarm's state is read while waiting.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(100);
 
 /// A swarm manager that Slipway drives, as daemon `daemon_id`.
 #[derive(Debug, Clone)]
@@ -445,6 +445,40 @@ impl Swarm {
             last.exit_code.unwrap_or(-1),
             output.trim()
         ))
+    }
+
+    /// What the tasks of a service write, from every node, as `(time, line)`, the time as
+    /// Docker stamps it (RFC 3339). With `follow`, the stream goes on with what they write next
+    /// until it is dropped.
+    pub fn log_lines(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> futures::stream::BoxStream<'static, (String, String)> {
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        self.docker
+            .service_logs(name, Some(options))
+            .filter_map(|chunk| async move {
+                let text = chunk.ok()?.to_string();
+                let lines: Vec<(String, String)> = text
+                    .lines()
+                    .map(|l| {
+                        let (at, line) = l.split_once(' ').unwrap_or(("", l));
+                        (at.to_string(), line.to_string())
+                    })
+                    .collect();
+                Some(futures::stream::iter(lines))
+            })
+            .flatten()
+            .boxed()
     }
 
     /// A service's output (all its tasks), as text.

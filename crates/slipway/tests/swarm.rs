@@ -136,6 +136,17 @@ fn serve_on_a_swarm_deploys_and_restarts_through_the_cli() {
         "{deploy_log}"
     );
 
+    // The RUN log: what the tasks write, read from Swarm.
+    let out = cli(&daemon, &["apps", "logs", &name, "web", "--type", "run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_log = text(&out.stdout);
+    assert!(
+        run_log
+            .lines()
+            .any(|l| l.starts_with("web hello v1 listening on port 8080")),
+        "{run_log}"
+    );
+
     // Deleting the app removes its Swarm services.
     let out = cli(&daemon, &["apps", "delete", &name, "--purge"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
