@@ -65,6 +65,7 @@ async fn service(docker: &bollard::Docker, app_id: &str, component: &str) -> (St
 /// store first, the swarm's clean-up last).
 struct World {
     engine: Engine,
+    config: EngineConfig,
     docker: bollard::Docker,
     daemon_id: String,
     registry: Registry,
@@ -84,10 +85,11 @@ async fn world() -> Option<World> {
     let mut swarm = SwarmConfig::new(&registry.addr);
     swarm.update_timeout = UPDATE_TIMEOUT;
     config.swarm = Some(swarm);
-    let engine = Engine::start(config, docker.clone()).await.unwrap();
+    let engine = Engine::start(config.clone(), docker.clone()).await.unwrap();
     assert!(engine.on_swarm());
     Some(World {
         engine,
+        config,
         docker,
         daemon_id,
         registry,
@@ -299,7 +301,17 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_swarm_jobs_databases_and_workers_run_and_a_restart_touches_only_what_it_names() {
     let Some(world) = world().await else { return };
-    let (engine, docker, daemon_id) = (&world.engine, &world.docker, &world.daemon_id);
+    // Bound in this order so that the engine goes first and the swarm's clean-up last.
+    let World {
+        _local,
+        _data,
+        registry: _registry,
+        docker,
+        config,
+        daemon_id,
+        engine: first_engine,
+    } = world;
+    let (engine, docker, daemon_id) = (&first_engine, &docker, &daemon_id);
     let repo = hello_repo();
     let db_image = format!("slipway-test-db:{daemon_id}");
     slipway_testkit::build_hello_image(docker, &db_image, daemon_id, "db")
@@ -405,6 +417,24 @@ jobs:
         "{log:?}"
     );
 
+    // The daemon stops and starts again on the same data directory: the ingress follows the
+    // tasks again, and the reconciler leaves the services as they are.
+    engine.shutdown().await;
+    drop(first_engine);
+    let web_version = service_version(docker, &app.id, "web").await;
+    let engine = &Engine::start(config, docker.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.ingress().ready_count(&app.id, "web") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted engine never routed to the task"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(engine.reconcile(&app.id).await.unwrap().is_some());
+    assert_eq!(service_version(docker, &app.id, "web").await, web_version);
+    assert_eq!(db_version(docker, &app.id).await, db_before);
+
     // Deleting the app with purge removes its services and its database's volume.
     engine.delete_app(&app.id, true).await.unwrap();
     assert!(app_services(docker, &app.id).await.is_empty());
@@ -446,8 +476,13 @@ async fn app_volumes(docker: &bollard::Docker, app_id: &str) -> Vec<String> {
 
 /// The version (update counter) of the database's service.
 async fn db_version(docker: &bollard::Docker, app_id: &str) -> u64 {
+    service_version(docker, app_id, "db").await
+}
+
+/// The version (update counter) of a component's service.
+async fn service_version(docker: &bollard::Docker, app_id: &str, component: &str) -> u64 {
     docker
-        .inspect_service(&slipway_swarm::service_name(app_id, "db"), None)
+        .inspect_service(&slipway_swarm::service_name(app_id, component), None)
         .await
         .unwrap()
         .version
