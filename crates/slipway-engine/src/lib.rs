@@ -743,7 +743,8 @@ impl Engine {
         Ok(record.id)
     }
 
-    /// The containers of an app now, by component.
+    /// The containers of an app now, by component (on a swarm: the running tasks' containers
+    /// on this node).
     pub async fn instances(
         &self,
         app_id: &str,
@@ -757,8 +758,12 @@ impl Engine {
                 (labels::DAEMON, self.inner.config.daemon_id.as_str()),
             ])
             .await?;
+        // Swarm keeps the stopped containers of replaced tasks as history: they are not
+        // instances.
+        let on_swarm = self.inner.swarm.is_some();
         Ok(list
             .into_iter()
+            .filter(|i| i.running || !on_swarm)
             .filter_map(|i| {
                 let kind = record.spec.kind_of(&i.component)?;
                 Some((i.component.clone(), kind, i))

@@ -203,6 +203,18 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     assert!(tally.ok > 50, "the load ran: {} requests", tally.ok);
     assert!(tally.bodies.iter().all(|b| b.starts_with("hello from v1")));
     assert_eq!(service(docker, &app.id, "web").await, (pushed.clone(), 1));
+    // The replaced tasks' stopped containers, which Swarm keeps, are not instances (once the
+    // old tasks have stopped: they serve a second after their stop signal).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let after = engine.instances(&app.id).await.unwrap();
+        if after.len() == 3 {
+            assert!(after.iter().all(|(_, _, i)| i.running));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{after:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
         !d.progress.steps.iter().any(|s| s.name == "build"),
         "a restart builds nothing"
