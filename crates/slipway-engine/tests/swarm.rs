@@ -74,8 +74,13 @@ struct World {
 }
 
 async fn world() -> Option<World> {
+    world_with(false).await
+}
+
+/// [`world`], with a registry that refuses every push when `read_only`.
+async fn world_with(read_only: bool) -> Option<World> {
     let docker = slipway_testkit::docker().await?;
-    let registry = Registry::start(false)?;
+    let registry = Registry::start(read_only)?;
     let mut local = LocalSwarm::join(&docker).await;
     let daemon_id = unique("swarm-engine");
     local.clean_up(&daemon_id);
@@ -500,4 +505,37 @@ async fn service_version(docker: &bollard::Docker, app_id: &str, component: &str
         .version
         .and_then(|v| v.index)
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_swarm_a_push_the_registry_refuses_fails_the_build_with_the_registrys_words() {
+    let Some(world) = world_with(true).await else {
+        return;
+    };
+    let (engine, docker) = (&world.engine, &world.docker);
+    let repo = hello_repo();
+    let name = unique("swarm-refused");
+    let spec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    {git}\n",
+        git = common::git(&repo)
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = engine.create_app(spec).await.unwrap();
+    let d = wait_for(engine, &d).await;
+    assert_eq!(d.phase, Phase::Error);
+    let (step, reason) = d.progress.first_error().expect("the failure is in a step");
+    assert_eq!(step.name, "web", "{step:?}");
+    assert_eq!(reason.code, "PushFailed");
+    assert!(
+        reason
+            .message
+            .contains(&format!("to the registry {} failed", world.registry.addr))
+            && reason.message.contains("405"),
+        "{}",
+        reason.message
+    );
+    // Nothing was rolled out.
+    assert!(app_services(docker, &app.id).await.is_empty());
+    engine.shutdown().await;
 }
