@@ -435,15 +435,24 @@ impl Swarm {
             .ok()?
             .state?;
         let health = state.health?;
-        let last = health.log?.into_iter().last()?;
-        if last.exit_code == Some(0) && health.status != Some(HealthStatusEnum::UNHEALTHY) {
-            return None;
-        }
-        let output = last.output.unwrap_or_default();
+        let log = health.log.unwrap_or_default();
+        let failed = |r: &&bollard::models::HealthcheckResult| r.exit_code.is_some_and(|c| c != 0);
+        // The last failure that said something: a check cut short as the container stops
+        // (killed, exit code 137) says nothing.
+        let said = log
+            .iter()
+            .rev()
+            .filter(failed)
+            .find(|r| r.output.as_deref().is_some_and(|o| !o.trim().is_empty()))
+            .or_else(|| log.iter().rev().find(failed));
+        let Some(result) = said else {
+            return (health.status == Some(HealthStatusEnum::UNHEALTHY))
+                .then(|| "its health check failed".to_string());
+        };
         Some(format!(
             "its health check failed (exit code {}): {}",
-            last.exit_code.unwrap_or(-1),
-            output.trim()
+            result.exit_code.unwrap_or(-1),
+            result.output.as_deref().unwrap_or_default().trim()
         ))
     }
 
