@@ -17,10 +17,11 @@ use slipway_spec::{AppSpec, ComponentKind, HealthCheck, ServiceSpec, labels};
 use slipway_swarm::{
     EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push,
 };
-use slipway_testkit::{LocalSwarm, Registry, Traffic, build_hello_image_with, unique};
+use slipway_testkit::{
+    HELLO_HEALTHCHECK, LocalSwarm, Registry, Traffic, build_hello_image_with, unique,
+};
 use tokio_util::sync::CancellationToken;
 
-const HEALTHCHECK: &str = "HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n";
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One scenario's world: the swarm, the registry, a daemon ID that labels everything. The
@@ -69,7 +70,7 @@ impl Fixture {
     /// Builds the hello image at `version` (with a HEALTHCHECK), pushes it, and returns the
     /// reference pinned by digest.
     async fn image(&self, version: &str) -> String {
-        self.image_with(version, HEALTHCHECK).await
+        self.image_with(version, HELLO_HEALTHCHECK).await
     }
 
     /// [`Fixture::image`] with `extra` Dockerfile lines instead of the HEALTHCHECK.

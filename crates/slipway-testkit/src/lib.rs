@@ -121,6 +121,11 @@ pub fn hello_binary() -> Result<PathBuf, FixtureError> {
         .map_err(FixtureError::Build)
 }
 
+/// A Dockerfile line that makes the hello image check its own health (`GET /healthz` on
+/// `PORT`, every 100 ms) with the program it brings: a `FROM scratch` image has no shell.
+pub const HELLO_HEALTHCHECK: &str =
+    "HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n";
+
 /// A git repository of the hello example in a temp dir.
 #[derive(Debug)]
 pub struct HelloRepo {
@@ -152,6 +157,20 @@ impl HelloRepo {
             source,
         })?;
         repo.commit(&format!("hello {version}"))?;
+        Ok(repo)
+    }
+
+    /// [`HelloRepo::new`] with [`HELLO_HEALTHCHECK`] in its Dockerfile, committed: an image
+    /// that checks its own health, as Swarm needs (it runs checks inside the container).
+    pub fn with_healthcheck(version: &str) -> Result<HelloRepo, FixtureError> {
+        let repo = HelloRepo::new(version)?;
+        let path = repo.path().join("Dockerfile");
+        let dockerfile = std::fs::read_to_string(&path).map_err(|source| FixtureError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        repo.write("Dockerfile", &format!("{dockerfile}{HELLO_HEALTHCHECK}"))?;
+        repo.commit("a container health check")?;
         Ok(repo)
     }
 

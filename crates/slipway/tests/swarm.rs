@@ -79,16 +79,7 @@ fn serve_on_a_swarm_deploys_and_restarts_through_the_cli() {
     );
     local.clean_up(&daemon.daemon_id);
 
-    let repo = HelloRepo::new("v1").unwrap();
-    let dockerfile = std::fs::read_to_string(repo.path().join("Dockerfile")).unwrap();
-    repo.write(
-        "Dockerfile",
-        &format!(
-            "{dockerfile}HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n"
-        ),
-    )
-    .unwrap();
-    repo.commit("a container health check").unwrap();
+    let repo = HelloRepo::with_healthcheck("v1").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let name = unique("cli-swarm");
     let spec = dir.path().join("app.yaml");
