@@ -817,27 +817,40 @@ impl Run {
         };
         let volume = templates::volume_name(&d.app_id, &db.name);
         let runs_as = if let Some(mode) = &inner.swarm {
-            let pushed = mode
-                .push(&spec.image, &d.app_id, &db.name)
-                .await
-                .map_err(|e| fail("PushFailed", chain(&e)))?;
-            let def = slipway_swarm::ServiceDef {
-                daemon_id: self.daemon_id().to_string(),
-                app_id: d.app_id.clone(),
-                component: db.name.clone(),
-                kind: Some(ComponentKind::Database),
-                deployment_id: d.id.clone(),
-                image: pushed,
-                env: spec.env.clone(),
-                replicas: 1,
-                network: Some(slipway_swarm::network_name(&d.app_id)),
-                volume: Some((volume, data_dir)),
-                ..Default::default()
-            };
-            mode.swarm
-                .ensure_database(&def)
+            let name = slipway_swarm::service_name(&d.app_id, &db.name);
+            // A database is created once and never updated: only a new one needs its image in
+            // the registry.
+            let exists = mode
+                .swarm
+                .service(&name)
                 .await
                 .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+                .is_some();
+            if exists {
+                name
+            } else {
+                let pushed = mode
+                    .push(&spec.image, &d.app_id, &db.name)
+                    .await
+                    .map_err(|e| fail("PushFailed", chain(&e)))?;
+                let def = slipway_swarm::ServiceDef {
+                    daemon_id: self.daemon_id().to_string(),
+                    app_id: d.app_id.clone(),
+                    component: db.name.clone(),
+                    kind: Some(ComponentKind::Database),
+                    deployment_id: d.id.clone(),
+                    image: pushed,
+                    env: spec.env.clone(),
+                    replicas: 1,
+                    network: Some(slipway_swarm::network_name(&d.app_id)),
+                    volume: Some((volume, data_dir)),
+                    ..Default::default()
+                };
+                mode.swarm
+                    .ensure_database(&def)
+                    .await
+                    .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+            }
         } else {
             inner
                 .runtime

@@ -288,18 +288,20 @@ impl Engine {
                 }
             }
         }
-        for name in mode.swarm.services(Some(&record.id)).await? {
-            if wanted.contains_key(&name) {
+        // Every service of the app, read once.
+        let mut running: HashMap<String, bollard::models::ServiceSpec> = HashMap::new();
+        for service in mode.swarm.services_with_specs(Some(&record.id)).await? {
+            if let Some(spec) = service.spec
+                && let Some(name) = spec.name.clone()
+            {
+                running.insert(name, spec);
+            }
+        }
+        for (name, spec) in &running {
+            if wanted.contains_key(name) {
                 continue;
             }
-            let Some(service) = mode.swarm.service(&name).await? else {
-                continue;
-            };
-            let service_labels = service
-                .spec
-                .as_ref()
-                .and_then(|s| s.labels.clone())
-                .unwrap_or_default();
+            let service_labels = spec.labels.clone().unwrap_or_default();
             let component = service_labels
                 .get(labels::COMPONENT)
                 .cloned()
@@ -313,15 +315,14 @@ impl Engine {
             }
             tracing::info!(app = %record.name, service = %name, "removing a service the active deployment does not have");
             mode.unfollow(&record.id, Some(&component));
-            mode.swarm.remove(&name).await?;
+            mode.swarm.remove(name).await?;
             done.removed += 1;
         }
         let Some(d) = active else {
             return Ok(done);
         };
         for (name, def) in &wanted {
-            let current = mode.swarm.service(name).await?;
-            let runs = current.as_ref().and_then(|s| s.spec.as_ref()).map(|spec| {
+            let runs = running.get(name).map(|spec| {
                 let image = spec
                     .task_template
                     .as_ref()

@@ -570,24 +570,33 @@ impl Swarm {
 
     /// The names of the services this daemon made for an app (every app with `None`).
     pub async fn services(&self, app_id: Option<&str>) -> Result<Vec<String>, SwarmError> {
+        Ok(self
+            .services_with_specs(app_id)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.spec.and_then(|s| s.name))
+            .collect())
+    }
+
+    /// The services this daemon made for an app (every app with `None`), as Swarm has them,
+    /// in one call.
+    pub async fn services_with_specs(
+        &self,
+        app_id: Option<&str>,
+    ) -> Result<Vec<Service>, SwarmError> {
         let mut label = vec![format!("{}={}", labels::DAEMON, self.daemon_id)];
         if let Some(app) = app_id {
             label.push(format!("{}={app}", labels::APP));
         }
         let filters = HashMap::from([("label", label)]);
-        let list = self
-            .docker
+        self.docker
             .list_services(Some(
                 ListServicesOptionsBuilder::default()
                     .filters(&filters)
                     .build(),
             ))
             .await
-            .map_err(SwarmError::docker("listing services"))?;
-        Ok(list
-            .into_iter()
-            .filter_map(|s| s.spec.and_then(|s| s.name))
-            .collect())
+            .map_err(SwarmError::docker("listing services"))
     }
 
     /// The node a task runs on and the host port it published for `target_port`.
