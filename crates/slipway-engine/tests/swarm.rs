@@ -103,22 +103,6 @@ async fn world_with(read_only: bool) -> Option<World> {
     })
 }
 
-/// The example app with a container health check of its own (Swarm runs checks inside the
-/// container).
-fn hello_repo() -> HelloRepo {
-    let repo = HelloRepo::new("v1").unwrap();
-    let dockerfile = std::fs::read_to_string(repo.path().join("Dockerfile")).unwrap();
-    repo.write(
-        "Dockerfile",
-        &format!(
-            "{dockerfile}HEALTHCHECK --interval=100ms --timeout=1s CMD [\"/hello\", \"check\"]\n"
-        ),
-    )
-    .unwrap();
-    repo.commit("a container health check").unwrap();
-    repo
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is_rolled_back() {
     let Some(world) = world().await else { return };
@@ -129,7 +113,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
         &world.registry,
     );
     // It serves for a second after its stop signal, as Swarm needs (STOP_DELAY_MS).
-    let repo = hello_repo();
+    let repo = HelloRepo::with_healthcheck("v1").unwrap();
     let name = unique("swarm");
     let spec_yaml = |extra_env: &str| {
         format!(
@@ -329,24 +313,27 @@ async fn on_a_swarm_jobs_databases_and_workers_run_and_a_restart_touches_only_wh
         engine: first_engine,
     } = world;
     let (engine, docker, daemon_id) = (&first_engine, &docker, &daemon_id);
-    let repo = hello_repo();
+    let repo = HelloRepo::with_healthcheck("v1").unwrap();
     let db_image = format!("slipway-test-db:{daemon_id}");
     slipway_testkit::build_hello_image(docker, &db_image, daemon_id, "db")
         .await
         .unwrap();
     let name = unique("swarm-shop");
-    let spec = parse_spec(&format!(
-        r#"
+    // The app, with extra envs for web and for the worker, and extra components.
+    let shop = |web_envs: &str, worker_envs: &str, more: &str| {
+        parse_spec(&format!(
+            r#"
 name: {name}
 services:
   - name: web
     {git}
     health_check: {{http_path: /healthz, period_seconds: 0.2, failure_threshold: 3}}
+    envs: [{web_envs}]
 workers:
   - name: worker
     {git}
-    envs: [{{key: ROLE, value: worker}}]
-databases:
+    envs: [{{key: ROLE, value: worker}}{worker_envs}]
+{more}databases:
   - name: db
     image: {{repository: slipway-test-db, tag: "{daemon_id}"}}
     data_dir: /data
@@ -357,10 +344,12 @@ jobs:
     {git}
     envs: [{{key: ROLE, value: job}}]
 "#,
-        git = common::git(&repo),
-    ))
-    .unwrap()
-    .spec;
+            git = common::git(&repo),
+        ))
+        .unwrap()
+        .spec
+    };
+    let spec = shop("", "", "");
     let (app, first) = engine.create_app(spec).await.unwrap();
     let first = wait_for(engine, &first).await;
     assert_active(&first);
@@ -422,7 +411,7 @@ jobs:
     );
     assert_eq!(
         service(docker, &app.id, "web").await,
-        (web_image, web_force)
+        (web_image.clone(), web_force)
     );
     assert_eq!(db_version(docker, &app.id).await, db_before);
     let log = deploy_log(engine, &d).await;
@@ -433,6 +422,58 @@ jobs:
                 .all(|l| !l.starts_with("web:") && !l.starts_with("migrate:")),
         "{log:?}"
     );
+
+    // A deployment in which web fails while the worker changes and a second worker is new:
+    // Swarm rolls web back, the engine returns the worker to its previous version and removes
+    // the new worker. Nothing is left half-updated; the database is not touched.
+    let broken = shop(
+        r#"{key: HEALTHZ_FAIL, value: "1"}"#,
+        r#", {key: EXTRA, value: "1"}"#,
+        &format!(
+            "  - name: worker2\n    {git}\n    envs: [{{key: ROLE, value: worker}}]\n",
+            git = common::git(&repo)
+        ),
+    );
+    let (_, failed) = engine.update_app(&app.id, broken).await.unwrap();
+    let failed = wait_for(engine, &failed).await;
+    assert_eq!(failed.phase, Phase::Error, "{:?}", failed.progress);
+    let worker_env = |docker: &bollard::Docker| {
+        let name = slipway_swarm::service_name(&app.id, "worker");
+        let docker = docker.clone();
+        async move {
+            docker
+                .inspect_service(&name, None)
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .task_template
+                .unwrap()
+                .container_spec
+                .unwrap()
+                .env
+                .unwrap_or_default()
+        }
+    };
+    let env = worker_env(docker).await;
+    assert!(
+        env.contains(&"ROLE=worker".to_string()) && !env.iter().any(|e| e.starts_with("EXTRA=")),
+        "the worker is back to its previous version: {env:?}"
+    );
+    assert_eq!(
+        app_services(docker, &app.id).await,
+        ["db", "web", "worker"]
+            .map(|c| format!("slipway-{short}-{c}"))
+            .to_vec(),
+        "the new worker was removed"
+    );
+    assert_eq!(
+        service(docker, &app.id, "web").await,
+        (web_image, web_force)
+    );
+    assert_eq!(db_version(docker, &app.id).await, db_before);
+    let active = engine.store().active_deployment(&app.id).await.unwrap();
+    assert_eq!(active.map(|a| a.id), Some(d.id.clone()));
 
     // The daemon stops and starts again on the same data directory: the ingress follows the
     // tasks again, and the reconciler leaves the services as they are.
@@ -451,6 +492,17 @@ jobs:
     assert!(engine.reconcile(&app.id).await.unwrap().is_some());
     assert_eq!(service_version(docker, &app.id, "web").await, web_version);
     assert_eq!(db_version(docker, &app.id).await, db_before);
+
+    // A service removed behind Slipway's back is created again by the reconciler, with the
+    // active deployment's image.
+    let (worker_image, _) = service(docker, &app.id, "worker").await;
+    docker
+        .delete_service(&slipway_swarm::service_name(&app.id, "worker"))
+        .await
+        .unwrap();
+    let reconciled = engine.reconcile(&app.id).await.unwrap().unwrap();
+    assert_eq!(reconciled.started, 1, "{reconciled:?}");
+    assert_eq!(service(docker, &app.id, "worker").await.0, worker_image);
 
     // Deleting the app with purge removes its services and its database's volume.
     engine.delete_app(&app.id, true).await.unwrap();
@@ -513,7 +565,7 @@ async fn on_a_swarm_a_push_the_registry_refuses_fails_the_build_with_the_registr
         return;
     };
     let (engine, docker) = (&world.engine, &world.docker);
-    let repo = hello_repo();
+    let repo = HelloRepo::with_healthcheck("v1").unwrap();
     let name = unique("swarm-refused");
     let spec = parse_spec(&format!(
         "name: {name}\nservices:\n  - name: web\n    {git}\n",
