@@ -180,7 +180,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     let url = format!("http://{host}:{}/", addr.port());
 
     // Restart under load: the same image digest, every task replaced, no request failed.
-    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
+    let running = Traffic::start(&http, &url, 4, Duration::from_secs(180));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = engine.restart(&app.id, &[]).await.unwrap();
     let d = wait_for(engine, &d).await;
@@ -190,7 +190,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     tally.assert_none_failed("the restart");
     eprintln!("restart: {} requests, none failed", tally.ok);
     assert!(tally.ok > 50, "the load ran: {} requests", tally.ok);
-    assert!(tally.bodies.iter().all(|b| b.starts_with("hello from v1")));
+    assert!(tally.every_body_starts_with("hello from v1"));
     assert_eq!(service(docker, &app.id, "web").await, (pushed.clone(), 1));
     // The replaced tasks' stopped containers, which Swarm keeps, are not instances (once the
     // old tasks have stopped: they serve a second after their stop signal).
@@ -211,7 +211,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
 
     // Force rebuild of a new commit under load.
     repo.commit_version("v2").unwrap();
-    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
+    let running = Traffic::start(&http, &url, 4, Duration::from_secs(180));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = engine
         .create_deployment(&app.id, true, false)
@@ -241,7 +241,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
 
     // A new version whose health check fails: Swarm rolls it back, the deployment is ERROR,
     // and v2 serves throughout.
-    let running = Traffic::start(&http, &url, 2, 100_000, Duration::from_secs(180));
+    let running = Traffic::start(&http, &url, 2, Duration::from_secs(180));
     let broken = parse_spec(&spec_yaml("      - {key: HEALTHZ_FAIL, value: \"1\"}\n"))
         .unwrap()
         .spec;
@@ -275,7 +275,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     eprintln!("the failed update: {}", reason.message);
     let tally = running.finish().await;
     tally.assert_none_failed("the failed update");
-    assert!(tally.bodies.iter().all(|b| b.starts_with("hello from v2")));
+    assert!(tally.every_body_starts_with("hello from v2"));
     assert_eq!(service(docker, &app.id, "web").await.0, v2);
     let active = engine.store().active_deployment(&app.id).await.unwrap();
     assert_eq!(active.map(|a| a.id), Some(rebuilt.id));

@@ -1,21 +1,26 @@
 //! Steady HTTP traffic for the zero-drop tests: clients that send `GET`s one after another
-//! until they are stopped, each bounded in count and in time.
+//! until they are stopped, each bounded in time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the clients saw: requests answered with a 2xx, the failures (status and body, or the
-/// error), and the bodies of the answers.
+/// error), each distinct body with how often it was answered, and whether a client ran out of
+/// time before it was stopped.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
     pub failures: Vec<String>,
-    pub bodies: Vec<String>,
+    pub bodies: BTreeMap<String, u64>,
+    pub ran_out: Option<Duration>,
 }
 
 impl Tally {
-    /// Panics, with the first few failures, unless every request was answered with a 2xx.
+    /// Panics, with the first few failures, unless every request was answered with a 2xx and
+    /// the load lasted until it was stopped (a load that ended early proves nothing about what
+    /// came after it).
     pub fn assert_none_failed(&self, during: &str) {
         assert!(
             self.failures.is_empty(),
@@ -24,6 +29,19 @@ impl Tally {
             self.ok as usize + self.failures.len(),
             &self.failures[..self.failures.len().min(5)]
         );
+        if let Some(limit) = self.ran_out {
+            panic!("the load reached its time limit of {limit:?} before {during} ended");
+        }
+    }
+
+    /// Whether any answer's body starts with `prefix`.
+    pub fn any_body_starts_with(&self, prefix: &str) -> bool {
+        self.bodies.keys().any(|b| b.starts_with(prefix))
+    }
+
+    /// Whether every answer's body starts with `prefix`.
+    pub fn every_body_starts_with(&self, prefix: &str) -> bool {
+        self.bodies.keys().all(|b| b.starts_with(prefix))
     }
 }
 
@@ -35,15 +53,10 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Starts `clients` clients on `url`, each stopping by itself after `max_requests`
-    /// requests or `max_time`.
-    pub fn start(
-        http: &reqwest::Client,
-        url: &str,
-        clients: usize,
-        max_requests: u64,
-        max_time: Duration,
-    ) -> Traffic {
+    /// Starts `clients` clients on `url`. Each runs until [`Traffic::finish`], or stops by
+    /// itself after `max_time` so that a test that hangs does not load the machine for ever;
+    /// the tally then says so.
+    pub fn start(http: &reqwest::Client, url: &str, clients: usize, max_time: Duration) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|_| {
@@ -51,14 +64,16 @@ impl Traffic {
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let mut tally = Tally::default();
-                    for _ in 0..max_requests {
-                        if stop.load(Ordering::SeqCst) || started.elapsed() > max_time {
+                    while !stop.load(Ordering::SeqCst) {
+                        if started.elapsed() > max_time {
+                            tally.ran_out = Some(max_time);
                             break;
                         }
                         match http.get(&url).send().await {
                             Ok(r) if r.status().is_success() => {
                                 tally.ok += 1;
-                                tally.bodies.push(r.text().await.unwrap_or_default());
+                                let body = r.text().await.unwrap_or_default();
+                                *tally.bodies.entry(body).or_default() += 1;
                             }
                             Ok(r) => tally.failures.push(format!(
                                 "{} {}",
@@ -83,7 +98,10 @@ impl Traffic {
             let t = t.await.expect("a traffic client panicked");
             all.ok += t.ok;
             all.failures.extend(t.failures);
-            all.bodies.extend(t.bodies);
+            for (body, n) in t.bodies {
+                *all.bodies.entry(body).or_default() += n;
+            }
+            all.ran_out = all.ran_out.or(t.ran_out);
         }
         all
     }
