@@ -1,6 +1,6 @@
 //! Zero dropped requests through the ingress while a service is restarted and force-rebuilt,
-//! against real Docker. The load is modest, lasts as long as the deployment and is bounded in
-//! time.
+//! against real Docker. The load is modest and lasts as long as the deployment; it is bounded
+//! in time and count, and the test fails if it reached a bound before the deployment ended.
 
 mod common;
 
@@ -52,7 +52,7 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
     );
 
     // Restart under load.
-    let running = Traffic::start(&http, &url, 8, Duration::from_secs(120));
+    let running = Traffic::start(&http, &url, 8, 50_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = env.engine.restart(&app.id, &[]).await.unwrap();
     wait_ok(&env, &d).await;
@@ -64,7 +64,7 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
 
     // Force rebuild of a new commit under load.
     repo.commit_version("v2").unwrap();
-    let running = Traffic::start(&http, &url, 8, Duration::from_secs(120));
+    let running = Traffic::start(&http, &url, 8, 50_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = env
         .engine

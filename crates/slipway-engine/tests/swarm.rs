@@ -180,7 +180,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     let url = format!("http://{host}:{}/", addr.port());
 
     // Restart under load: the same image digest, every task replaced, no request failed.
-    let running = Traffic::start(&http, &url, 4, Duration::from_secs(180));
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = engine.restart(&app.id, &[]).await.unwrap();
     let d = wait_for(engine, &d).await;
@@ -211,7 +211,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
 
     // Force rebuild of a new commit under load.
     repo.commit_version("v2").unwrap();
-    let running = Traffic::start(&http, &url, 4, Duration::from_secs(180));
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let d = engine
         .create_deployment(&app.id, true, false)
@@ -241,7 +241,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
 
     // A new version whose health check fails: Swarm rolls it back, the deployment is ERROR,
     // and v2 serves throughout.
-    let running = Traffic::start(&http, &url, 2, Duration::from_secs(180));
+    let running = Traffic::start(&http, &url, 2, 100_000, Duration::from_secs(180));
     let broken = parse_spec(&spec_yaml("      - {key: HEALTHZ_FAIL, value: \"1\"}\n"))
         .unwrap()
         .spec;

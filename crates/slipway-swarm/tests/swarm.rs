@@ -230,7 +230,7 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     let url = format!("http://{host}:{}/", addr.port());
 
     // Restart under load: every task replaced, from the same image digest.
-    let running = Traffic::start(&http, &url, 4, Duration::from_secs(120));
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(f.swarm.restart(&def).await.unwrap(), name);
     let mut events = Vec::new();
@@ -264,7 +264,7 @@ async fn restart_and_rebuild_of_three_replicas_under_traffic_drop_no_request() {
     assert_eq!(task.container_spec.unwrap().image.as_deref(), Some(&*v1));
 
     // Force rebuild under load: a new image, pushed, and the service updated to it.
-    let running = Traffic::start(&http, &url, 4, Duration::from_secs(120));
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let v2 = f.image("v2").await;
     f.swarm.apply(&f.web(&v2, 3)).await.unwrap();

@@ -1,5 +1,5 @@
 //! Steady HTTP traffic for the zero-drop tests: clients that send `GET`s one after another
-//! until they are stopped, each bounded in time.
+//! until they are stopped, each bounded in count and in time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the clients saw: requests answered with a 2xx, the failures (status and body, or the
-/// error), each distinct body with how often it was answered, and whether a client ran out of
-/// time before it was stopped.
+/// error), each distinct body with how often it was answered, and which bound a client reached
+/// if it stopped before it was told to.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub ok: u64,
     pub failures: Vec<String>,
     pub bodies: BTreeMap<String, u64>,
-    pub ran_out: Option<Duration>,
+    pub ran_out: Option<String>,
 }
 
 impl Tally {
@@ -29,8 +29,8 @@ impl Tally {
             self.ok as usize + self.failures.len(),
             &self.failures[..self.failures.len().min(5)]
         );
-        if let Some(limit) = self.ran_out {
-            panic!("the load reached its time limit of {limit:?} before {during} ended");
+        if let Some(bound) = &self.ran_out {
+            panic!("the load reached its bound ({bound}) before {during} ended");
         }
     }
 
@@ -54,9 +54,16 @@ pub struct Traffic {
 
 impl Traffic {
     /// Starts `clients` clients on `url`. Each runs until [`Traffic::finish`], or stops by
-    /// itself after `max_time` so that a test that hangs does not load the machine for ever;
-    /// the tally then says so.
-    pub fn start(http: &reqwest::Client, url: &str, clients: usize, max_time: Duration) -> Traffic {
+    /// itself after `max_requests` requests or `max_time`, so that a test that hangs does not
+    /// load the machine for ever; the tally then says so and [`Tally::assert_none_failed`]
+    /// fails. Choose bounds well beyond what the test needs.
+    pub fn start(
+        http: &reqwest::Client,
+        url: &str,
+        clients: usize,
+        max_requests: u64,
+        max_time: Duration,
+    ) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..clients)
             .map(|_| {
@@ -64,11 +71,17 @@ impl Traffic {
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let mut tally = Tally::default();
+                    let mut sent = 0;
                     while !stop.load(Ordering::SeqCst) {
                         if started.elapsed() > max_time {
-                            tally.ran_out = Some(max_time);
+                            tally.ran_out = Some(format!("{max_time:?}"));
                             break;
                         }
+                        if sent == max_requests {
+                            tally.ran_out = Some(format!("{max_requests} requests per client"));
+                            break;
+                        }
+                        sent += 1;
                         match http.get(&url).send().await {
                             Ok(r) if r.status().is_success() => {
                                 tally.ok += 1;
