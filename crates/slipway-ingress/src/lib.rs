@@ -18,6 +18,8 @@
 //!   passed through; `X-Forwarded-For`, `-Proto` and `-Host` are set; request bodies over the
 //!   limit get 413; a backend that does not answer in time gets 504.
 
+mod h1;
+mod idle;
 mod proxy;
 mod table;
 

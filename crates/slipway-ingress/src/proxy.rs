@@ -9,9 +9,9 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,72 +26,16 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::h1;
+use crate::idle::WORKER;
 use crate::table::{Backend, InFlight, Ingress};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Request bodies up to this size are kept, so that a request that could not be sent can be
 /// sent again to another instance.
-const RETRY_BODY_BYTES: u64 = 64 * 1024;
-/// How long an idle connection to a backend is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most idle connections kept per backend.
-const MAX_IDLE: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A backend's idle connections, the most recently used last, each with the ingress worker
-/// whose thread drives it: a worker only takes its own.
-#[derive(Default)]
-pub(crate) struct IdleConnections(Mutex<Vec<Idle>>);
-
-struct Idle {
-    conn: SendRequest<UpstreamBody>,
-    since: Instant,
-    worker: usize,
-}
-
-impl std::fmt::Debug for IdleConnections {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map_or(0, |v| v.len());
-        f.debug_struct("IdleConnections").field("idle", &n).finish()
-    }
-}
-
-impl IdleConnections {
-    fn pop(&self) -> Option<SendRequest<UpstreamBody>> {
-        let worker = WORKER.get();
-        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(i) = idle.iter().rposition(|c| c.worker == worker) {
-            let c = idle.remove(i);
-            if !c.conn.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.conn);
-            }
-        }
-        None
-    }
-
-    fn push(&self, conn: SendRequest<UpstreamBody>) {
-        if conn.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // The oldest are at the front: drop those that waited too long.
-        let stale = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
-            .count();
-        idle.drain(..stale);
-        if idle.len() >= MAX_IDLE {
-            idle.remove(0);
-        }
-        idle.push(Idle {
-            conn,
-            since: now,
-            worker: WORKER.get(),
-        });
-    }
-}
+pub(crate) const RETRY_BODY_BYTES: u64 = 64 * 1024;
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why no connection to a backend could be had: nothing was sent.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +51,7 @@ enum ConnectError {
 /// An idle connection to `backend`, else a new one.
 async fn checkout(backend: &Backend) -> Result<SendRequest<UpstreamBody>, ConnectError> {
     while let Some(mut conn) = backend.connections.pop() {
-        if conn.ready().await.is_ok() {
+        if !conn.is_closed() && conn.ready().await.is_ok() {
             return Ok(conn);
         }
     }
@@ -127,14 +71,9 @@ async fn checkout(backend: &Backend) -> Result<SendRequest<UpstreamBody>, Connec
     Ok(sender)
 }
 
-struct Proxy {
-    ingress: Arc<Ingress>,
-    scheme: HeaderValue,
-}
-
-thread_local! {
-    /// The ingress worker this thread is, for its own idle connections.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+pub(crate) struct Proxy {
+    pub(crate) ingress: Arc<Ingress>,
+    pub(crate) scheme: HeaderValue,
 }
 
 /// How long connections under way may take to finish after `shutdown` fires.
@@ -235,11 +174,18 @@ async fn worker(proxy: Arc<Proxy>, listener: std::net::TcpListener, shutdown: Ca
         let (proxy, builder, shutdown) =
             (Arc::clone(&proxy), Arc::clone(&builder), shutdown.clone());
         connections.spawn(async move {
+            // Plain HTTP/1.1 takes the lean path; the rest of the connection goes to hyper at
+            // the first request that path leaves to it.
+            let (stream, read) = match h1::serve(&proxy, stream, remote, &shutdown).await {
+                h1::Ended::Closed => return,
+                h1::Ended::HandOff(stream, read) => (stream, read),
+            };
             let service = hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
                 async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let io = TokioIo::new(h1::Rewound { read, stream });
+            let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             let ended = tokio::select! {
                 r = conn.as_mut() => r,
@@ -560,7 +506,7 @@ impl Proxy {
 }
 
 /// `host` without its `:port` (IPv6 literals keep their brackets).
-fn without_port(host: &str) -> &str {
+pub(crate) fn without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_inclusive(']').next().unwrap_or(host);
     }
@@ -669,6 +615,7 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
             && (self.done || self.inner.is_end_stream())
+            && !conn.is_closed()
         {
             self.guard.0.connections.push(conn);
         }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use slipway_spec::AppSpec;
 use tokio::sync::Notify;
 
+use crate::idle::IdlePool;
+
 /// How the ingress behaves.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
@@ -47,8 +49,10 @@ pub(crate) struct Backend {
     pub draining: AtomicBool,
     down_until: Mutex<Option<Instant>>,
     idle: Notify,
-    /// Kept-alive connections to it that wait for a request.
-    pub connections: crate::proxy::IdleConnections,
+    /// Kept-alive connections to it that wait for a request: driven by hyper, and raw ones
+    /// for the lean HTTP/1.1 path.
+    pub connections: IdlePool<hyper::client::conn::http1::SendRequest<crate::proxy::UpstreamBody>>,
+    pub streams: IdlePool<tokio::net::TcpStream>,
 }
 
 impl Backend {
@@ -342,7 +346,8 @@ impl Ingress {
             draining: AtomicBool::new(false),
             down_until: Mutex::new(None),
             idle: Notify::new(),
-            connections: Default::default(),
+            connections: IdlePool::default(),
+            streams: IdlePool::default(),
         }));
     }
 

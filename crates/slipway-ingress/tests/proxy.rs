@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use slipway_ingress::{Ingress, IngressConfig};
@@ -54,13 +55,24 @@ async fn counting_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) 
                                 .status(StatusCode::SWITCHING_PROTOCOLS)
                                 .header("connection", "upgrade")
                                 .header("upgrade", "echo")
-                                .body(Full::new(Bytes::new()))
+                                .body(Full::new(Bytes::new()).boxed())
                                 .unwrap();
                             return Ok::<_, Infallible>(r);
                         }
+                        if req.uri().path() == "/echo" {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            return Ok(Response::new(Full::new(body).boxed()));
+                        }
+                        if req.uri().path() == "/chunked" {
+                            // A body of unknown length, sent chunked, in three parts.
+                            let parts = ["one ", "two ", "three"]
+                                .map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from(p))));
+                            let body = StreamBody::new(futures::stream::iter(parts));
+                            return Ok(Response::new(body.boxed()));
+                        }
                         if req.uri().path() == "/big" {
                             let big = Bytes::from(vec![b'x'; 256 * 1024]);
-                            return Ok(Response::new(Full::new(big)));
+                            return Ok(Response::new(Full::new(big).boxed()));
                         }
                         if req.uri().path() == "/slow" {
                             tokio::time::sleep(Duration::from_millis(400)).await;
@@ -69,7 +81,7 @@ async fn counting_backend(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) 
                         for (k, v) in req.headers() {
                             text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
                         }
-                        Ok(Response::new(Full::new(Bytes::from(text))))
+                        Ok(Response::new(Full::new(Bytes::from(text)).boxed()))
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -327,4 +339,191 @@ async fn connections_to_instances_are_kept_alive_and_reused() {
         let (status, body) = s.get("shop.localhost", "/big").await;
         assert_eq!((status, body.len()), (200, 256 * 1024));
     }
+}
+
+/// Reads one answer from a raw connection: its head, and a body of `Content-Length` bytes.
+async fn read_answer(conn: &mut TcpStream) -> (String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .map_or(0, |l| l.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn bodies_heads_and_chunked_answers_pass_through_on_one_connection() {
+    let s = setup(SPEC).await;
+    s.ingress.add("app1", "web", "a", backend("a").await);
+    let url = |path: &str| format!("http://shop.localhost:{}{path}", s.addr.port());
+
+    // A small body goes out with its request.
+    let r = s
+        .http
+        .post(url("/echo"))
+        .body("ping pong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (200, "ping pong".into())
+    );
+    // A chunked answer is relayed whole.
+    let r = s.http.get(url("/chunked")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "one two three");
+    // HEAD: the length of what GET would send, and no body.
+    let r = s.http.head(url("/big")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "262144");
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // Pipelined on one raw connection: two requests in one write, then a chunked request
+    // body (which hyper serves), then plain requests again, answered in order.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(
+        b"GET /one HTTP/1.1\r\nHost: shop.localhost\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: shop.localhost\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_answer(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.starts_with("a /one\n"), "{body}");
+    let (_, body) = read_answer(&mut conn).await;
+    assert_eq!(body, "hello");
+    conn.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: shop.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          GET /two HTTP/1.1\r\nHost: shop.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (_, body) = read_answer(&mut conn).await;
+    assert_eq!(body, "abcde");
+    let (_, body) = read_answer(&mut conn).await;
+    assert!(body.starts_with("a /two\n"), "{body}");
+    // Asked to close, the ingress closes.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+
+    // A request the ingress answers itself keeps the connection for the next one.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(
+        b"GET / HTTP/1.1\r\nHost: nope.localhost\r\n\r\nGET /three HTTP/1.1\r\nHost: shop.localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_answer(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert_eq!(body, "no app is served at nope.localhost\n");
+    let (_, body) = read_answer(&mut conn).await;
+    assert!(body.starts_with("a /three\n"), "{body}");
+}
+
+/// When an instance written by hand closes a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Closes {
+    /// Right after its answer, without saying so.
+    AfterAnswer,
+    /// When a second request comes on it, without answering it: as a server whose keep-alive
+    /// time ran out just as the request came.
+    AtSecondRequest,
+}
+
+/// An instance written by hand: it answers requests with `answer` and closes connections as
+/// `closes` says. It counts the connections.
+async fn raw_backend(answer: &'static str, closes: Closes) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    read.extend_from_slice(&buf[..n]);
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        read.drain(..end + 4);
+                        if closes == Closes::AtSecondRequest && answered == 1 {
+                            return;
+                        }
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                        if closes == Closes::AfterAnswer {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn answers_without_a_length_and_connections_the_instance_closed() {
+    let s = setup(SPEC).await;
+    let url = format!("http://shop.localhost:{}/", s.addr.port());
+
+    // No length: the body ends when the instance closes, and so does the client's connection.
+    let (until_close, _) =
+        raw_backend("HTTP/1.1 200 OK\r\n\r\nto the end", Closes::AfterAnswer).await;
+    s.ingress.add("app1", "web", "u", until_close);
+    let r = s.http.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["connection"], "close");
+    assert_eq!(r.text().await.unwrap(), "to the end");
+    s.ingress.eject("u");
+
+    // Instances that close kept connections: after each answer, or as the next request comes.
+    // Every request gets its answer all the same, sent again on a new connection when the
+    // kept one was closed under it.
+    for (id, closes) in [("c1", Closes::AfterAnswer), ("c2", Closes::AtSecondRequest)] {
+        let (closing, accepted) =
+            raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", closes).await;
+        s.ingress.add("app1", "web", id, closing);
+        for i in 0..20 {
+            let r = s.http.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{id}: request {i}");
+            assert_eq!(r.text().await.unwrap(), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 20, "{id}");
+        s.ingress.eject(id);
+    }
+
+    // An answer that is not HTTP is a 502 that says so.
+    let (garbage, _) = raw_backend("SSH-2.0-OpenSSH\r\n\r\n", Closes::AfterAnswer).await;
+    s.ingress.add("app1", "web", "g", garbage);
+    let r = s.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.starts_with("web answered with something that is not HTTP"),
+        "{text}"
+    );
 }

@@ -1,0 +1,981 @@
+//! The lean path for plain HTTP/1.1: the common request (no body, or a small one with a
+//! `Content-Length`) is parsed in place, its head written again for the instance with the
+//! forwarding headers, and the answer relayed as it comes, framing and all, over a raw
+//! kept-alive connection: no header map, no task between the client's connection and the
+//! instance's.
+//!
+//! Everything else (HTTP/2, upgrades, `Expect`, chunked or large request bodies, HTTP/1.0,
+//! `Connection` naming other headers, anything that does not parse) is left to hyper: the
+//! connection is handed over, with the bytes already read, at the start of that request, and
+//! hyper serves it from then on.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use futures::FutureExt;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{CONNECT_TIMEOUT, Proxy, RETRY_BODY_BYTES, without_port};
+use crate::table::{Backend, InFlight, Pool};
+
+/// The most header lines a request may have on this path (more: hyper answers it).
+const MAX_REQUEST_HEADERS: usize = 64;
+/// The most header lines accepted in an instance's answer.
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// A head longer than this is left to hyper (a request) or refused (an answer).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How much is read at a time.
+const READ_SIZE: usize = 16 * 1024;
+
+/// How a client connection left the lean path.
+pub(crate) enum Ended {
+    /// It is closed, or is to be.
+    Closed,
+    /// Its next request is hyper's to serve: the connection and the bytes read from it.
+    HandOff(TcpStream, BytesMut),
+}
+
+/// A client connection's buffers, kept from one request to the next.
+struct Conn {
+    client: TcpStream,
+    /// Bytes read from the client and not yet used.
+    input: BytesMut,
+    /// The request as it goes to the instance, then the answer as it goes to the client.
+    out: Vec<u8>,
+    /// Bytes read from the instance.
+    answer: Vec<u8>,
+    /// The client's address as it is appended to `X-Forwarded-For`.
+    client_ip: String,
+}
+
+/// What the head at the start of the input asks for.
+enum Prepared {
+    Partial,
+    NotMine,
+    /// The ingress answers by itself (no app, no route, no instance).
+    Answer {
+        status: StatusCode,
+        text: String,
+        consumed: usize,
+        close: bool,
+    },
+    /// The request for the instance is in `out`, without its body.
+    Forward(Forward),
+}
+
+struct Forward {
+    pool: Arc<Pool>,
+    component: String,
+    head_len: usize,
+    body_len: usize,
+    /// Whether the request may be sent a second time after the first got no answer.
+    idempotent: bool,
+    head: bool,
+    close: bool,
+}
+
+/// How the end of an answer's body is found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Serves `client` until it closes, or until a request is one for hyper.
+pub(crate) async fn serve(
+    proxy: &Proxy,
+    client: TcpStream,
+    remote: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let mut c = Conn {
+        client,
+        input: BytesMut::with_capacity(READ_SIZE),
+        out: Vec::with_capacity(1024),
+        answer: Vec::new(),
+        client_ip: remote.ip().to_string(),
+    };
+    let config = &proxy.ingress.config;
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        // A whole head, read within the header timeout.
+        let deadline = Instant::now() + config.header_timeout;
+        let prepared = loop {
+            if !c.input.is_empty() {
+                match prepare(proxy, &c.input, &c.client_ip, &mut c.out) {
+                    Prepared::Partial if c.input.len() < MAX_HEAD_BYTES => {}
+                    Prepared::Partial | Prepared::NotMine => {
+                        return Ended::HandOff(c.client, c.input);
+                    }
+                    p => break p,
+                }
+            }
+            let idle = c.input.is_empty();
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, read_into(&mut c.client, &mut c.input)) => r,
+                () = &mut cancelled, if idle => return Ended::Closed,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ended::Closed,
+            }
+        };
+        let close = match prepared {
+            Prepared::Answer {
+                status,
+                text,
+                consumed,
+                close,
+            } => {
+                if !read_at_least(&mut c, consumed, deadline).await {
+                    return Ended::Closed;
+                }
+                c.input.advance(consumed);
+                if answer_locally(&mut c, status, &text, close).await.is_err() {
+                    return Ended::Closed;
+                }
+                close
+            }
+            Prepared::Forward(f) => {
+                let whole = f.head_len + f.body_len;
+                let deadline = Instant::now() + config.request_timeout;
+                if !read_at_least(&mut c, whole, deadline).await {
+                    return Ended::Closed;
+                }
+                c.out.extend_from_slice(&c.input[f.head_len..whole]);
+                c.input.advance(whole);
+                match forward(proxy, &mut c, &f).await {
+                    Ok(keep) => f.close || !keep,
+                    Err(_) => return Ended::Closed,
+                }
+            }
+            Prepared::Partial | Prepared::NotMine => unreachable!("handled above"),
+        };
+        if close || shutdown.is_cancelled() {
+            let _ = c.client.shutdown().await;
+            return Ended::Closed;
+        }
+    }
+}
+
+/// Reads what the client sent until the input holds `len` bytes, by `deadline`.
+async fn read_at_least(c: &mut Conn, len: usize, deadline: Instant) -> bool {
+    while c.input.len() < len {
+        match tokio::time::timeout_at(deadline, read_into(&mut c.client, &mut c.input)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    buf.reserve(READ_SIZE);
+    stream.read_buf(buf).await
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower)
+}
+
+/// Headers never forwarded to an instance, the forwarding headers among them (they are
+/// written again).
+fn dropped_from_request(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "host",
+    ]
+    .iter()
+    .chain(&["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"])
+    .any(|h| is(name, h))
+}
+
+/// Parses the head at the start of `input` and, for a request this path serves, writes the
+/// head to send to the instance into `out`.
+fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Prepared {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Prepared::Partial,
+        Err(_) => return Prepared::NotMine,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Prepared::NotMine;
+    };
+    if !target.starts_with('/') {
+        return Prepared::NotMine;
+    }
+    let mut host: Option<&str> = None;
+    let mut length: Option<u64> = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if is(name, "host") {
+            if host.is_some() {
+                return Prepared::NotMine;
+            }
+            let Ok(v) = std::str::from_utf8(h.value) else {
+                return Prepared::NotMine;
+            };
+            host = Some(v.trim());
+        } else if is(name, "content-length") {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (parsed, length) {
+                (Some(l), None) => length = Some(l),
+                _ => return Prepared::NotMine,
+            }
+        } else if is(name, "connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    return Prepared::NotMine;
+                }
+            }
+        } else if is(name, "transfer-encoding") || is(name, "upgrade") || is(name, "expect") {
+            return Prepared::NotMine;
+        }
+    }
+    let Some(host) = host else {
+        return Prepared::NotMine;
+    };
+    let body_len = length.unwrap_or(0);
+    if body_len > RETRY_BODY_BYTES.min(proxy.ingress.config.max_body_bytes) {
+        return Prepared::NotMine;
+    }
+    let consumed = head_len + body_len as usize;
+    let answer = |status: StatusCode, text: String| Prepared::Answer {
+        status,
+        text,
+        consumed,
+        close,
+    };
+
+    let bare_host = without_port(host);
+    let Some(app) = proxy.ingress.app_for_host(bare_host) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            format!("no app is served at {bare_host}\n"),
+        );
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let Some((component, forwarded_path)) = app.route(path) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            format!("app {} has no route for {path}\n", app.name),
+        );
+    };
+    let Some(pool) = app.pool(component) else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no instance of {component} is ready\n"),
+        );
+    };
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    match forwarded_path {
+        Cow::Borrowed(_) => out.extend_from_slice(target.as_bytes()),
+        Cow::Owned(p) => {
+            out.extend_from_slice(p.as_bytes());
+            if let Some(q) = query {
+                out.push(b'?');
+                out.extend_from_slice(q.as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        if dropped_from_request(h.name) {
+            if is(h.name, "x-forwarded-for") && forwarded_for.is_none() {
+                forwarded_for = Some(h.value);
+            }
+            continue;
+        }
+        header(out, h.name.as_bytes(), h.value);
+    }
+    header(out, b"host", host.as_bytes());
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(previous) = forwarded_for {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    header(out, b"x-forwarded-proto", proxy.scheme.as_bytes());
+    header(out, b"x-forwarded-host", host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    Prepared::Forward(Forward {
+        pool,
+        component: component.to_string(),
+        head_len,
+        body_len: body_len as usize,
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        head: method == "HEAD",
+        close,
+    })
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The ingress's own short plain-text answer.
+async fn answer_locally(
+    c: &mut Conn,
+    status: StatusCode,
+    text: &str,
+    close: bool,
+) -> io::Result<()> {
+    use std::io::Write;
+    c.out.clear();
+    write!(
+        c.out,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{text}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        text.len(),
+        if close { "connection: close\r\n" } else { "" },
+    )?;
+    c.client.write_all(&c.out).await
+}
+
+/// Why an exchange with an instance ended without an answer's head.
+enum Failed {
+    /// Nothing came back: the request may not have reached it (the connection was closed
+    /// under it, or refused).
+    NoAnswer(io::Error),
+    /// The instance answered with something that is not an HTTP/1.1 answer.
+    Bad(String),
+}
+
+/// What the instance's answer's head said.
+struct AnswerHead {
+    head_len: usize,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// Sends the request in `c.out` to an instance of the pool and relays the answer. A request
+/// that got no answer at all may be sent once more: on a new connection when the kept one it
+/// went out on had been closed by the instance, and to another instance when a new connection
+/// failed (a refused connection counts for any request, a closed one only for idempotent
+/// ones). `Ok(false)` when the client's connection is to be closed afterwards; `Err` when it
+/// broke.
+async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
+    let config = &proxy.ingress.config;
+    let mut exclude: Option<Arc<Backend>> = None;
+    let (mut sent_again, mut sent_elsewhere) = (false, false);
+    loop {
+        let Some(backend) = f.pool.pick(exclude.as_deref().map(|b| b.id.as_str())) else {
+            let text = format!("no instance of {} is ready\n", f.component);
+            answer_locally(c, StatusCode::SERVICE_UNAVAILABLE, &text, f.close).await?;
+            return Ok(true);
+        };
+        let guard = InFlight::new(Arc::clone(&backend));
+        let (mut upstream, reused) = match checkout(&backend).await {
+            Ok(s) => s,
+            Err(e) => {
+                backend.mark_down();
+                if !sent_elsewhere {
+                    tracing::debug!(instance = %backend.id, error = %e, "sending to another instance");
+                    sent_elsewhere = true;
+                    exclude = Some(backend);
+                    continue;
+                }
+                let text = format!("{} could not be reached: {e}\n", f.component);
+                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
+                return Ok(true);
+            }
+        };
+        let exchanged = tokio::time::timeout(
+            config.request_timeout,
+            exchange(&mut upstream, &c.out, &mut c.answer, f.head),
+        )
+        .await;
+        let head = match exchanged {
+            Err(_) => {
+                let text = format!(
+                    "{} did not answer within {} s\n",
+                    f.component,
+                    config.request_timeout.as_secs()
+                );
+                answer_locally(c, StatusCode::GATEWAY_TIMEOUT, &text, f.close).await?;
+                return Ok(true);
+            }
+            Ok(Err(Failed::NoAnswer(e))) if f.idempotent && reused && !sent_again => {
+                tracing::debug!(instance = %backend.id, error = %e, "a kept connection was closed; sending again");
+                sent_again = true;
+                continue;
+            }
+            Ok(Err(Failed::NoAnswer(e))) if f.idempotent && !sent_elsewhere => {
+                tracing::debug!(instance = %backend.id, error = %e, "sending again to another instance");
+                sent_elsewhere = true;
+                exclude = Some(backend);
+                continue;
+            }
+            Ok(Err(Failed::NoAnswer(e))) => {
+                let text = format!("{} could not be reached: {e}\n", f.component);
+                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
+                return Ok(true);
+            }
+            Ok(Err(Failed::Bad(why))) => {
+                tracing::debug!(instance = %backend.id, error = %why, "an instance's answer was not HTTP/1.1");
+                let text = format!(
+                    "{} answered with something that is not HTTP: {why}\n",
+                    f.component
+                );
+                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
+                return Ok(true);
+            }
+            Ok(Ok(head)) => head,
+        };
+        let reusable = relay(c, &mut upstream, &head, f.close).await?;
+        if reusable {
+            backend.streams.push(upstream);
+        }
+        drop(guard);
+        return Ok(head.framing != Framing::UntilClose);
+    }
+}
+
+/// An idle connection to `backend` that is still open (`true`: kept), else a new one.
+async fn checkout(backend: &Backend) -> io::Result<(TcpStream, bool)> {
+    while let Some(stream) = backend.streams.pop() {
+        if still_open(&stream) {
+            return Ok((stream, true));
+        }
+    }
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connecting took longer than {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok((stream, false))
+}
+
+/// Whether an idle connection may carry a request: nothing to read on it, not closed by the
+/// instance. The reactor's readiness answers without a system call when nothing happened on
+/// the connection since its last answer was read to the end; otherwise a read tells.
+fn still_open(stream: &TcpStream) -> bool {
+    match stream.ready(Interest::READABLE).now_or_never() {
+        None => true,
+        Some(Err(_)) => false,
+        Some(Ok(ready)) if ready.is_read_closed() => false,
+        Some(Ok(_)) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Writes the request and reads the answer's head into `answer`, skipping interim (1xx)
+/// answers.
+async fn exchange(
+    upstream: &mut TcpStream,
+    request: &[u8],
+    answer: &mut Vec<u8>,
+    head_request: bool,
+) -> Result<AnswerHead, Failed> {
+    upstream
+        .write_all(request)
+        .await
+        .map_err(Failed::NoAnswer)?;
+    answer.clear();
+    let mut received = false;
+    loop {
+        if !answer.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(answer) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let code = resp.code.unwrap_or(0);
+                    if (100..200).contains(&code) {
+                        if code == 101 {
+                            return Err(Failed::Bad(
+                                "it switched protocols without being asked to".into(),
+                            ));
+                        }
+                        answer.drain(..head_len);
+                        continue;
+                    }
+                    return answer_head(&resp, head_len, head_request).map_err(Failed::Bad);
+                }
+                Ok(httparse::Status::Partial) if answer.len() < MAX_HEAD_BYTES => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(Failed::Bad(format!(
+                        "its answer's head is longer than {MAX_HEAD_BYTES} bytes"
+                    )));
+                }
+                Err(e) => return Err(Failed::Bad(e.to_string())),
+            }
+        }
+        let start = answer.len();
+        answer.resize(start + READ_SIZE, 0);
+        let read = upstream.read(&mut answer[start..]).await;
+        let n = *read.as_ref().unwrap_or(&0);
+        answer.truncate(start + n);
+        match read {
+            Ok(0) if !received => {
+                return Err(Failed::NoAnswer(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection was closed before an answer",
+                )));
+            }
+            Ok(0) => return Err(Failed::Bad("its answer's head was cut short".into())),
+            Ok(_) => received = true,
+            Err(e) if !received => return Err(Failed::NoAnswer(e)),
+            Err(e) => return Err(Failed::Bad(e.to_string())),
+        }
+    }
+}
+
+fn answer_head(
+    resp: &httparse::Response<'_, '_>,
+    head_len: usize,
+    head_request: bool,
+) -> Result<AnswerHead, String> {
+    let code = resp.code.unwrap_or(0);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut reusable = resp.version == Some(1);
+    for h in resp.headers.iter() {
+        if is(h.name, "content-length") {
+            let l = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or("its Content-Length is not a number")?;
+            if length.is_some_and(|seen| seen != l) {
+                return Err("it sent two different Content-Lengths".into());
+            }
+            length = Some(l);
+        } else if is(h.name, "transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if is(h.name, "connection") {
+            for token in h.value.split(|&b| b == b',') {
+                if token.trim_ascii().eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                }
+            }
+        }
+    }
+    let framing = if head_request || code == 204 || code == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(l)) => Framing::Length(l),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    Ok(AnswerHead {
+        head_len,
+        framing,
+        reusable: reusable && framing != Framing::UntilClose,
+    })
+}
+
+/// Writes the answer's head for the client into `out`: the instance's, without the headers
+/// that describe its connection to the ingress.
+fn client_head(answer: &[u8], head_len: usize, close: bool, out: &mut Vec<u8>) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    // The head parsed a moment ago, so it parses again.
+    let _ = resp.parse(&answer[..head_len]);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(resp.code.unwrap_or(502).to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // Headers that the instance's `Connection` names describe its connection too.
+    let named: Vec<&[u8]> = resp
+        .headers
+        .iter()
+        .filter(|h| is(h.name, "connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    for h in resp.headers.iter() {
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ]
+        .iter()
+        .any(|n| is(h.name, n))
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));
+        if !hop {
+            header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Relays the answer whose head is in `c.answer` to the client, then its body as the instance
+/// sends it. `Ok(true)` when the instance's connection may carry another request.
+async fn relay(
+    c: &mut Conn,
+    upstream: &mut TcpStream,
+    head: &AnswerHead,
+    close: bool,
+) -> io::Result<bool> {
+    let until_close = head.framing == Framing::UntilClose;
+    client_head(&c.answer, head.head_len, close || until_close, &mut c.out);
+    let mut rest: &[u8] = &c.answer[head.head_len..];
+    let mut chunks = ChunkedEnd::default();
+    // What of the body is still to come, and whether its end was seen.
+    let mut remaining = match head.framing {
+        Framing::Length(l) => l,
+        _ => 0,
+    };
+    let mut ended = head.framing == Framing::Empty;
+    let mut extra = false;
+    let mut buf = Vec::new();
+    loop {
+        // Take from `rest` what belongs to this answer.
+        let take = match head.framing {
+            Framing::Empty => 0,
+            Framing::Length(_) => {
+                let n = rest
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                remaining -= n as u64;
+                ended = remaining == 0;
+                n
+            }
+            Framing::Chunked => match chunks.feed(rest) {
+                Ok(Some(end)) => {
+                    ended = true;
+                    end
+                }
+                Ok(None) => rest.len(),
+                Err(()) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "an instance's chunked body is malformed",
+                    ));
+                }
+            },
+            Framing::UntilClose => rest.len(),
+        };
+        extra |= take < rest.len();
+        c.out.extend_from_slice(&rest[..take]);
+        if !c.out.is_empty() {
+            c.client.write_all(&c.out).await?;
+            c.out.clear();
+        }
+        if ended {
+            return Ok(head.reusable && !extra);
+        }
+        buf.resize(READ_SIZE, 0);
+        let n = upstream.read(&mut buf).await?;
+        if n == 0 {
+            if until_close {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "an instance closed its connection in the middle of an answer",
+            ));
+        }
+        rest = &buf[..n];
+    }
+}
+
+/// Finds where a chunked body ends, fed the bytes as they come.
+#[derive(Debug, Default)]
+struct ChunkedEnd {
+    state: Chunk,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a line after the last chunk: a trailer or the final empty line.
+    TrailerStart,
+    Trailer,
+    EndLf,
+    Done,
+}
+
+impl ChunkedEnd {
+    /// How many bytes of `data` belong to the body, once its end is in them.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                Chunk::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).ok_or(())?;
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(());
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Chunk::Extension,
+                    b'\r' if self.digits > 0 => self.state = Chunk::SizeLf,
+                    b'\n' if self.digits > 0 => self.size_line_ended(),
+                    _ => return Err(()),
+                },
+                Chunk::Extension => match b {
+                    b'\r' => self.state = Chunk::SizeLf,
+                    b'\n' => self.size_line_ended(),
+                    _ => {}
+                },
+                Chunk::SizeLf if b == b'\n' => self.size_line_ended(),
+                Chunk::Data => {
+                    let n = (data.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= n as u64;
+                    i += n;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr if b == b'\r' => self.state = Chunk::DataLf,
+                Chunk::DataCr | Chunk::DataLf if b == b'\n' => self.state = Chunk::Size,
+                Chunk::TrailerStart => match b {
+                    b'\r' => self.state = Chunk::EndLf,
+                    b'\n' => self.state = Chunk::Done,
+                    _ => self.state = Chunk::Trailer,
+                },
+                Chunk::Trailer if b == b'\n' => self.state = Chunk::TrailerStart,
+                Chunk::Trailer => {}
+                Chunk::EndLf if b == b'\n' => self.state = Chunk::Done,
+                _ => return Err(()),
+            }
+            i += 1;
+            if self.state == Chunk::Done {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    fn size_line_ended(&mut self) {
+        self.state = if self.size == 0 {
+            Chunk::TrailerStart
+        } else {
+            Chunk::Data
+        };
+        self.digits = 0;
+    }
+}
+
+/// A client connection handed to hyper: the bytes already read come first.
+pub(crate) struct Rewound {
+    pub(crate) read: BytesMut,
+    pub(crate) stream: TcpStream,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end_of(parts: &[&[u8]]) -> Result<Option<usize>, ()> {
+        let mut c = ChunkedEnd::default();
+        let mut offset = 0;
+        for p in parts {
+            if let Some(end) = c.feed(p)? {
+                return Ok(Some(offset + end));
+            }
+            offset += p.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn the_end_of_a_chunked_body_is_found_however_it_is_split() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(end_of(&[body]), Ok(Some(end)));
+        for split in 1..body.len() {
+            let (a, b) = body.split_at(split);
+            assert_eq!(end_of(&[a, b]), Ok(Some(end)), "split at {split}");
+        }
+        let bytes: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(end_of(&bytes), Ok(Some(end)));
+    }
+
+    #[test]
+    fn trailers_and_bare_line_feeds_are_read_through() {
+        let body = b"3\r\nabc\r\n0\r\nChecksum: 1\r\nOther: 2\r\n\r\n";
+        assert_eq!(end_of(&[body]), Ok(Some(body.len())));
+        let body = b"3\nabc\n0\n\n";
+        assert_eq!(end_of(&[body]), Ok(Some(body.len())));
+        assert_eq!(end_of(&[b"3\r\nab"]), Ok(None));
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        assert_eq!(end_of(&[b"x\r\n"]), Err(()));
+        assert_eq!(end_of(&[b"\r\n"]), Err(()));
+        assert_eq!(end_of(&[b"3\r\nabcX"]), Err(()));
+        assert_eq!(end_of(&[b"ffffffffffffffff\r\n"]), Err(()));
+    }
+
+    #[test]
+    fn the_framing_of_an_answer_follows_its_head() {
+        let framing = |head: &str, head_request: bool| {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            let n = match resp.parse(head.as_bytes()) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("{other:?}"),
+            };
+            answer_head(&resp, n, head_request).map(|h| (h.framing, h.reusable))
+        };
+        let ok = "HTTP/1.1 200 OK\r\n";
+        assert_eq!(
+            framing(&format!("{ok}content-length: 5\r\n\r\n"), false),
+            Ok((Framing::Length(5), true))
+        );
+        assert_eq!(
+            framing(&format!("{ok}content-length: 5\r\n\r\n"), true),
+            Ok((Framing::Empty, true))
+        );
+        assert_eq!(
+            framing(
+                &format!("{ok}transfer-encoding: gzip, chunked\r\n\r\n"),
+                false
+            ),
+            Ok((Framing::Chunked, true))
+        );
+        assert_eq!(
+            framing(&format!("{ok}\r\n"), false),
+            Ok((Framing::UntilClose, false))
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                false
+            ),
+            Ok((Framing::Empty, true))
+        );
+        assert_eq!(
+            framing(
+                &format!("{ok}content-length: 3\r\nconnection: close\r\n\r\n"),
+                false
+            ),
+            Ok((Framing::Length(3), false))
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n", false),
+            Ok((Framing::Length(3), false))
+        );
+        assert!(
+            framing(
+                &format!("{ok}content-length: 3\r\ncontent-length: 4\r\n\r\n"),
+                false
+            )
+            .is_err()
+        );
+    }
+}
