@@ -549,12 +549,9 @@ async fn exchange(
                 Err(e) => return Err(Failed::Bad(e.to_string())),
             }
         }
-        let start = answer.len();
-        answer.resize(start + READ_SIZE, 0);
-        let read = upstream.read(&mut answer[start..]).await;
-        let n = *read.as_ref().unwrap_or(&0);
-        answer.truncate(start + n);
-        match read {
+        // Into the spare capacity: nothing is zeroed first.
+        answer.reserve(READ_SIZE);
+        match upstream.read_buf(answer).await {
             Ok(0) if !received => {
                 return Err(Failed::NoAnswer(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -718,8 +715,9 @@ async fn relay(
         if ended {
             return Ok(head.reusable && !extra);
         }
-        buf.resize(READ_SIZE, 0);
-        let n = upstream.read(&mut buf).await?;
+        buf.clear();
+        buf.reserve(READ_SIZE);
+        let n = upstream.read_buf(&mut buf).await?;
         if n == 0 {
             if until_close {
                 return Ok(false);

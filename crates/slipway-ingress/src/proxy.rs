@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,8 +84,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// finish (for at most 30 s) and returns.
 ///
 /// The ingress runs on threads of its own, one per CPU, each with a single-threaded runtime
-/// that accepts from the same listener and keeps its own connections to the instances: a
-/// request is read, forwarded and answered on one thread, with no hand-off to another.
+/// that keeps its own connections to the instances: a request is read, forwarded and
+/// answered on one thread, with no hand-off to another. Every thread accepts from the same
+/// listener and gives each new connection to the thread with the fewest open ones (itself on
+/// a tie): the thread that happens to be awake when a burst of connections comes would
+/// otherwise take them all and leave the other CPUs idle.
 pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: CancellationToken) {
     let listener = match listener.into_std() {
         Ok(l) => l,
@@ -99,17 +103,30 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
         "http"
     });
     let proxy = Arc::new(Proxy { ingress, scheme });
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
-    let mut finished = Vec::with_capacity(workers);
-    for index in 0..workers {
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
+    let (peers, inboxes): (Vec<Peer>, Vec<_>) = (0..count)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let peer = Peer {
+                inbox: tx,
+                open: AtomicUsize::new(0),
+            };
+            (peer, rx)
+        })
+        .unzip();
+    let peers: Arc<[Peer]> = peers.into();
+    let mut finished = Vec::with_capacity(count);
+    for (index, inbox) in inboxes.into_iter().enumerate() {
         let own = match listener.try_clone() {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "the ingress cannot share its listener");
-                break;
+                peers[index].open.store(usize::MAX / 2, Ordering::Relaxed);
+                continue;
             }
         };
-        let (proxy, shutdown) = (Arc::clone(&proxy), shutdown.clone());
+        let (proxy, peers_of_worker, shutdown) =
+            (Arc::clone(&proxy), Arc::clone(&peers), shutdown.clone());
         let (done, finish) = tokio::sync::oneshot::channel::<()>();
         let started = std::thread::Builder::new()
             .name(format!("slipway-ingress-{index}"))
@@ -121,16 +138,28 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(error = %e, "an ingress worker cannot start its runtime");
+                        peers_of_worker[index]
+                            .open
+                            .store(usize::MAX / 2, Ordering::Relaxed);
                         return;
                     }
                 };
                 WORKER.set(index);
-                runtime.block_on(worker(proxy, own, shutdown));
+                let me = Worker {
+                    index,
+                    proxy,
+                    peers: peers_of_worker,
+                    shutdown,
+                };
+                runtime.block_on(me.run(own, inbox));
                 drop(done);
             });
         match started {
             Ok(_) => finished.push(finish),
-            Err(e) => tracing::error!(error = %e, "an ingress worker cannot start"),
+            Err(e) => {
+                tracing::error!(error = %e, "an ingress worker cannot start");
+                peers[index].open.store(usize::MAX / 2, Ordering::Relaxed);
+            }
         }
     }
     drop(listener);
@@ -139,76 +168,162 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
     }
 }
 
-/// One ingress thread's accept loop and its connections.
-async fn worker(proxy: Arc<Proxy>, listener: std::net::TcpListener, shutdown: CancellationToken) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "an ingress worker cannot listen");
-            return;
+/// What the ingress threads know of each other: where to send a connection, and how many each
+/// has open.
+struct Peer {
+    inbox: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    open: AtomicUsize,
+}
+
+/// One ingress thread.
+struct Worker {
+    index: usize,
+    proxy: Arc<Proxy>,
+    peers: Arc<[Peer]>,
+    shutdown: CancellationToken,
+}
+
+type Inbox = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
+
+impl Worker {
+    /// Accepts connections and takes those other threads give it, until shutdown; then waits
+    /// for its connections to finish.
+    async fn run(self, listener: std::net::TcpListener, mut inbox: Inbox) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "an ingress worker cannot listen");
+                return;
+            }
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.proxy.ingress.config.header_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let connections = tokio_util::task::TaskTracker::new();
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let _ = stream.set_nodelay(true);
+                        match self.give_away(stream, remote) {
+                            Some(stream) => (stream, remote),
+                            None => continue,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                Some((stream, remote)) = inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, remote),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a connection from another ingress thread could not be taken");
+                        self.peers[self.index].open.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
+                },
+                () = self.shutdown.cancelled() => break,
+            };
+            let open = OpenConnection(Arc::clone(&self.peers), self.index);
+            let (proxy, builder, shutdown) = (
+                Arc::clone(&self.proxy),
+                Arc::clone(&builder),
+                self.shutdown.clone(),
+            );
+            connections.spawn(async move {
+                let _open = open;
+                serve_connection(proxy, &builder, stream, remote, shutdown).await;
+            });
+        }
+        drop(listener);
+        connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                connections = connections.len(),
+                "connections still open at the end of the ingress's shutdown grace are closed"
+            );
+        }
+    }
+
+    /// Counts a new connection for the thread with the fewest open, and sends it there when
+    /// that is not this one; returns it when it stays here.
+    fn give_away(&self, stream: TcpStream, remote: SocketAddr) -> Option<TcpStream> {
+        let load = |i: usize| self.peers[i].open.load(Ordering::Relaxed);
+        let target = (0..self.peers.len())
+            .min_by_key(|&i| (load(i), i != self.index))
+            .unwrap_or(self.index);
+        self.peers[target].open.fetch_add(1, Ordering::Relaxed);
+        if target == self.index {
+            return Some(stream);
+        }
+        let back = match stream.into_std() {
+            Ok(std) => match self.peers[target].inbox.send((std, remote)) {
+                Ok(()) => return None,
+                Err(unsent) => TcpStream::from_std(unsent.0.0),
+            },
+            Err(e) => Err(e),
+        };
+        self.peers[target].open.fetch_sub(1, Ordering::Relaxed);
+        self.peers[self.index].open.fetch_add(1, Ordering::Relaxed);
+        match back {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "a connection could not be given to another ingress thread");
+                self.peers[self.index].open.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// Counts a connection open on an ingress thread for as long as it lives.
+struct OpenConnection(Arc<[Peer]>, usize);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0[self.1].open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection: plain HTTP/1.1 on the lean path, the rest of the connection
+/// by hyper from the first request that path leaves to it.
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let (stream, read) = match h1::serve(&proxy, stream, remote, &shutdown).await {
+        h1::Ended::Closed => return,
+        h1::Ended::HandOff(stream, read) => (stream, read),
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+    });
+    let io = TokioIo::new(h1::Rewound { read, stream });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.ingress.config.header_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shutdown.cancelled() => break,
-        };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (proxy, builder, shutdown) =
-            (Arc::clone(&proxy), Arc::clone(&builder), shutdown.clone());
-        connections.spawn(async move {
-            // Plain HTTP/1.1 takes the lean path; the rest of the connection goes to hyper at
-            // the first request that path leaves to it.
-            let (stream, read) = match h1::serve(&proxy, stream, remote, &shutdown).await {
-                h1::Ended::Closed => return,
-                h1::Ended::HandOff(stream, read) => (stream, read),
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
-            });
-            let io = TokioIo::new(h1::Rewound { read, stream });
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => r,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, %remote, "client connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::info!(
-            connections = connections.len(),
-            "connections still open at the end of the ingress's shutdown grace are closed"
-        );
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, %remote, "client connection ended with an error");
     }
 }
 
