@@ -258,10 +258,12 @@ impl Worker {
     /// Counts a new connection for the thread with the fewest open, and sends it there when
     /// that is not this one; returns it when it stays here.
     fn give_away(&self, stream: TcpStream, remote: SocketAddr) -> Option<TcpStream> {
-        let load = |i: usize| self.peers[i].open.load(Ordering::Relaxed);
-        let target = (0..self.peers.len())
-            .min_by_key(|&i| (load(i), i != self.index))
-            .unwrap_or(self.index);
+        let open: Vec<usize> = self
+            .peers
+            .iter()
+            .map(|p| p.open.load(Ordering::Relaxed))
+            .collect();
+        let target = least_loaded(&open, self.index);
         self.peers[target].open.fetch_add(1, Ordering::Relaxed);
         if target == self.index {
             return Some(stream);
@@ -284,6 +286,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// The thread with the fewest connections open, `me` among those with as few.
+fn least_loaded(open: &[usize], me: usize) -> usize {
+    (0..open.len())
+        .min_by_key(|&i| (open[i], i != me))
+        .unwrap_or(me)
 }
 
 /// Counts a connection open on an ingress thread for as long as it lives.
@@ -734,5 +743,25 @@ impl Drop for Upstream {
         {
             self.guard.0.connections.push(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_loaded;
+
+    #[test]
+    fn a_new_connection_goes_to_the_thread_with_the_fewest_open() {
+        assert_eq!(least_loaded(&[3, 1, 2], 0), 1);
+        // On a tie, the thread that accepted it keeps it.
+        assert_eq!(least_loaded(&[1, 1, 1], 2), 2);
+        assert_eq!(least_loaded(&[2, 1, 1], 0), 1);
+        // A burst accepted by one thread is spread: each connection is counted where it goes.
+        let mut open = vec![0; 2];
+        for _ in 0..32 {
+            let target = least_loaded(&open, 0);
+            open[target] += 1;
+        }
+        assert_eq!(open, [16, 16]);
     }
 }
