@@ -319,16 +319,31 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         if added_met { "met" } else { "missed" },
     ));
     if nginx.measured() && !share_met {
+        // The machine's CPU per direct request, and the share a proxy that adds `cost` µs of
+        // its own to each can keep at best.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let machine = cores * 1e6 / direct.throughput();
+        let bound = |cost: f64| machine / (machine + cost) * 100.0;
         sec.text(format!(
             "Under the heavy load the machine is bound by CPU: the load generator, the proxy, \
-             Docker's port proxy and the app share 2 cores, so the CPU a proxy spends on each \
-             request comes out of the same budget as everything else's, and a proxy cannot \
-             keep more of the direct throughput than the CPU it leaves to the rest; nginx \
-             keeps {:.0}% of it here. Per request, the ingress spends {:.1} µs of CPU and \
-             nginx {:.1} µs.",
-            nginx.throughput() / direct.throughput() * 100.0,
-            ingress.cpu_per_request_us(),
-            nginx.cpu_per_request_us(),
+             Docker's port proxy and the app share {cores:.0} cores, so the CPU a proxy spends \
+             on each request comes out of the same budget as everything else's. Direct, a \
+             request costs the machine about {machine:.0} µs of CPU ({cores:.0} cores over \
+             {direct_rps:.0} req/s), Docker's port proxy included; through a proxy it costs \
+             that and the proxy's own CPU at least, so a proxy that spends P µs per request \
+             keeps at most {machine:.0} / ({machine:.0} + P) of the direct throughput: {bi:.0}% \
+             for the ingress ({pi:.1} µs per request; it kept {si:.0}%), {bn:.0}% for nginx \
+             ({pn:.1} µs; it kept {sn:.0}%). Keeping {goal:.0}% would take a proxy that spends \
+             under {needed:.0} µs per request in all.",
+            direct_rps = direct.throughput(),
+            bi = bound(ingress.cpu_per_request_us()),
+            pi = ingress.cpu_per_request_us(),
+            si = share * 100.0,
+            bn = bound(nginx.cpu_per_request_us()),
+            pn = nginx.cpu_per_request_us(),
+            sn = nginx.throughput() / direct.throughput() * 100.0,
+            goal = MIN_SHARE * 100.0,
+            needed = machine * (1.0 / MIN_SHARE - 1.0),
         ));
     }
     let verdicts = vec![

@@ -13,7 +13,11 @@
 //! - Requests go to the ready instance with the fewest requests in flight (round robin among
 //!   equals), over kept-alive connections. A request that could not be sent (connection
 //!   refused or reset before a byte went out) is sent once more to another instance, when its
-//!   body is small enough to have been kept.
+//!   body is small enough to have been kept; an idempotent one that a kept connection took
+//!   down with it as the instance closed that connection is sent again on a new one.
+//! - Plain HTTP/1.1 requests are parsed in place and their answers relayed over raw
+//!   kept-alive connections; the rest of a connection goes to hyper from its first request that
+//!   is not plain (HTTP/2, an upgrade, `Expect`, a chunked or large body, HTTP/1.0).
 //! - HTTP/1.1 and HTTP/2 (prior knowledge) from clients; WebSocket and other upgrades are
 //!   passed through; `X-Forwarded-For`, `-Proto` and `-Host` are set; request bodies over the
 //!   limit get 413; a backend that does not answer in time gets 504.
