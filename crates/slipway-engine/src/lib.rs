@@ -160,16 +160,34 @@ struct Inner {
     updates: broadcast::Sender<DeploymentUpdate>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
-    /// Held for the engine's life: one daemon per data directory.
-    _data_dir_lock: std::fs::File,
+    /// Held until the engine shuts down: one daemon per data directory.
+    data_dir_lock: Mutex<Option<std::fs::File>>,
 }
 
-/// One app's turn-taking: one deployment runs at a time.
-#[derive(Debug, Default)]
+/// One app's turn-taking: one deployment runs at a time, in the order they were queued.
+#[derive(Debug)]
 struct AppSlot {
     turn: tokio::sync::Mutex<()>,
+    /// The ticket the next queued deployment gets.
+    tickets: std::sync::atomic::AtomicU64,
+    /// The ticket whose turn it is. A deployment's task waits for its ticket before it takes
+    /// the turn: tasks spawned one after another may start in any order on a runtime of
+    /// several threads, and a newer deployment must never run before an older one.
+    serving: tokio::sync::watch::Sender<u64>,
     running: Mutex<Option<String>>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Default for AppSlot {
+    fn default() -> Self {
+        AppSlot {
+            turn: tokio::sync::Mutex::new(()),
+            tickets: std::sync::atomic::AtomicU64::new(0),
+            serving: tokio::sync::watch::Sender::new(0),
+            running: Mutex::new(None),
+            cancels: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Engine {
@@ -181,7 +199,19 @@ impl Engine {
             path: config.data_dir.clone(),
             source,
         })?;
-        let data_dir_lock = lock_data_dir(&config.data_dir)?;
+        // A lock released a moment ago can still be held for an instant by a child process
+        // forked before it was released and not yet started (it shares the descriptor until
+        // its exec closes it): a taken lock is tried again for up to a second.
+        let mut tries = 0;
+        let data_dir_lock = loop {
+            match lock_data_dir(&config.data_dir) {
+                Err(EngineError::DataDirInUse { .. }) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                locked => break locked?,
+            }
+        };
         let store = Store::open(&config.data_dir.join("slipway.db")).await?;
         let sources =
             SourceCache::new(config.data_dir.join("git")).with_timeout(config.fetch_timeout);
@@ -214,7 +244,7 @@ impl Engine {
                 updates,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
-                _data_dir_lock: data_dir_lock,
+                data_dir_lock: Mutex::new(Some(data_dir_lock)),
             }),
         };
         engine.recover().await?;
@@ -863,21 +893,24 @@ impl Engine {
             deployment: d.clone(),
         });
         let token = self.inner.shutdown.child_token();
-        self.slot(&d.app_id)
-            .cancels
+        let slot = self.slot(&d.app_id);
+        slot.cancels
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(d.id.clone(), token.clone());
+        let ticket = slot
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let engine = self.clone();
         let (app_id, id) = (d.app_id.clone(), d.id.clone());
         self.inner.tasks.spawn(async move {
-            run::execute(engine, app_id, id, token).await;
+            run::execute(engine, app_id, id, ticket, token).await;
         });
         Ok(d)
     }
 
     /// Stops the engine: no new deployment starts, running ones are canceled, and this returns
-    /// when their tasks have finished.
+    /// when their tasks have finished, with the data directory free for another engine.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
@@ -885,6 +918,15 @@ impl Engine {
         if let Some(mode) = &self.inner.swarm {
             mode.unfollow_all();
         }
+        // The data directory is free for another engine at once, even while clones of this
+        // one are still being dropped.
+        drop(
+            self.inner
+                .data_dir_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 
     /// Whether apps run on a swarm.

@@ -62,6 +62,20 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Gives the turn to the next deployment in line when a deployment's task ends, however it
+/// ends.
+struct NextInLine {
+    slot: Arc<crate::AppSlot>,
+    ticket: u64,
+}
+
+impl Drop for NextInLine {
+    fn drop(&mut self) {
+        let next = self.ticket + 1;
+        self.slot.serving.send_modify(|now| *now = (*now).max(next));
+    }
+}
+
 /// One deployment being run: the engine, the deployment (saved on every change) and its
 /// cancellation.
 struct Run {
@@ -71,9 +85,22 @@ struct Run {
     cancel: CancellationToken,
 }
 
-/// Runs a deployment when its app's turn comes.
-pub(crate) async fn execute(engine: Engine, app_id: String, id: String, cancel: CancellationToken) {
+/// Runs a deployment when its app's turn comes: after every deployment queued before it
+/// (`ticket` says where it is in the line).
+pub(crate) async fn execute(
+    engine: Engine,
+    app_id: String,
+    id: String,
+    ticket: u64,
+    cancel: CancellationToken,
+) {
     let slot = engine.slot(&app_id);
+    let _next = NextInLine {
+        slot: Arc::clone(&slot),
+        ticket,
+    };
+    let mut serving = slot.serving.subscribe();
+    let _ = serving.wait_for(|&now| now >= ticket).await;
     let turn = slot.turn.lock().await;
     let span = tracing::info_span!("deployment", deployment.id = %id, app = %app_id);
     let result = async {
