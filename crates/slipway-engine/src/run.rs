@@ -62,6 +62,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Waits until every deployment queued before `ticket` has had its turn, then takes the turn.
+/// The turn passes on when the returned [`NextInLine`] is dropped (after the guard).
+async fn wait_in_line(
+    slot: &Arc<crate::AppSlot>,
+    ticket: u64,
+) -> (NextInLine, tokio::sync::MutexGuard<'_, ()>) {
+    let next = NextInLine {
+        slot: Arc::clone(slot),
+        ticket,
+    };
+    let mut serving = slot.serving.subscribe();
+    let _ = serving.wait_for(|&now| now >= ticket).await;
+    (next, slot.turn.lock().await)
+}
+
 /// Gives the turn to the next deployment in line when a deployment's task ends, however it
 /// ends.
 struct NextInLine {
@@ -95,13 +110,7 @@ pub(crate) async fn execute(
     cancel: CancellationToken,
 ) {
     let slot = engine.slot(&app_id);
-    let _next = NextInLine {
-        slot: Arc::clone(&slot),
-        ticket,
-    };
-    let mut serving = slot.serving.subscribe();
-    let _ = serving.wait_for(|&now| now >= ticket).await;
-    let turn = slot.turn.lock().await;
+    let (_next, turn) = wait_in_line(&slot, ticket).await;
     let span = tracing::info_span!("deployment", deployment.id = %id, app = %app_id);
     let result = async {
         let Some(d) = engine.inner.store.deployment(&app_id, &id).await? else {
@@ -1324,5 +1333,66 @@ impl Observer for StepObserver {
                 .drain(&app_id, &self.component, &instance.id, max)
                 .await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::wait_in_line;
+    use crate::AppSlot;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deployments_take_their_turn_in_the_order_they_were_queued() {
+        let slot = Arc::new(AppSlot::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let tickets: Vec<u64> = (0..4)
+            .map(|_| {
+                slot.tickets
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            })
+            .collect();
+        // Their tasks start newest first, each a moment after the one before.
+        let mut tasks = Vec::new();
+        for &ticket in tickets.iter().rev() {
+            let (slot, order) = (Arc::clone(&slot), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                let (_next, _turn) = wait_in_line(&slot, ticket).await;
+                order.lock().unwrap().push(ticket);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), tickets);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_early_passes_the_turn_on() {
+        let slot = Arc::new(AppSlot::default());
+        let (first, second) = (0, 1);
+        // The first one's task goes before its turn came (it was canceled, or panicked).
+        let waiting = {
+            let slot = Arc::clone(&slot);
+            tokio::spawn(async move {
+                let _ = wait_in_line(&slot, second).await;
+            })
+        };
+        let gone = {
+            let slot = Arc::clone(&slot);
+            tokio::spawn(async move {
+                let _ = wait_in_line(&slot, first).await;
+                panic!("ends abruptly");
+            })
+        };
+        assert!(gone.await.is_err());
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the next one got its turn")
+            .unwrap();
     }
 }

@@ -180,19 +180,25 @@ async fn queued_deployments_are_superseded_and_cancel_works_in_every_phase() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Queued behind it: two more; only the newest of them will run.
-    let older = env.engine.restart(&app.id, &[]).await.unwrap();
+    // Queued behind it, one right after another: six more; only the newest of them will run,
+    // whatever order their tasks happen to start in.
+    let mut older = Vec::new();
+    for _ in 0..5 {
+        older.push(env.engine.restart(&app.id, &[]).await.unwrap());
+    }
     let newest = env.engine.restart(&app.id, &[]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let canceled = env.engine.cancel(&app.id, &building.id).await.unwrap();
     assert_eq!(canceled.phase, Phase::Canceled);
-    let older = env.engine.wait(&app.id, &older.id).await.unwrap();
-    assert_eq!(
-        older.phase,
-        Phase::Superseded,
-        "a queued deployment gives way to a newer one"
-    );
-    assert!(older.progress.steps.iter().any(|s| s.name == "superseded"));
+    for (i, older) in older.iter().enumerate() {
+        let older = env.engine.wait(&app.id, &older.id).await.unwrap();
+        assert_eq!(
+            older.phase,
+            Phase::Superseded,
+            "queued deployment {i} gives way to a newer one"
+        );
+        assert!(older.progress.steps.iter().any(|s| s.name == "superseded"));
+    }
     let newest = wait_ok(&env, &newest).await;
     assert_eq!(newest.cause, "manual restart");
 
