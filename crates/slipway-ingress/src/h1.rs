@@ -422,7 +422,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
         };
         let exchanged = tokio::time::timeout(
             config.request_timeout,
-            exchange(&mut upstream, &c.out, &mut c.answer, f.head),
+            exchange(&mut upstream, &mut c.out, &mut c.answer, f.head, f.close),
         )
         .await;
         let head = match exchanged {
@@ -462,7 +462,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             }
             Ok(Ok(head)) => head,
         };
-        let reusable = relay(c, &mut upstream, &head, f.close).await?;
+        let reusable = relay(c, &mut upstream, &head).await?;
         if reusable {
             backend.streams.push(upstream);
         }
@@ -508,18 +508,17 @@ fn still_open(stream: &TcpStream) -> bool {
     }
 }
 
-/// Writes the request and reads the answer's head into `answer`, skipping interim (1xx)
-/// answers.
+/// Writes the request in `out` and reads the answer's head into `answer`, skipping interim
+/// (1xx) answers; once the head is in, `out` holds it as it goes to the client (with
+/// `Connection: close` when `close`).
 async fn exchange(
     upstream: &mut TcpStream,
-    request: &[u8],
+    out: &mut Vec<u8>,
     answer: &mut Vec<u8>,
     head_request: bool,
+    close: bool,
 ) -> Result<AnswerHead, Failed> {
-    upstream
-        .write_all(request)
-        .await
-        .map_err(Failed::NoAnswer)?;
+    upstream.write_all(out).await.map_err(Failed::NoAnswer)?;
     answer.clear();
     let mut received = false;
     loop {
@@ -538,7 +537,10 @@ async fn exchange(
                         answer.drain(..head_len);
                         continue;
                     }
-                    return answer_head(&resp, head_len, head_request).map_err(Failed::Bad);
+                    let head = answer_head(&resp, head_len, head_request).map_err(Failed::Bad)?;
+                    // The request is sent: `out` now takes the answer's head for the client.
+                    client_head(&resp, close || head.framing == Framing::UntilClose, out);
+                    return Ok(head);
                 }
                 Ok(httparse::Status::Partial) if answer.len() < MAX_HEAD_BYTES => {}
                 Ok(httparse::Status::Partial) => {
@@ -616,11 +618,7 @@ fn answer_head(
 
 /// Writes the answer's head for the client into `out`: the instance's, without the headers
 /// that describe its connection to the ingress.
-fn client_head(answer: &[u8], head_len: usize, close: bool, out: &mut Vec<u8>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    // The head parsed a moment ago, so it parses again.
-    let _ = resp.parse(&answer[..head_len]);
+fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(resp.code.unwrap_or(502).to_string().as_bytes());
@@ -659,16 +657,10 @@ fn client_head(answer: &[u8], head_len: usize, close: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Relays the answer whose head is in `c.answer` to the client, then its body as the instance
-/// sends it. `Ok(true)` when the instance's connection may carry another request.
-async fn relay(
-    c: &mut Conn,
-    upstream: &mut TcpStream,
-    head: &AnswerHead,
-    close: bool,
-) -> io::Result<bool> {
+/// Relays the answer to the client: its head, which `exchange` left in `c.out`, then its body
+/// (after the head in `c.answer`, then) as the instance sends it. `Ok(true)` when the instance's connection may carry another request.
+async fn relay(c: &mut Conn, upstream: &mut TcpStream, head: &AnswerHead) -> io::Result<bool> {
     let until_close = head.framing == Framing::UntilClose;
-    client_head(&c.answer, head.head_len, close || until_close, &mut c.out);
     let mut rest: &[u8] = &c.answer[head.head_len..];
     let mut chunks = ChunkedEnd::default();
     // What of the body is still to come, and whether its end was seen.
