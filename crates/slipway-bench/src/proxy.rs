@@ -18,6 +18,8 @@ const WARM_UP: Duration = Duration::from_millis(500);
 /// The moderate load: this many connections, each paced to this many requests per second.
 const MODERATE_CONNECTIONS: usize = 8;
 const MODERATE_RATE: f64 = 250.0;
+/// How long each path is loaded in one round of the moderate load.
+const MODERATE_ROUND: Duration = Duration::from_secs(1);
 const MAX_REQUESTS: u64 = 5_000_000;
 
 /// The columns of both tables: one row a path.
@@ -162,9 +164,11 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
             nginx_meter,
         ),
     ];
-    let mut result = rounds(bench, &mut paths, false).await;
+    let s = &bench.settings;
+    let mut result = rounds(bench, &mut paths, false, s.proxy_rounds, s.proxy_duration).await;
     if result.is_ok() {
-        result = rounds(bench, &mut paths, true).await;
+        let (count, duration) = moderate_rounds(bench);
+        result = rounds(bench, &mut paths, true, count, duration).await;
     }
     if let Ok(n) = nginx {
         n.stop().await;
@@ -178,11 +182,29 @@ async fn start_nginx(upstream: u16) -> anyhow::Result<(nginx::Nginx, String)> {
     Ok((nginx::start(upstream).await?, version))
 }
 
-/// Loads every path once per round, in a different order each round: as fast as it answers,
-/// or `paced` at the moderate load.
-async fn rounds(bench: &Bench, paths: &mut [Path], paced: bool) -> anyhow::Result<()> {
+/// The moderate load's rounds: as long in all as the heavy load's, cut into rounds of
+/// [`MODERATE_ROUND`], so that a passing disturbance of the machine (a daemon waking up, a
+/// burst of disk writes) falls on all three paths alike instead of on whichever one was being
+/// loaded; a tail percentile takes such a disturbance in whole.
+fn moderate_rounds(bench: &Bench) -> (usize, Duration) {
     let s = &bench.settings;
-    for round in 0..s.proxy_rounds {
+    let per_round = (s.proxy_duration.as_secs_f64() / MODERATE_ROUND.as_secs_f64())
+        .round()
+        .max(1.0) as usize;
+    (s.proxy_rounds * per_round, MODERATE_ROUND)
+}
+
+/// Loads every path once per round for `duration`, in a different order each round: as fast
+/// as it answers, or `paced` at the moderate load.
+async fn rounds(
+    bench: &Bench,
+    paths: &mut [Path],
+    paced: bool,
+    count: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let s = &bench.settings;
+    for round in 0..count {
         for i in 0..paths.len() {
             let path = &mut paths[(i + round) % 3];
             let Ok(target) = path.target.clone() else {
@@ -196,14 +218,14 @@ async fn rounds(bench: &Bench, paths: &mut [Path], paced: bool) -> anyhow::Resul
                     s.proxy_connections
                 },
                 warm_up: WARM_UP,
-                max_duration: s.proxy_duration,
+                max_duration: duration,
                 max_requests: MAX_REQUESTS,
                 rate_per_connection: paced.then_some(MODERATE_RATE),
             };
             let running = load::start(spec);
             tokio::time::sleep(WARM_UP).await;
             let cpu_before = path.meter.read();
-            tokio::time::sleep(s.proxy_duration).await;
+            tokio::time::sleep(duration).await;
             let r = running.finish().await?;
             let cpu = path.meter.read().saturating_sub(cpu_before);
             println!(
@@ -269,11 +291,17 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         t.row(path_row(p, direct, |p| &p.heavy));
     }
     sec.table(t);
+    let (moderate_count, moderate_duration) = moderate_rounds(bench);
     sec.text(format!(
-        "Then a moderate load, the same way: {mc} clients, each sending one request every \
-         {iv:.0} ms ({total:.0} requests per second in all, a fraction of what every path \
-         answers), so that the latencies are the proxies' own and not time spent queueing \
-         for a CPU.",
+        "Then a moderate load: {mc} clients, each sending one request every {iv:.0} ms \
+         ({total:.0} requests per second in all, a fraction of what every path answers), so \
+         that the latencies are the proxies' own and not time spent queueing for a CPU. It \
+         loads each path for as long in all as the heavy load, but in {n} rounds of {rd} s, \
+         the three paths taking turns in a rotating order as above: a passing disturbance of \
+         the machine then falls on the three paths alike, where in long rounds it would fall \
+         whole on one path's tail. Latencies pool every round's successful requests.",
+        n = moderate_count,
+        rd = moderate_duration.as_secs_f64(),
         mc = MODERATE_CONNECTIONS,
         iv = 1000.0 / MODERATE_RATE,
         total = MODERATE_RATE * MODERATE_CONNECTIONS as f64,
