@@ -74,7 +74,6 @@ enum Prepared {
 
 struct Forward {
     pool: Arc<Pool>,
-    component: String,
     head_len: usize,
     body_len: usize,
     /// Whether the request may be sent a second time after the first got no answer.
@@ -333,7 +332,6 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
 
     Prepared::Forward(Forward {
         pool,
-        component: component.to_string(),
         head_len,
         body_len: body_len as usize,
         idempotent: matches!(
@@ -400,7 +398,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
     let (mut sent_again, mut sent_elsewhere) = (false, false);
     loop {
         let Some(backend) = f.pool.pick(exclude.as_deref().map(|b| b.id.as_str())) else {
-            let text = format!("no instance of {} is ready\n", f.component);
+            let text = format!("no instance of {} is ready\n", f.pool.component);
             answer_locally(c, StatusCode::SERVICE_UNAVAILABLE, &text, f.close).await?;
             return Ok(true);
         };
@@ -415,7 +413,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
                     exclude = Some(backend);
                     continue;
                 }
-                let text = format!("{} could not be reached: {e}\n", f.component);
+                let text = format!("{} could not be reached: {e}\n", f.pool.component);
                 answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
                 return Ok(true);
             }
@@ -429,7 +427,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             Err(_) => {
                 let text = format!(
                     "{} did not answer within {} s\n",
-                    f.component,
+                    f.pool.component,
                     config.request_timeout.as_secs()
                 );
                 answer_locally(c, StatusCode::GATEWAY_TIMEOUT, &text, f.close).await?;
@@ -447,7 +445,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
                 continue;
             }
             Ok(Err(Failed::NoAnswer(e))) => {
-                let text = format!("{} could not be reached: {e}\n", f.component);
+                let text = format!("{} could not be reached: {e}\n", f.pool.component);
                 answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
                 return Ok(true);
             }
@@ -455,7 +453,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
                 tracing::debug!(instance = %backend.id, error = %why, "an instance's answer was not HTTP/1.1");
                 let text = format!(
                     "{} answered with something that is not HTTP: {why}\n",
-                    f.component
+                    f.pool.component
                 );
                 answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
                 return Ok(true);

@@ -92,6 +92,8 @@ impl Drop for InFlight {
 /// The ready instances of one component.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
+    /// The component's name, for the answers the ingress gives itself.
+    pub(crate) component: String,
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
 }
@@ -329,7 +331,13 @@ impl Ingress {
             }
         };
         let mut pools = app.pools.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(pools.entry(component.to_string()).or_default())
+        let pool = pools.entry(component.to_string()).or_insert_with(|| {
+            Arc::new(Pool {
+                component: component.to_string(),
+                ..Pool::default()
+            })
+        });
+        Arc::clone(pool)
     }
 
     /// Adds a ready instance to its component's pool.
