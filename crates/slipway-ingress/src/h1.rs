@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{CONNECT_TIMEOUT, Proxy, RETRY_BODY_BYTES, without_port};
+use crate::proxy::{CONNECT_TIMEOUT, HOP_BY_HOP, Proxy, RETRY_BODY_BYTES, without_port};
 use crate::table::{Backend, InFlight, Pool};
 
 /// The most header lines a request may have on this path (more: hyper answers it).
@@ -192,17 +192,15 @@ fn is(name: &str, lower: &str) -> bool {
 /// Headers never forwarded to an instance, the forwarding headers among them (they are
 /// written again).
 fn dropped_from_request(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "host",
-    ]
-    .iter()
-    .chain(&["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"])
-    .any(|h| is(name, h))
+    HOP_BY_HOP
+        .iter()
+        .chain(&[
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ])
+        .any(|h| is(name, h))
 }
 
 /// Parses the head at the start of `input` and, for a request this path serves, writes the
@@ -632,16 +630,7 @@ fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>
         .map(<[u8]>::trim_ascii)
         .collect();
     for h in resp.headers.iter() {
-        let hop = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ]
-        .iter()
-        .any(|n| is(h.name, n))
+        let hop = HOP_BY_HOP.iter().chain(&["upgrade"]).any(|n| is(h.name, n))
             || named
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));

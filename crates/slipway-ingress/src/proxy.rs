@@ -346,14 +346,15 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     r
 }
 
-/// Headers that describe one connection, not the request: never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+/// Headers that describe one connection, not the message: never forwarded, on either path.
+/// Each path adds what its own framing needs: this one drops `Transfer-Encoding` too (hyper
+/// frames each side anew), the lean path keeps it on answers (it relays their bytes as sent).
+pub(crate) const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
 ];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -383,6 +384,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in HOP_BY_HOP {
         headers.remove(n);
     }
+    headers.remove(header::TRANSFER_ENCODING);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {

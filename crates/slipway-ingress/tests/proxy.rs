@@ -437,6 +437,8 @@ enum Closes {
     /// When a second request comes on it, without answering it: as a server whose keep-alive
     /// time ran out just as the request came.
     AtSecondRequest,
+    /// Never: it keeps every connection.
+    Never,
 }
 
 /// An instance written by hand: it answers requests with `answer` and closes connections as
@@ -521,4 +523,83 @@ async fn answers_without_a_length_and_connections_the_instance_closed() {
         text.starts_with("web answered with something that is not HTTP"),
         "{text}"
     );
+}
+
+/// The lines of an echoed or relayed head that name a header, lowercased up to the colon.
+fn header_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_ascii_lowercase())
+        .collect()
+}
+
+#[tokio::test]
+async fn headers_of_one_connection_are_not_forwarded_either_way_on_either_path() {
+    let s = setup(SPEC).await;
+    s.ingress.add("app1", "web", "a", backend("a").await);
+    // A plain GET takes the lean path; one that names a header in `Connection` goes to hyper
+    // (for the rest of its connection, so each is sent on a new one). Neither may pass on what
+    // described the client's connection.
+    let common = "host: shop.localhost\r\nkeep-alive: timeout=5\r\n\
+                  proxy-connection: keep-alive\r\nte: trailers\r\ntrailer: x-sum\r\n\
+                  x-kept: yes\r\n";
+    let requests = [
+        ("lean", format!("GET /h HTTP/1.1\r\n{common}\r\n")),
+        (
+            "hyper",
+            format!("GET /h HTTP/1.1\r\n{common}connection: x-private\r\nx-private: a\r\n\r\n"),
+        ),
+    ];
+    let send = |request: String| {
+        let addr = s.addr;
+        async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.write_all(request.as_bytes()).await.unwrap();
+            read_answer(&mut conn).await
+        }
+    };
+    for (path, request) in &requests {
+        let (head, body) = send(request.clone()).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        let got = header_names(&body);
+        assert!(got.contains(&"x-kept".to_string()), "{path}: {body}");
+        for h in [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "x-private",
+        ] {
+            assert!(
+                !got.contains(&h.to_string()),
+                "{path} forwarded {h}: {body}"
+            );
+        }
+    }
+    s.ingress.eject("a");
+
+    // The same of an instance's answer, on both paths.
+    let (raw, _) = raw_backend(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=5\r\ntrailer: x-sum\r\n\
+         upgrade: h2c\r\nconnection: x-private\r\nx-private: secret\r\nx-kept: yes\r\n\r\nok",
+        Closes::Never,
+    )
+    .await;
+    s.ingress.add("app1", "web", "raw", raw);
+    for (path, request) in &requests {
+        let (head, body) = send(request.clone()).await;
+        assert_eq!(body, "ok", "{path}: {head}");
+        let got = header_names(&head);
+        assert!(got.contains(&"x-kept".to_string()), "{path}: {head}");
+        // The lean path relays the head as sent; hyper writes its own, with a `Date`: which
+        // path served is seen here, so that both are tested.
+        assert_eq!(
+            got.contains(&"date".to_string()),
+            *path == "hyper",
+            "{path}: {head}"
+        );
+        for h in ["keep-alive", "trailer", "upgrade", "x-private"] {
+            assert!(!got.contains(&h.to_string()), "{path} relayed {h}: {head}");
+        }
+    }
 }
