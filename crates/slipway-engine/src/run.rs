@@ -291,92 +291,9 @@ impl Run {
 
     /// Lays out the step tree, all PENDING.
     async fn plan_steps(&self, d: &Deployment) {
-        let spec = &d.spec;
-        let mut steps = Vec::new();
-        let jobs_of = |kind: JobKind| -> Vec<&str> {
-            spec.jobs
-                .iter()
-                .filter(|j| j.kind() == kind)
-                .map(|j| j.name.as_str())
-                .collect()
-        };
-        if d.kind == DeploymentKind::Build {
-            let mut build = Step::new("build");
-            for (kind, c) in spec.buildable() {
-                build = build.child(
-                    Step::new(c.name)
-                        .component(c.name)
-                        .message(format!("Building {kind} {}", c.name)),
-                );
-            }
-            steps.push(build);
-            let pre = jobs_of(JobKind::PreDeploy);
-            if !pre.is_empty() {
-                let mut s = Step::new("pre-deploy");
-                for j in pre {
-                    s = s.child(
-                        Step::new(j)
-                            .component(j)
-                            .message(format!("Running job {j}")),
-                    );
-                }
-                steps.push(s);
-            }
-        }
-        let mut deploy = Step::new("deploy");
-        if d.kind == DeploymentKind::Build {
-            for db in &spec.databases {
-                deploy = deploy.child(
-                    Step::new(&db.name)
-                        .component(&db.name)
-                        .message(format!("Starting database {}", db.name)),
-                );
-            }
-        }
-        for name in self.rollout_components(d) {
-            let count = templates::instance_count(spec, &name);
-            let kind = spec.kind_of(&name).map_or("service", |k| k.as_str());
-            let mut s = Step::new(&name)
-                .component(&name)
-                .message(format!("Rolling out {kind} {name}"));
-            for i in 1..=count {
-                s = s.child(Step::new(format!("instance {i}/{count}")).component(&name));
-            }
-            deploy = deploy.child(s);
-        }
-        steps.push(deploy);
-        if d.kind == DeploymentKind::Build {
-            let post = jobs_of(JobKind::PostDeploy);
-            if !post.is_empty() {
-                let mut s = Step::new("post-deploy");
-                for j in post {
-                    s = s.child(
-                        Step::new(j)
-                            .component(j)
-                            .message(format!("Running job {j}")),
-                    );
-                }
-                steps.push(s);
-            }
-        }
+        let steps = step_tree(d);
         self.update(|d| d.progress = slipway_spec::Progress::new(steps))
             .await;
-    }
-
-    /// The services and workers this deployment rolls out.
-    fn rollout_components(&self, d: &Deployment) -> Vec<String> {
-        let all = d
-            .spec
-            .services
-            .iter()
-            .map(|s| s.name.clone())
-            .chain(d.spec.workers.iter().map(|w| w.name.clone()));
-        match d.kind {
-            DeploymentKind::Restart if !d.restart_components.is_empty() => {
-                all.filter(|n| d.restart_components.contains(n)).collect()
-            }
-            _ => all.collect(),
-        }
     }
 
     async fn finish(&self, result: Result<(), Failure>) {
@@ -789,7 +706,7 @@ impl Run {
             self.run_jobs(JobKind::PreDeploy, "pre-deploy").await?;
         }
 
-        let components = self.rollout_components(&d);
+        let components = rollout_components(&d);
         if let Some(mode) = &inner.swarm {
             self.roll_all_on_swarm(mode, &d, previous, &components)
                 .await?;
@@ -1336,13 +1253,182 @@ impl Observer for StepObserver {
     }
 }
 
+/// The step tree of a deployment: its build and jobs when it builds, and the instances of
+/// each component it rolls out.
+fn step_tree(d: &Deployment) -> Vec<Step> {
+    let spec = &d.spec;
+    let mut steps = Vec::new();
+    // The step of the jobs of one kind, if the app has any: a child for each.
+    let jobs_step = |kind: JobKind, name: &str| -> Option<Step> {
+        let mut jobs = spec.jobs.iter().filter(|j| j.kind() == kind).peekable();
+        jobs.peek()?;
+        Some(jobs.fold(Step::new(name), |s, j| {
+            s.child(
+                Step::new(&j.name)
+                    .component(&j.name)
+                    .message(format!("Running job {}", j.name)),
+            )
+        }))
+    };
+    if d.kind == DeploymentKind::Build {
+        let mut build = Step::new("build");
+        for (kind, c) in spec.buildable() {
+            build = build.child(
+                Step::new(c.name)
+                    .component(c.name)
+                    .message(format!("Building {kind} {}", c.name)),
+            );
+        }
+        steps.push(build);
+        steps.extend(jobs_step(JobKind::PreDeploy, "pre-deploy"));
+    }
+    let mut deploy = Step::new("deploy");
+    if d.kind == DeploymentKind::Build {
+        for db in &spec.databases {
+            deploy = deploy.child(
+                Step::new(&db.name)
+                    .component(&db.name)
+                    .message(format!("Starting database {}", db.name)),
+            );
+        }
+    }
+    for name in rollout_components(d) {
+        let count = templates::instance_count(spec, &name);
+        let kind = spec.kind_of(&name).map_or("service", |k| k.as_str());
+        let mut s = Step::new(&name)
+            .component(&name)
+            .message(format!("Rolling out {kind} {name}"));
+        for i in 1..=count {
+            s = s.child(Step::new(format!("instance {i}/{count}")).component(&name));
+        }
+        deploy = deploy.child(s);
+    }
+    steps.push(deploy);
+    if d.kind == DeploymentKind::Build {
+        steps.extend(jobs_step(JobKind::PostDeploy, "post-deploy"));
+    }
+    steps
+}
+
+/// The services and workers a deployment rolls out.
+fn rollout_components(d: &Deployment) -> Vec<String> {
+    let all = d
+        .spec
+        .services
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(d.spec.workers.iter().map(|w| w.name.clone()));
+    match d.kind {
+        DeploymentKind::Restart if !d.restart_components.is_empty() => {
+            all.filter(|n| d.restart_components.contains(n)).collect()
+        }
+        _ => all.collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::wait_in_line;
+    use slipway_spec::{Deployment, DeploymentKind, Step, parse_spec};
+
+    use super::{step_tree, wait_in_line};
     use crate::AppSlot;
+
+    /// Every step of a tree as its path, parents first.
+    fn paths(steps: &[Step], parent: &str, out: &mut Vec<String>) {
+        for s in steps {
+            let path = format!("{parent}{}", s.name);
+            out.push(path.clone());
+            paths(&s.steps, &format!("{path}/"), out);
+        }
+    }
+
+    #[test]
+    fn the_step_tree_builds_runs_jobs_and_rolls_out_or_only_rolls_out_what_restarts() {
+        let spec = parse_spec(
+            r#"
+name: shop
+services:
+  - name: web
+    git: {repo_clone_url: "https://example.com/shop.git", branch: main}
+    instance_count: 2
+  - name: api
+    image: {repository: api, tag: "1"}
+workers:
+  - name: worker
+    git: {repo_clone_url: "https://example.com/shop.git", branch: main}
+databases:
+  - name: db
+    image: {repository: db, tag: "1"}
+    data_dir: /data
+jobs:
+  - name: migrate
+    kind: PRE_DEPLOY
+    image: {repository: job, tag: "1"}
+  - name: seed
+    kind: PRE_DEPLOY
+    image: {repository: job, tag: "1"}
+  - name: notify
+    kind: POST_DEPLOY
+    image: {repository: job, tag: "1"}
+"#,
+        )
+        .unwrap()
+        .spec;
+        let tree = |kind, restart: &[&str]| {
+            let mut d = Deployment::new("app", spec.clone(), kind, "test");
+            d.restart_components = restart.iter().map(ToString::to_string).collect();
+            let mut out = Vec::new();
+            paths(&step_tree(&d), "", &mut out);
+            out
+        };
+        assert_eq!(
+            tree(DeploymentKind::Build, &[]),
+            [
+                "build",
+                "build/web",
+                "build/api",
+                "build/worker",
+                "build/migrate",
+                "build/seed",
+                "build/notify",
+                "pre-deploy",
+                "pre-deploy/migrate",
+                "pre-deploy/seed",
+                "deploy",
+                "deploy/db",
+                "deploy/web",
+                "deploy/web/instance 1/2",
+                "deploy/web/instance 2/2",
+                "deploy/api",
+                "deploy/api/instance 1/1",
+                "deploy/worker",
+                "deploy/worker/instance 1/1",
+                "post-deploy",
+                "post-deploy/notify",
+            ]
+        );
+        assert_eq!(
+            tree(DeploymentKind::Restart, &["worker"]),
+            ["deploy", "deploy/worker", "deploy/worker/instance 1/1"]
+        );
+        assert_eq!(
+            tree(DeploymentKind::Restart, &[]),
+            [
+                "deploy",
+                "deploy/web",
+                "deploy/web/instance 1/2",
+                "deploy/web/instance 2/2",
+                "deploy/api",
+                "deploy/api/instance 1/1",
+                "deploy/worker",
+                "deploy/worker/instance 1/1",
+            ],
+            "a restart of everything rolls out every service and worker, and runs no job"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deployments_take_their_turn_in_the_order_they_were_queued() {
