@@ -2,6 +2,7 @@
 //! one, against one instance of the example app, directly on its published port, through
 //! Slipway's ingress, and through nginx.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cpu;
@@ -132,9 +133,10 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
         .create_app(&web_spec(&name, &image_source(repository, tag), 1, 0))
         .await?;
     let instances = bench.web_instances(&app).await?;
-    let Some((_, direct)) = instances.first() else {
+    let Some((container, direct)) = instances.first() else {
         anyhow::bail!("the app has no instance");
     };
+    let own = own_address(bench, container).await;
     let (nginx, nginx_version) = match start_nginx(direct.port()).await {
         Ok((n, v)) => (Ok(n), v),
         Err(e) => (Err(format!("{e:#}")), String::new()),
@@ -163,6 +165,15 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
                 .map_err(Clone::clone),
             nginx_meter,
         ),
+        Path::new(
+            "direct to the container's own address",
+            own.map(|addr| Target {
+                addr,
+                host: "localhost".into(),
+                path: "/".into(),
+            }),
+            Meter::None,
+        ),
     ];
     let s = &bench.settings;
     let mut result = rounds(bench, &mut paths, false, s.proxy_rounds, s.proxy_duration).await;
@@ -177,6 +188,32 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
     Ok((paths, nginx_version))
 }
 
+/// The instance's port at the container's own address on Docker's bridge, past Docker's port
+/// proxy, when this host reaches it.
+async fn own_address(bench: &Bench, container: &str) -> Result<SocketAddr, String> {
+    let inspect = bench
+        .docker
+        .inspect_container(container, None)
+        .await
+        .map_err(|e| format!("cannot inspect the instance: {e}"))?;
+    let ip = inspect
+        .network_settings
+        .and_then(|n| n.networks)
+        .into_iter()
+        .flatten()
+        .find_map(|(_, n)| n.ip_address.filter(|ip| !ip.is_empty()))
+        .ok_or("the instance has no address of its own")?;
+    let addr = SocketAddr::new(
+        ip.parse().map_err(|e| format!("its address {ip}: {e}"))?,
+        8080,
+    );
+    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{addr} cannot be reached from this host"))?
+        .map_err(|e| format!("{addr} cannot be reached from this host: {e}"))?;
+    Ok(addr)
+}
+
 async fn start_nginx(upstream: u16) -> anyhow::Result<(nginx::Nginx, String)> {
     let version = nginx::ensure_installed().await?;
     Ok((nginx::start(upstream).await?, version))
@@ -184,7 +221,7 @@ async fn start_nginx(upstream: u16) -> anyhow::Result<(nginx::Nginx, String)> {
 
 /// The moderate load's rounds: as long in all as the heavy load's, cut into rounds of
 /// [`MODERATE_ROUND`], so that a passing disturbance of the machine (a daemon waking up, a
-/// burst of disk writes) falls on all three paths alike instead of on whichever one was being
+/// burst of disk writes) falls on every path alike instead of on whichever one was being
 /// loaded; a tail percentile takes such a disturbance in whole.
 fn moderate_rounds(bench: &Bench) -> (usize, Duration) {
     let s = &bench.settings;
@@ -206,7 +243,8 @@ async fn rounds(
     let s = &bench.settings;
     for round in 0..count {
         for i in 0..paths.len() {
-            let path = &mut paths[(i + round) % 3];
+            let n = paths.len();
+            let path = &mut paths[(i + round) % n];
             let Ok(target) = path.target.clone() else {
                 continue;
             };
@@ -252,24 +290,28 @@ async fn rounds(
 
 fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Verdict>) {
     let s = &bench.settings;
-    let [direct, ingress, nginx] = paths else {
-        unreachable!("three paths are measured")
+    let [direct, ingress, nginx, own] = paths else {
+        unreachable!("four paths are measured")
     };
     let mut sec = Section::new("2b. What the ingress costs");
     sec.text(format!(
         "First a heavy load: {c} clients, each on its own kept-alive HTTP/1.1 connection, send \
          `GET /` one after \
          another for {d} s to one instance of the example app, {r} round(s), each round \
-         loading the three paths one after another in a rotating order (each load's first \
+         loading the four paths one after another in a rotating order (each load's first \
          {w} ms, while it connects, is not recorded; each is bounded at {maxr} requests): \
          **direct** — the instance's port published on 127.0.0.1; **Slipway's ingress** — \
          `slipway_ingress::serve` on 127.0.0.1 routing by `Host` to that same instance; \
          **nginx** {nv}— Debian's \
          package, 2 worker processes, `proxy_pass` to the same port through an upstream with \
          `keepalive 64`, `proxy_http_version 1.1` and an empty `Connection` header, no access \
-         log. Every path goes through Docker's port publishing. The load generator runs in the \
-         same process on threads of its own, so all three share the machine's 2 cores with \
-         it. Throughput is the median over the rounds of successful requests per second; \
+         log; **the container's own address** — the same instance at its address on Docker's \
+         bridge network, past Docker's port proxy. The first three go through Docker's port \
+         publishing, as Slipway does: the last is not a way Slipway reaches instances (Docker \
+         gives a freed container address to the next container that starts, so a request that \
+         raced an instance's death could reach another app's container), but the measure of \
+         what the port proxy costs the others. The load generator runs in the same process on \
+         threads of its own, so all four share the machine's {cores} cores with it. Throughput is the median over the rounds of successful requests per second; \
          latencies (ms) pool every round's successful requests. *Proxy CPU* is the proxy's \
          own CPU time (user + system, read from `/proc`) during the measured loads divided by \
          the requests it served: for the ingress, its own threads (one per CPU) and the bench's \
@@ -278,6 +320,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         c = s.proxy_connections,
         d = s.proxy_duration.as_secs(),
         r = s.proxy_rounds,
+        cores = cores(),
         w = WARM_UP.as_millis(),
         maxr = thousands(MAX_REQUESTS),
         nv = if nginx_version.is_empty() {
@@ -297,8 +340,8 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
          ({total:.0} requests per second in all, a fraction of what every path answers), so \
          that the latencies are the proxies' own and not time spent queueing for a CPU. It \
          loads each path for as long in all as the heavy load, but in {n} rounds of {rd} s, \
-         the three paths taking turns in a rotating order as above: a passing disturbance of \
-         the machine then falls on the three paths alike, where in long rounds it would fall \
+         the paths taking turns in a rotating order as above: a passing disturbance of the \
+         machine then falls on every path alike, where in long rounds it would fall \
          whole on one path's tail. Latencies pool every round's successful requests.",
         n = moderate_count,
         rd = moderate_duration.as_secs_f64(),
@@ -349,7 +392,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
     if nginx.measured() && !share_met {
         // The machine's CPU per direct request, and the share a proxy that adds `cost` µs of
         // its own to each can keep at best.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = cores() as f64;
         let machine = cores * 1e6 / direct.throughput();
         let bound = |cost: f64| machine / (machine + cost) * 100.0;
         sec.text(format!(
@@ -373,6 +416,17 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
             goal = MIN_SHARE * 100.0,
             needed = machine * (1.0 / MIN_SHARE - 1.0),
         ));
+        if own.measured() {
+            let machine_own = cores * 1e6 / own.throughput();
+            sec.text(format!(
+                "Docker's port proxy is a large part of that: at the container's own address a \
+                 request costs the machine about {machine_own:.0} µs ({:.0} req/s), so the port \
+                 proxy, which every proxied path crosses as well, takes about {:.0} µs of the \
+                 {machine:.0}.",
+                own.throughput(),
+                machine - machine_own,
+            ));
+        }
     }
     let verdicts = vec![
         Verdict::new(
@@ -403,6 +457,10 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         ),
     ];
     (sec, verdicts)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn path_row(p: &Path, direct: &Path, which: fn(&Path) -> &Measured) -> Vec<String> {
