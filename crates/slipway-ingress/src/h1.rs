@@ -9,7 +9,6 @@
 //! connection is handed over, with the bytes already read, at the start of that request, and
 //! hyper serves it from then on.
 
-use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{CONNECT_TIMEOUT, HOP_BY_HOP, Proxy, RETRY_BODY_BYTES, without_port};
+use crate::proxy::{CONNECT_TIMEOUT, HOP_BY_HOP, Proxy, RETRY_BODY_BYTES};
 use crate::table::{Backend, InFlight, Pool};
 
 /// The most header lines a request may have on this path (more: hyper answers it).
@@ -268,36 +267,21 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
         close,
     };
 
-    let bare_host = without_port(host);
-    let Some(app) = proxy.ingress.app_for_host(bare_host) else {
-        return answer(
-            StatusCode::NOT_FOUND,
-            format!("no app is served at {bare_host}\n"),
-        );
-    };
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let Some((component, forwarded_path)) = app.route(path) else {
-        return answer(
-            StatusCode::NOT_FOUND,
-            format!("app {} has no route for {path}\n", app.name),
-        );
-    };
-    let Some(pool) = app.pool(component) else {
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no instance of {component} is ready\n"),
-        );
+    let (pool, forwarded_path) = match proxy.ingress.route(host, path) {
+        Ok(r) => (r.pool, r.path),
+        Err(refused) => return answer(refused.status, refused.text),
     };
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     match forwarded_path {
-        Cow::Borrowed(_) => out.extend_from_slice(target.as_bytes()),
-        Cow::Owned(p) => {
+        None => out.extend_from_slice(target.as_bytes()),
+        Some(p) => {
             out.extend_from_slice(p.as_bytes());
             if let Some(q) = query {
                 out.push(b'?');

@@ -5,7 +5,6 @@
 //! as it came unless a route rewrites the path. A connection goes back to its pool when the
 //! response body it carried has been sent whole; one whose response was cut short is closed.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -424,23 +423,18 @@ impl Proxy {
                 None => HeaderValue::from_static(""),
             },
         };
-        let bare_host = without_port(host.to_str().unwrap_or_default());
-        let Some(app) = self.ingress.app_for_host(bare_host) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("no app is served at {bare_host}\n"),
-            );
+        let routed = self
+            .ingress
+            .route(host.to_str().unwrap_or_default(), req.uri().path());
+        let (pool, forwarded_path) = match routed {
+            Ok(r) => (r.pool, r.path),
+            Err(refused) => return text(refused.status, refused.text),
         };
-        let Some((component, forwarded_path)) = app.route(req.uri().path()) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("app {} has no route for {}\n", app.name, req.uri().path()),
-            );
-        };
+        let component = pool.component.as_str();
         // The path to send, when a route changes it.
         let rewritten: Option<PathAndQuery> = match forwarded_path {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(p) => {
+            None => None,
+            Some(p) => {
                 let pq = match req.uri().query() {
                     Some(q) => format!("{p}?{q}"),
                     None => p,
@@ -455,12 +449,6 @@ impl Proxy {
                     }
                 }
             }
-        };
-        let Some(pool) = app.pool(component) else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no instance of {component} is ready\n"),
-            );
         };
         let max = self.ingress.config.max_body_bytes;
         let length: Option<u64> = req
@@ -628,17 +616,6 @@ impl Proxy {
             StatusCode::BAD_GATEWAY,
             format!("no instance of {component} could be reached\n"),
         )
-    }
-}
-
-/// `host` without its `:port` (IPv6 literals keep their brackets).
-pub(crate) fn without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
     }
 }
 

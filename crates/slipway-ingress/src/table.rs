@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use slipway_spec::AppSpec;
 use tokio::sync::Notify;
 
@@ -133,6 +134,30 @@ impl Pool {
             .iter()
             .filter(|b| !b.draining.load(Ordering::SeqCst))
             .count()
+    }
+}
+
+/// Where a request goes.
+pub(crate) struct Routed {
+    pub pool: Arc<Pool>,
+    /// The path to send instead of the request's own, when the route changes it.
+    pub path: Option<String>,
+}
+
+/// The ingress's own answer to a request it has nowhere to send.
+pub(crate) struct Unrouted {
+    pub status: StatusCode,
+    pub text: String,
+}
+
+/// `host` without its `:port` (IPv6 literals keep their brackets).
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
     }
 }
 
@@ -410,6 +435,35 @@ impl Ingress {
             .get(app_id)
             .and_then(|a| a.pool(component))
             .map_or(0, |p| p.ready_count())
+    }
+
+    /// Where a request for `host` (with its port or not) and `path` goes: the pool of the
+    /// component its app's routes pick. When it has nowhere to go, the ingress's own answer.
+    pub(crate) fn route(&self, host: &str, path: &str) -> Result<Routed, Unrouted> {
+        let host = without_port(host);
+        let Some(app) = self.app_for_host(host) else {
+            return Err(Unrouted {
+                status: StatusCode::NOT_FOUND,
+                text: format!("no app is served at {host}\n"),
+            });
+        };
+        let Some((component, forwarded_path)) = app.route(path) else {
+            return Err(Unrouted {
+                status: StatusCode::NOT_FOUND,
+                text: format!("app {} has no route for {path}\n", app.name),
+            });
+        };
+        let Some(pool) = app.pool(component) else {
+            return Err(Unrouted {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                text: format!("no instance of {component} is ready\n"),
+            });
+        };
+        let path = match forwarded_path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+        Ok(Routed { pool, path })
     }
 
     /// The app served at `host` (without its port).

@@ -200,6 +200,7 @@ async fn routes_forwards_headers_and_spreads_load() {
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .resolve("shop.localhost", s.addr)
+        .resolve("nope.localhost", s.addr)
         .build()
         .unwrap();
     let r = h2
@@ -209,6 +210,29 @@ async fn routes_forwards_headers_and_spreads_load() {
         .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert!(r.text().await.unwrap().starts_with("api /"));
+    // hyper's path routes the same way, and gives the same answers of its own.
+    let h2_answer = |host: &'static str| {
+        let h2 = &h2;
+        async move {
+            let r = h2
+                .get(format!("http://{host}:{}/", s.addr.port()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        h2_answer("nope.localhost").await,
+        (404, "no app is served at nope.localhost\n".into())
+    );
+    s.ingress.eject("a");
+    s.ingress.eject("b");
+    assert_eq!(
+        h2_answer("shop.localhost").await,
+        (503, "no instance of web is ready\n".into())
+    );
 }
 
 #[tokio::test]
