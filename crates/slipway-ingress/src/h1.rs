@@ -599,10 +599,10 @@ fn answer_head(
 /// Writes the answer's head for the client into `out`: the instance's, without the headers
 /// that describe its connection to the ingress.
 fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>) {
+    use std::io::Write;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.code.unwrap_or(502).to_string().as_bytes());
-    out.push(b' ');
+    // Into the buffer: no string is made for the status.
+    let _ = write!(out, "HTTP/1.1 {} ", resp.code.unwrap_or(502));
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // Headers that the instance's `Connection` names describe its connection too.
@@ -629,10 +629,12 @@ fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>
 }
 
 /// Relays the answer to the client: its head, which `exchange` left in `c.out`, then its body
-/// (after the head in `c.answer`, then) as the instance sends it. `Ok(true)` when the instance's connection may carry another request.
+/// as the instance sends it: first what followed the head in `c.answer`, then what is read
+/// into that same buffer. `Ok(true)` when the instance's connection may carry another request.
 async fn relay(c: &mut Conn, upstream: &mut TcpStream, head: &AnswerHead) -> io::Result<bool> {
     let until_close = head.framing == Framing::UntilClose;
-    let mut rest: &[u8] = &c.answer[head.head_len..];
+    // Where the body starts in `c.answer`.
+    let mut start = head.head_len;
     let mut chunks = ChunkedEnd::default();
     // What of the body is still to come, and whether its end was seen.
     let mut remaining = match head.framing {
@@ -641,9 +643,9 @@ async fn relay(c: &mut Conn, upstream: &mut TcpStream, head: &AnswerHead) -> io:
     };
     let mut ended = head.framing == Framing::Empty;
     let mut extra = false;
-    let mut buf = Vec::new();
     loop {
-        // Take from `rest` what belongs to this answer.
+        // Take from what was read what belongs to this answer.
+        let rest = &c.answer[start..];
         let take = match head.framing {
             Framing::Empty => 0,
             Framing::Length(_) => {
@@ -670,18 +672,21 @@ async fn relay(c: &mut Conn, upstream: &mut TcpStream, head: &AnswerHead) -> io:
             Framing::UntilClose => rest.len(),
         };
         extra |= take < rest.len();
-        c.out.extend_from_slice(&rest[..take]);
-        if !c.out.is_empty() {
+        // The head goes out with the first part of the body; the rest as it is read.
+        if c.out.is_empty() {
+            c.client.write_all(&rest[..take]).await?;
+        } else {
+            c.out.extend_from_slice(&rest[..take]);
             c.client.write_all(&c.out).await?;
             c.out.clear();
         }
         if ended {
             return Ok(head.reusable && !extra);
         }
-        buf.clear();
-        buf.reserve(READ_SIZE);
-        let n = upstream.read_buf(&mut buf).await?;
-        if n == 0 {
+        c.answer.clear();
+        c.answer.reserve(READ_SIZE);
+        start = 0;
+        if upstream.read_buf(&mut c.answer).await? == 0 {
             if until_close {
                 return Ok(false);
             }
@@ -690,7 +695,6 @@ async fn relay(c: &mut Conn, upstream: &mut TcpStream, head: &AnswerHead) -> io:
                 "an instance closed its connection in the middle of an answer",
             ));
         }
-        rest = &buf[..n];
     }
 }
 
