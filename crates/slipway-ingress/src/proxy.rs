@@ -120,7 +120,7 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "the ingress cannot share its listener");
-                peers[index].open.store(usize::MAX / 2, Ordering::Relaxed);
+                peers[index].retire();
                 continue;
             }
         };
@@ -137,9 +137,7 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(error = %e, "an ingress worker cannot start its runtime");
-                        peers_of_worker[index]
-                            .open
-                            .store(usize::MAX / 2, Ordering::Relaxed);
+                        peers_of_worker[index].retire();
                         return;
                     }
                 };
@@ -157,7 +155,7 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
             Ok(_) => finished.push(finish),
             Err(e) => {
                 tracing::error!(error = %e, "an ingress worker cannot start");
-                peers[index].open.store(usize::MAX / 2, Ordering::Relaxed);
+                peers[index].retire();
             }
         }
     }
@@ -172,6 +170,13 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
 struct Peer {
     inbox: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
     open: AtomicUsize,
+}
+
+impl Peer {
+    /// Marks a thread that could not start as one never to give a connection to.
+    fn retire(&self) {
+        self.open.store(usize::MAX / 2, Ordering::Relaxed);
+    }
 }
 
 /// One ingress thread.
