@@ -1384,48 +1384,41 @@ jobs:
             paths(&step_tree(&d), "", &mut out);
             out
         };
-        assert_eq!(
-            tree(DeploymentKind::Build, &[]),
-            [
-                "build",
-                "build/web",
-                "build/api",
-                "build/worker",
-                "build/migrate",
-                "build/seed",
-                "build/notify",
-                "pre-deploy",
-                "pre-deploy/migrate",
-                "pre-deploy/seed",
-                "deploy",
-                "deploy/db",
-                "deploy/web",
-                "deploy/web/instance 1/2",
-                "deploy/web/instance 2/2",
-                "deploy/api",
-                "deploy/api/instance 1/1",
-                "deploy/worker",
-                "deploy/worker/instance 1/1",
-                "post-deploy",
-                "post-deploy/notify",
-            ]
-        );
+        // What every deployment that rolls out everything rolls out.
+        let rollout = [
+            "deploy/web",
+            "deploy/web/instance 1/2",
+            "deploy/web/instance 2/2",
+            "deploy/api",
+            "deploy/api/instance 1/1",
+            "deploy/worker",
+            "deploy/worker/instance 1/1",
+        ];
+        let build = [
+            "build",
+            "build/web",
+            "build/api",
+            "build/worker",
+            "build/migrate",
+            "build/seed",
+            "build/notify",
+            "pre-deploy",
+            "pre-deploy/migrate",
+            "pre-deploy/seed",
+            "deploy",
+            "deploy/db",
+        ]
+        .into_iter()
+        .chain(rollout)
+        .chain(["post-deploy", "post-deploy/notify"]);
+        assert_eq!(tree(DeploymentKind::Build, &[]), build.collect::<Vec<_>>());
         assert_eq!(
             tree(DeploymentKind::Restart, &["worker"]),
             ["deploy", "deploy/worker", "deploy/worker/instance 1/1"]
         );
         assert_eq!(
             tree(DeploymentKind::Restart, &[]),
-            [
-                "deploy",
-                "deploy/web",
-                "deploy/web/instance 1/2",
-                "deploy/web/instance 2/2",
-                "deploy/api",
-                "deploy/api/instance 1/1",
-                "deploy/worker",
-                "deploy/worker/instance 1/1",
-            ],
+            ["deploy"].into_iter().chain(rollout).collect::<Vec<_>>(),
             "a restart of everything rolls out every service and worker, and runs no job"
         );
     }
