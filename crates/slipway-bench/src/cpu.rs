@@ -66,6 +66,11 @@ pub fn process_tree(pid: u32) -> Duration {
     TICK * (own + children) as u32
 }
 
+/// How many CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,13 @@ pub struct Target {
 impl Target {
     /// A target on 127.0.0.1 only: the load never leaves the machine.
     pub fn local(port: u16, host: &str) -> Target {
+        Target::at(SocketAddr::from(([127, 0, 0, 1], port)), host)
+    }
+
+    /// `GET /` at `addr` with `host` as its `Host`.
+    pub fn at(addr: SocketAddr, host: &str) -> Target {
         Target {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             host: host.to_string(),
             path: "/".into(),
         }

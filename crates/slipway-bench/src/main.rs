@@ -211,7 +211,7 @@ fn print_verdicts(report: &Report) {
 
 /// The machine: CPUs, memory, kernel, Docker, the date and the run's settings.
 async fn machine_facts(bench: &Bench) -> Vec<(String, String)> {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let cpus = crate::cpu::cores();
     let model = read_field("/proc/cpuinfo", "model name").unwrap_or_default();
     let memory = read_field("/proc/meminfo", "MemTotal")
         .and_then(|kb| kb.trim_end_matches(" kB").trim().parse::<f64>().ok())

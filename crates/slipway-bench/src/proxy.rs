@@ -1,6 +1,7 @@
 //! Benchmark 2b: what the ingress costs. The same loads, a heavy one and then a paced moderate
 //! one, against one instance of the example app, directly on its published port, through
-//! Slipway's ingress, and through nginx.
+//! Slipway's ingress, through nginx, and at the container's own address (what Docker's port
+//! proxy costs the others).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -167,11 +168,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
         ),
         Path::new(
             "direct to the container's own address",
-            own.map(|addr| Target {
-                addr,
-                host: "localhost".into(),
-                path: "/".into(),
-            }),
+            own.map(|addr| Target::at(addr, "localhost")),
             Meter::None,
         ),
     ];
@@ -241,9 +238,9 @@ async fn rounds(
     duration: Duration,
 ) -> anyhow::Result<()> {
     let s = &bench.settings;
+    let n = paths.len();
     for round in 0..count {
-        for i in 0..paths.len() {
-            let n = paths.len();
+        for i in 0..n {
             let path = &mut paths[(i + round) % n];
             let Ok(target) = path.target.clone() else {
                 continue;
@@ -311,7 +308,8 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
          gives a freed container address to the next container that starts, so a request that \
          raced an instance's death could reach another app's container), but the measure of \
          what the port proxy costs the others. The load generator runs in the same process on \
-         threads of its own, so all four share the machine's {cores} cores with it. Throughput is the median over the rounds of successful requests per second; \
+         threads of its own, so all four share the machine's {cores} cores with it. \
+         Throughput is the median over the rounds of successful requests per second; \
          latencies (ms) pool every round's successful requests. *Proxy CPU* is the proxy's \
          own CPU time (user + system, read from `/proc`) during the measured loads divided by \
          the requests it served: for the ingress, its own threads (one per CPU) and the bench's \
@@ -320,7 +318,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         c = s.proxy_connections,
         d = s.proxy_duration.as_secs(),
         r = s.proxy_rounds,
-        cores = cores(),
+        cores = cpu::cores(),
         w = WARM_UP.as_millis(),
         maxr = thousands(MAX_REQUESTS),
         nv = if nginx_version.is_empty() {
@@ -392,7 +390,7 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
     if nginx.measured() && !share_met {
         // The machine's CPU per direct request, and the share a proxy that adds `cost` µs of
         // its own to each can keep at best.
-        let cores = cores() as f64;
+        let cores = cpu::cores() as f64;
         let machine = cores * 1e6 / direct.throughput();
         let bound = |cost: f64| machine / (machine + cost) * 100.0;
         sec.text(format!(
@@ -457,10 +455,6 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         ),
     ];
     (sec, verdicts)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn path_row(p: &Path, direct: &Path, which: fn(&Path) -> &Measured) -> Vec<String> {
