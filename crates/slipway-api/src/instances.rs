@@ -108,8 +108,8 @@ pub(crate) async fn instances(
                     .iter()
                     .map(|(c, h)| PortView {
                         container_port: *c,
-                        host_ip: "127.0.0.1".into(),
-                        host_port: *h,
+                        host_ip: h.ip().to_string(),
+                        host_port: h.port(),
                     })
                     .collect(),
             });

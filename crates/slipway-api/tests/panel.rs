@@ -381,9 +381,10 @@ async fn instances_name_each_components_kind_image_and_containers() {
         assert_eq!(i["image"], web["image"]["id"]);
         assert!(i["name"].as_str().unwrap().contains("-web-"), "{i}");
         assert_eq!(i["ports"][0]["container_port"], 8080);
-        assert_eq!(i["ports"][0]["host_ip"], "127.0.0.1");
+        // Published on the app network's gateway, an address of this host.
+        let ip: std::net::Ipv4Addr = i["ports"][0]["host_ip"].as_str().unwrap().parse().unwrap();
         let port = i["ports"][0]["host_port"].as_u64().unwrap();
-        let body = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        let body = reqwest::get(format!("http://{ip}:{port}/"))
             .await
             .unwrap()
             .text()

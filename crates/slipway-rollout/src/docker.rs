@@ -2,6 +2,7 @@
 //! volumes, databases and run-to-completion jobs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -60,6 +61,21 @@ fn docker_err(
     }
 }
 
+/// Where this host reaches a port Docker published on `host_ip`: IPv4 only (Docker lists an
+/// IPv6 twin of a port published on every address), and every address's at 127.0.0.1.
+fn reachable(host_ip: Option<&str>, port: u16) -> Option<SocketAddr> {
+    let ip = match host_ip {
+        None | Some("") => Ipv4Addr::LOCALHOST,
+        Some(ip) => ip.parse::<Ipv4Addr>().ok()?,
+    };
+    let ip = if ip.is_unspecified() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        ip
+    };
+    Some(SocketAddr::from((ip, port)))
+}
+
 fn is_status(e: &DockerError, codes: &[u16]) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
@@ -115,10 +131,43 @@ impl DockerRuntime {
         l
     }
 
+    /// The host address an instance on `network` publishes its ports on.
+    ///
+    /// That is the network's gateway when it is an address of this host: a connection from
+    /// this host to a port published there is forwarded to the container by Docker's NAT rules
+    /// in the kernel, while one to 127.0.0.1 passes through Docker's port proxy, a process that
+    /// copies every byte and costs about as much CPU per request as the app itself. Anything
+    /// else (no gateway, a remote engine, a network without one) publishes on 127.0.0.1.
+    /// A container from another app's network cannot reach the port: Docker isolates bridge
+    /// networks from each other.
+    async fn publish_ip(&self, network: Option<&str>) -> IpAddr {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let name = network.unwrap_or("bridge");
+        let gateway = match self.docker.inspect_network(name, None).await {
+            Ok(n) => n
+                .ipam
+                .and_then(|i| i.config)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| c.gateway?.parse::<Ipv4Addr>().ok())
+                .next(),
+            Err(e) => {
+                tracing::debug!(network = name, error = %e, "cannot read the network's gateway");
+                None
+            }
+        };
+        match gateway {
+            // Binding a socket to an address succeeds only where the address is this host's.
+            Some(ip) if std::net::TcpListener::bind((ip, 0)).is_ok() => IpAddr::V4(ip),
+            _ => loopback,
+        }
+    }
+
     fn container_body(
         spec: &InstanceSpec,
         restart: bool,
         mounts: Vec<Mount>,
+        publish_on: IpAddr,
     ) -> ContainerCreateBody {
         let (entrypoint, cmd) = match &spec.run_command {
             Some(c) => (
@@ -134,7 +183,7 @@ impl DockerRuntime {
                 (
                     format!("{p}/tcp"),
                     Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
+                        host_ip: Some(publish_on.to_string()),
                         host_port: Some(String::new()),
                     }]),
                 )
@@ -188,12 +237,20 @@ impl DockerRuntime {
         format!("slipway-{}-{}-{suffix}", spec.app_name, spec.component)
     }
 
-    /// Creates and starts a container; removes it again if starting fails.
+    /// Creates and starts a container, its ports published on [`Self::publish_ip`]; removes it
+    /// again if starting fails.
     async fn create_and_start(
         &self,
         spec: &InstanceSpec,
-        body: ContainerCreateBody,
+        restart: bool,
+        mounts: Vec<Mount>,
     ) -> Result<Instance, RuntimeError> {
+        let publish_on = if spec.ports.is_empty() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.publish_ip(spec.network.as_deref()).await
+        };
+        let body = Self::container_body(spec, restart, mounts, publish_on);
         let name = Self::container_name(spec);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
@@ -226,7 +283,7 @@ impl DockerRuntime {
         })
     }
 
-    async fn published_ports(&self, id: &str) -> Result<BTreeMap<u16, u16>, RuntimeError> {
+    async fn published_ports(&self, id: &str) -> Result<BTreeMap<u16, SocketAddr>, RuntimeError> {
         let inspect = self
             .docker
             .inspect_container(id, None)
@@ -244,8 +301,7 @@ impl DockerRuntime {
             let host = bindings
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|b| b.host_ip.as_deref() != Some("::"))
-                .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+                .find_map(|b| reachable(b.host_ip.as_deref(), b.host_port?.parse().ok()?));
             if let Some(host) = host {
                 out.insert(container, host);
             }
@@ -359,8 +415,7 @@ impl DockerRuntime {
             typ: Some(MountType::VOLUME),
             ..Mount::default()
         };
-        let body = Self::container_body(spec, true, vec![mount]);
-        self.create_and_start(spec, body).await
+        self.create_and_start(spec, true, vec![mount]).await
     }
 
     /// Runs a job to completion: a fresh container from `spec`, waited for at most `timeout`.
@@ -380,8 +435,7 @@ impl DockerRuntime {
         {
             self.remove(&previous.id).await;
         }
-        let body = Self::container_body(spec, false, Vec::new());
-        let instance = self.create_and_start(spec, body).await?;
+        let instance = self.create_and_start(spec, false, Vec::new()).await?;
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
@@ -511,7 +565,9 @@ impl DockerRuntime {
                         .ports
                         .unwrap_or_default()
                         .into_iter()
-                        .filter_map(|p| Some((p.private_port, p.public_port?)))
+                        .filter_map(|p| {
+                            Some((p.private_port, reachable(p.ip.as_deref(), p.public_port?)?))
+                        })
                         .collect(),
                     running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
                 }
@@ -607,11 +663,16 @@ impl DockerRuntime {
         let connect = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await;
         let mut stream = match connect {
             Err(_) => return Err(format!("TCP connect to {addr} timed out")),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(format!(
+                    "nothing listens on {addr} yet (connection refused)"
+                ));
+            }
             Ok(Err(e)) => return Err(format!("TCP connect to {addr}: {e}")),
             Ok(Ok(s)) => s,
         };
-        // Docker's port proxy accepts a connection even when nothing listens in the container,
-        // then closes it: a connection that closes at once is not a listening app.
+        // On 127.0.0.1, Docker's port proxy accepts a connection even when nothing listens in
+        // the container, then closes it: a connection that closes at once is not a listening app.
         let mut buf = [0u8; 1];
         match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
@@ -625,8 +686,7 @@ impl DockerRuntime {
 impl Runtime for DockerRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         // No restart policy until it is ready: a crash while starting must end it.
-        let body = Self::container_body(spec, false, Vec::new());
-        self.create_and_start(spec, body).await
+        self.create_and_start(spec, false, Vec::new()).await
     }
 
     async fn keep_running(&self, instance: &Instance) -> Result<(), RuntimeError> {

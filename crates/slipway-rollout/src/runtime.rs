@@ -37,18 +37,16 @@ pub struct Instance {
     pub component: String,
     pub deployment_id: String,
     pub image: String,
-    /// Container port to host port on 127.0.0.1.
-    pub ports: BTreeMap<u16, u16>,
+    /// Container port to the host address it is published on.
+    pub ports: BTreeMap<u16, std::net::SocketAddr>,
     /// Whether the container was running when this was read.
     pub running: bool,
 }
 
 impl Instance {
-    /// The loopback address a container port is published on.
+    /// The host address a container port is published on.
     pub fn address(&self, container_port: u16) -> Option<std::net::SocketAddr> {
-        self.ports
-            .get(&container_port)
-            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+        self.ports.get(&container_port).copied()
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use slipway_rollout::{
-    Bounds, ComponentPlan, DockerRuntime, InstanceSpec, NoTraffic, Probe, ProbeResult, Readiness,
-    Runtime, roll,
+    Bounds, ComponentPlan, DockerRuntime, Instance, InstanceSpec, NoTraffic, Probe, ProbeResult,
+    Readiness, Runtime, roll,
 };
 use slipway_spec::labels;
 use slipway_testkit::{Janitor, build_hello_image, unique};
@@ -63,20 +63,9 @@ impl Env {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_probe_and_stop_a_real_container() {
-    let Some(env) = env().await else { return };
-    let started = env
-        .rt
-        .start(&env.spec(&[("READY_DELAY_MS", "1500")]))
-        .await
-        .unwrap();
-    let addr = started.address(8080).unwrap();
-    assert!(
-        addr.ip().is_loopback(),
-        "ports are published on loopback only"
-    );
-    // Docker's port proxy accepts connections before the app listens: not ready yet.
+/// Probes `started` (which listens after 1.5 s) until it is ready, then stops it with SIGTERM.
+async fn probe_until_ready_then_stop(env: &Env, started: Instance) {
+    // Nothing listens yet: not ready, and the probe says so.
     let probe = Probe::Tcp { port: 8080 };
     match env.rt.probe(&started, &probe, Duration::from_secs(1)).await {
         ProbeResult::NotReady(why) => assert!(why.contains("nothing listens"), "{why}"),
@@ -121,6 +110,52 @@ async fn start_probe_and_stop_a_real_container() {
             .is_empty(),
         "stopped and removed"
     );
+}
+
+/// The gateway of a network, as Docker reports it.
+async fn gateway(docker: &bollard::Docker, network: &str) -> std::net::IpAddr {
+    let inspect = docker.inspect_network(network, None).await.unwrap();
+    let config = inspect.ipam.and_then(|i| i.config).unwrap_or_default();
+    let gateway = config.iter().find_map(|c| c.gateway.clone());
+    gateway
+        .expect("a bridge network has a gateway")
+        .parse()
+        .unwrap()
+}
+
+/// On an app's network, ports are published on the network's gateway: this host reaches them
+/// through Docker's NAT rules, past its port proxy, and a probe of a port nothing listens on
+/// yet is refused outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_on_its_apps_network_is_reached_at_the_networks_gateway() {
+    let Some(env) = env().await else { return };
+    let network = format!("slipway-{}", env.app_id);
+    let labels = BTreeMap::from([(labels::DAEMON.to_string(), env.daemon_id.clone())]);
+    env.rt.ensure_network(&network, &labels).await.unwrap();
+    let mut spec = env.spec(&[("READY_DELAY_MS", "1500")]);
+    spec.network = Some(network.clone());
+    let started = env.rt.start(&spec).await.unwrap();
+    let addr = started.address(8080).unwrap();
+    assert_eq!(addr.ip(), gateway(env.rt.docker(), &network).await);
+    assert!(!addr.ip().is_loopback());
+    let listed = env.rt.list(&[(labels::APP, &env.app_id)]).await.unwrap();
+    assert_eq!(listed[0].address(8080), Some(addr), "list reads it back");
+    probe_until_ready_then_stop(&env, started).await;
+}
+
+/// On Docker's default bridge, which names no gateway, ports are published on 127.0.0.1, where
+/// Docker's port proxy accepts a connection before anything listens behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_probe_and_stop_a_real_container() {
+    let Some(env) = env().await else { return };
+    let started = env
+        .rt
+        .start(&env.spec(&[("READY_DELAY_MS", "1500")]))
+        .await
+        .unwrap();
+    let addr = started.address(8080).unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+    probe_until_ready_then_stop(&env, started).await;
 
     // A process that ignores SIGTERM is killed after the grace period, and no sooner.
     let stubborn = env
@@ -144,6 +179,10 @@ async fn start_probe_and_stop_a_real_container() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let http = Probe::Http {
+        port: 8080,
+        path: "/healthz".into(),
+    };
     assert_eq!(
         env.rt.probe(&crashing, &http, Duration::from_secs(1)).await,
         ProbeResult::Exited(1)

@@ -44,8 +44,8 @@ impl Daemon {
     }
 }
 
-/// The app's web containers (ID, published port, running), read from Docker directly.
-fn web_containers(app_id: &str) -> Vec<(String, u16, bool)> {
+/// The app's web containers (ID, published address, running), read from Docker directly.
+fn web_containers(app_id: &str) -> Vec<(String, String, bool)> {
     let out = Command::new("docker")
         .args([
             "ps",
@@ -65,22 +65,22 @@ fn web_containers(app_id: &str) -> Vec<(String, u16, bool)> {
             let mut parts = l.split_whitespace();
             let id = parts.next().unwrap().to_string();
             let running = parts.next() == Some("running");
-            let port = l
-                .split("127.0.0.1:")
-                .nth(1)
+            // `192.168.0.1:32770->8080/tcp`: where 8080 is published.
+            let published = parts
+                .next()
                 .and_then(|p| p.split("->").next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            (id, port, running)
+                .unwrap_or_default()
+                .to_string();
+            (id, published, running)
         })
         .collect()
 }
 
-fn answers(containers: &[(String, u16, bool)]) -> usize {
+fn answers(containers: &[(String, String, bool)]) -> usize {
     containers
         .iter()
-        .filter(|(_, port, _)| {
-            reqwest::blocking::get(format!("http://127.0.0.1:{port}/"))
+        .filter(|(_, published, _)| {
+            reqwest::blocking::get(format!("http://{published}/"))
                 .and_then(|r| r.text())
                 .is_ok_and(|t| t.starts_with("hello from v1"))
         })

@@ -639,15 +639,17 @@ async fn walk_through(c: Client, daemon: Arc<Daemon>, repo: Arc<HelloRepo>, app:
         .collect();
     assert_eq!(running.len(), 2, "{web}");
     for i in running {
-        let port = i["ports"]
+        let published = i["ports"]
             .as_array()
             .unwrap()
             .iter()
             .find(|p| p["container_port"] == 8080)
-            .unwrap()["host_port"]
-            .as_u64()
             .unwrap();
-        let body = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        let (ip, port) = (
+            published["host_ip"].as_str().unwrap(),
+            published["host_port"].as_u64().unwrap(),
+        );
+        let body = reqwest::get(format!("http://{ip}:{port}/"))
             .await
             .unwrap()
             .text()
