@@ -17,8 +17,8 @@
 //! Each operation is repeated (alternating with its baseline) and reported as a median with
 //! its range, or as latency percentiles. The engine is embedded with the run's ID as its
 //! daemon ID; every Docker object the run creates carries `slipway.daemon=<run ID>` and is
-//! removed at the end, however the run ends. Traffic goes to 127.0.0.1 only, and every load is
-//! bounded in time and in requests. `--quick` runs fewer and shorter repetitions.
+//! removed at the end, however the run ends. Traffic goes only to addresses of this machine,
+//! and every load is bounded in time and in requests. `--quick` runs fewer and shorter repetitions.
 
 mod cmd;
 mod cpu;

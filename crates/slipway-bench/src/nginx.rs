@@ -2,6 +2,7 @@
 //! from Debian's packages when missing, run with a configuration of its own in a temp dir,
 //! listening on 127.0.0.1 only, and stopped at the end.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ async fn install(package: &str) -> anyhow::Result<()> {
 }
 
 /// The configuration: 2 workers, no access log, and a kept-alive upstream.
-fn config(dir: &std::path::Path, port: u16, upstream: u16) -> String {
+fn config(dir: &std::path::Path, port: u16, upstream: SocketAddr) -> String {
     let d = dir.display();
     format!(
         r#"worker_processes 2;
@@ -73,7 +74,7 @@ http {{
   client_body_temp_path {d}/body;
   proxy_temp_path {d}/proxy;
   upstream app {{
-    server 127.0.0.1:{upstream};
+    server {upstream};
     keepalive 64;
   }}
   server {{
@@ -94,8 +95,8 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Starts nginx in front of `127.0.0.1:<upstream>` and waits until it answers.
-pub async fn start(upstream: u16) -> anyhow::Result<Nginx> {
+/// Starts nginx in front of `upstream` and waits until it answers.
+pub async fn start(upstream: SocketAddr) -> anyhow::Result<Nginx> {
     let dir = tempfile::Builder::new()
         .prefix("slipway-bench-nginx-")
         .tempdir()?;

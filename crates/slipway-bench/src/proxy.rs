@@ -1,7 +1,7 @@
 //! Benchmark 2b: what the ingress costs. The same loads, a heavy one and then a paced moderate
 //! one, against one instance of the example app, directly on its published port, through
-//! Slipway's ingress, through nginx, and at the container's own address (what Docker's port
-//! proxy costs the others).
+//! Slipway's ingress, through nginx, and at the container's own address (what Docker's
+//! publishing of the port costs the others).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -138,7 +138,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
         anyhow::bail!("the app has no instance");
     };
     let own = own_address(bench, container).await;
-    let (nginx, nginx_version) = match start_nginx(direct.port()).await {
+    let (nginx, nginx_version) = match start_nginx(*direct).await {
         Ok((n, v)) => (Ok(n), v),
         Err(e) => (Err(format!("{e:#}")), String::new()),
     };
@@ -150,7 +150,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
     let mut paths = vec![
         Path::new(
             "direct to the instance",
-            Ok(Target::local(direct.port(), "localhost")),
+            Ok(Target::at(*direct, "localhost")),
             Meter::None,
         ),
         Path::new(
@@ -211,7 +211,7 @@ async fn own_address(bench: &Bench, container: &str) -> Result<SocketAddr, Strin
     Ok(addr)
 }
 
-async fn start_nginx(upstream: u16) -> anyhow::Result<(nginx::Nginx, String)> {
+async fn start_nginx(upstream: SocketAddr) -> anyhow::Result<(nginx::Nginx, String)> {
     let version = nginx::ensure_installed().await?;
     Ok((nginx::start(upstream).await?, version))
 }
@@ -297,17 +297,18 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
          another for {d} s to one instance of the example app, {r} round(s), each round \
          loading the four paths one after another in a rotating order (each load's first \
          {w} ms, while it connects, is not recorded; each is bounded at {maxr} requests): \
-         **direct** — the instance's port published on 127.0.0.1; **Slipway's ingress** — \
-         `slipway_ingress::serve` on 127.0.0.1 routing by `Host` to that same instance; \
-         **nginx** {nv}— Debian's \
+         **direct** — the instance's port as Slipway publishes it, on its app network's \
+         gateway ({direct_addr}), which Docker's NAT rules forward to the container; \
+         **Slipway's ingress** — `slipway_ingress::serve` on 127.0.0.1 routing by `Host` to \
+         that same published port; **nginx** {nv}— Debian's \
          package, 2 worker processes, `proxy_pass` to the same port through an upstream with \
          `keepalive 64`, `proxy_http_version 1.1` and an empty `Connection` header, no access \
-         log; **the container's own address** — the same instance at its address on Docker's \
-         bridge network, past Docker's port proxy. The first three go through Docker's port \
-         publishing, as Slipway does: the last is not a way Slipway reaches instances (Docker \
-         gives a freed container address to the next container that starts, so a request that \
-         raced an instance's death could reach another app's container), but the measure of \
-         what the port proxy costs the others. The load generator runs in the same process on \
+         log; **the container's own address** — the same instance at its address on the app's \
+         network. The first three go through Docker's port publishing, as Slipway does: the \
+         last is not a way Slipway reaches instances (Docker gives a freed container address \
+         to the next container that starts, so a request that raced an instance's death could \
+         reach another container), but the measure of what the publishing costs the others. \
+         The load generator runs in the same process on \
          threads of its own, so all four share the machine's {cores} cores with it. \
          Throughput is the median over the rounds of successful requests per second; \
          latencies (ms) pool every round's successful requests. *Proxy CPU* is the proxy's \
@@ -316,6 +317,11 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
          runtime threads (the engine is idle meanwhile; the load generator's threads are not \
          counted), for nginx its master and workers.",
         c = s.proxy_connections,
+        direct_addr = direct
+            .target
+            .as_ref()
+            .map(|t| t.addr.to_string())
+            .unwrap_or_default(),
         d = s.proxy_duration.as_secs(),
         r = s.proxy_rounds,
         cores = cpu::cores(),
@@ -388,41 +394,50 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         if added_met { "met" } else { "missed" },
     ));
     if nginx.measured() && !share_met {
-        // The machine's CPU per direct request, and the share a proxy that adds `cost` µs of
-        // its own to each can keep at best.
+        // What one request costs the whole machine on each path: its cores over the requests
+        // it answered per second.
         let cores = cpu::cores() as f64;
-        let machine = cores * 1e6 / direct.throughput();
-        let bound = |cost: f64| machine / (machine + cost) * 100.0;
+        let machine = |p: &Path| cores * 1e6 / p.throughput();
+        let direct_cost = machine(direct);
+        let added = |p: &Path| machine(p) - direct_cost;
         sec.text(format!(
-            "Under the heavy load the machine is bound by CPU: the load generator, the proxy, \
-             Docker's port proxy and the app share {cores:.0} cores, so the CPU a proxy spends \
-             on each request comes out of the same budget as everything else's. Direct, a \
-             request costs the machine about {machine:.0} µs of CPU ({cores:.0} cores over \
-             {direct_rps:.0} req/s), Docker's port proxy included; through a proxy it costs \
-             that and the proxy's own CPU at least, so a proxy that spends P µs per request \
-             keeps at most {machine:.0} / ({machine:.0} + P) of the direct throughput: {bi:.0}% \
-             for the ingress ({pi:.1} µs per request; it kept {si:.0}%), {bn:.0}% for nginx \
-             ({pn:.1} µs; it kept {sn:.0}%). Keeping {goal:.0}% would take a proxy that spends \
-             under {needed:.0} µs per request in all.",
+            "Under the heavy load the machine is bound by CPU: the load generator, the proxy \
+             and the app share {cores:.0} cores, so a proxy keeps D / (D + A) of the direct \
+             throughput, where D is what a request costs the machine directly and A what the \
+             proxy adds to it. Directly a request costs about {direct_cost:.0} µs of CPU \
+             ({cores:.0} cores over {direct_rps:.0} req/s); through the ingress {ci:.0} µs, \
+             {ai:.0} more; through nginx {cn:.0} µs, {an:.0} more. Keeping {goal:.0}% would \
+             take a proxy that adds under {needed:.0} µs per request in all: its own work, the \
+             kernel's for a second connection on each side, and the waking of one more \
+             process twice a request. The ingress's own threads spend {pi:.1} µs per request \
+             and nginx's processes {pn:.1} µs; that includes kernel work the direct path does \
+             too, elsewhere (delivering each request to the app through Docker's NAT rules is \
+             done by whoever writes it: the load generator directly, the proxy otherwise).",
             direct_rps = direct.throughput(),
-            bi = bound(ingress.cpu_per_request_us()),
+            ci = machine(ingress),
+            ai = added(ingress),
+            cn = machine(nginx),
+            an = added(nginx),
             pi = ingress.cpu_per_request_us(),
-            si = share * 100.0,
-            bn = bound(nginx.cpu_per_request_us()),
             pn = nginx.cpu_per_request_us(),
-            sn = nginx.throughput() / direct.throughput() * 100.0,
             goal = MIN_SHARE * 100.0,
-            needed = machine * (1.0 / MIN_SHARE - 1.0),
+            needed = direct_cost * (1.0 / MIN_SHARE - 1.0),
         ));
         if own.measured() {
-            let machine_own = cores * 1e6 / own.throughput();
+            let own_cost = machine(own);
             sec.text(format!(
-                "Docker's port proxy is a large part of that: at the container's own address a \
-                 request costs the machine about {machine_own:.0} µs ({:.0} req/s), so the port \
-                 proxy, which every proxied path crosses as well, takes about {:.0} µs of the \
-                 {machine:.0}.",
+                "At the container's own address a request costs the machine about \
+                 {own_cost:.0} µs ({:.0} req/s): Docker's publishing of the port, which every \
+                 path but that one crosses, takes {}.",
                 own.throughput(),
-                machine - machine_own,
+                if direct_cost > own_cost {
+                    format!(
+                        "about {:.0} µs of the {direct_cost:.0}",
+                        direct_cost - own_cost
+                    )
+                } else {
+                    "nothing this run can tell apart".into()
+                },
             ));
         }
     }

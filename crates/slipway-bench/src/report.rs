@@ -126,8 +126,9 @@ impl Report {
              `cargo run --release -p slipway-bench -- --write docs/benchmarks.md` \
              (`--quick` for a short run with fewer repetitions). The run needs a local Docker \
              engine and no image registry: the example app is a static binary in a \
-             `FROM scratch` image. It sends traffic only to 127.0.0.1, bounds every load in \
-             time and in count, and removes every Docker object it created (they all carry \
+             `FROM scratch` image. It sends traffic only to addresses of this machine \
+             (127.0.0.1 and the gateways of the networks Docker made on it), bounds every load \
+             in time and in count, and removes every Docker object it created (they all carry \
              `slipway.daemon=<its run ID>`).\n\n",
         );
         out.push_str("## The machine\n\n");

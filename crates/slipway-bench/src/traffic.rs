@@ -3,6 +3,7 @@
 //! containers are restarted one by one with `docker restart` behind the same proxy.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,15 +168,15 @@ async fn docker_restart(bench: &Bench, app: &str) -> anyhow::Result<Duration> {
             .args(["restart", "-t", "5", &id])
             .run()
             .await?;
-        let port = published_port(bench, &id).await?;
+        let addr = published_address(bench, &id).await?;
         ingress.eject(&id);
-        ingress.add(app, "web", &id, ([127, 0, 0, 1], port).into());
+        ingress.add(app, "web", &id, addr);
     }
     Ok(started.elapsed())
 }
 
-/// The loopback port a container's 8080 is published on now.
-async fn published_port(bench: &Bench, id: &str) -> anyhow::Result<u16> {
+/// The address a container's 8080 is published on now (the address stays, the port may not).
+async fn published_address(bench: &Bench, id: &str) -> anyhow::Result<SocketAddr> {
     let inspect = bench.docker.inspect_container(id, None).await?;
     inspect
         .network_settings
@@ -183,8 +184,10 @@ async fn published_port(bench: &Bench, id: &str) -> anyhow::Result<u16> {
         .and_then(|p| p.get("8080/tcp").cloned().flatten())
         .unwrap_or_default()
         .into_iter()
-        .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
-        .find_map(|b| b.host_port.and_then(|p| p.parse().ok()))
+        .find_map(|b| {
+            let ip: Ipv4Addr = b.host_ip?.parse().ok()?;
+            Some(SocketAddr::from((ip, b.host_port?.parse().ok()?)))
+        })
         .with_context(|| format!("container {id} publishes no port for 8080"))
 }
 
