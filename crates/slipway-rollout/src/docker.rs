@@ -136,10 +136,10 @@ impl DockerRuntime {
     /// That is the network's gateway when it is an address of this host: a connection from
     /// this host to a port published there is forwarded to the container by Docker's NAT rules
     /// in the kernel, while one to 127.0.0.1 passes through Docker's port proxy, a process that
-    /// copies every byte and costs about as much CPU per request as the app itself. Anything
-    /// else (no gateway, a remote engine, a network without one) publishes on 127.0.0.1.
-    /// A container from another app's network cannot reach the port: Docker isolates bridge
-    /// networks from each other.
+    /// copies every byte (benchmark 2b measures what that costs). Anywhere else (a network that
+    /// names no gateway, as Docker's default bridge does, or an engine on another host) ports
+    /// are published on 127.0.0.1. A container from another app's network cannot reach the
+    /// port: Docker isolates bridge networks from each other.
     async fn publish_ip(&self, network: Option<&str>) -> IpAddr {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let name = network.unwrap_or("bridge");
@@ -157,7 +157,8 @@ impl DockerRuntime {
             }
         };
         match gateway {
-            // Binding a socket to an address succeeds only where the address is this host's.
+            // Binding a socket to an address succeeds only where the address is this host's
+            // (unless `net.ipv4.ip_nonlocal_bind` is set).
             Some(ip) if std::net::TcpListener::bind((ip, 0)).is_ok() => IpAddr::V4(ip),
             _ => loopback,
         }
@@ -800,5 +801,24 @@ impl Runtime for DockerRuntime {
 
     async fn last_logs(&self, instance: &Instance, lines: usize) -> String {
         self.logs(&instance.id, Some(lines)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_port_is_reached_where_it_was_published_and_every_address_at_loopback() {
+        let at = |ip: Option<&str>| reachable(ip, 32768).map(|a| a.to_string());
+        assert_eq!(
+            at(Some("192.168.0.1")).as_deref(),
+            Some("192.168.0.1:32768")
+        );
+        assert_eq!(at(Some("127.0.0.1")).as_deref(), Some("127.0.0.1:32768"));
+        assert_eq!(at(Some("0.0.0.0")).as_deref(), Some("127.0.0.1:32768"));
+        assert_eq!(at(Some("")).as_deref(), Some("127.0.0.1:32768"));
+        assert_eq!(at(None).as_deref(), Some("127.0.0.1:32768"));
+        assert_eq!(at(Some("::")), None, "the IPv6 twin is skipped");
     }
 }
