@@ -407,9 +407,9 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
              proxy adds to it. Directly a request costs about {direct_cost:.0} µs of CPU \
              ({cores:.0} cores over {direct_rps:.0} req/s); through the ingress {ci:.0} µs, \
              {ai:.0} more; through nginx {cn:.0} µs, {an:.0} more. Keeping {goal:.0}% would \
-             take a proxy that adds under {needed:.0} µs per request in all: its own work, the \
-             kernel's for a second connection on each side, and the waking of one more \
-             process twice a request. The ingress's own threads spend {pi:.1} µs per request \
+             take a proxy that adds under {needed:.0} µs per request in all: its own work, \
+             the kernel's for one more connection (two more sends and two more receives a \
+             request) and the switches to and from one more process. The ingress's own threads spend {pi:.1} µs per request \
              and nginx's processes {pn:.1} µs; that includes kernel work the direct path does \
              too, elsewhere (delivering each request to the app through Docker's NAT rules is \
              done by whoever writes it: the load generator directly, the proxy otherwise).",
