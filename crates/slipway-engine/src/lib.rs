@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::EngineError;
 pub use reconcile::Reconciled;
+pub use slipway_rollout::Publish;
 pub use slipway_store::{LogKind, LogLine};
 pub use swarm::SwarmConfig;
 
@@ -77,6 +78,8 @@ pub struct EngineConfig {
     /// Run apps as Docker Swarm services on the swarm the engine manages, instead of as
     /// containers on this one engine.
     pub swarm: Option<SwarmConfig>,
+    /// Where instance ports are published on this host (the ingress reaches them there).
+    pub publish: Publish,
 }
 
 impl EngineConfig {
@@ -94,6 +97,7 @@ impl EngineConfig {
             git_ssh_key: None,
             reconcile_interval: Duration::from_secs(30),
             swarm: None,
+            publish: Publish::default(),
         }
     }
 }
@@ -232,7 +236,7 @@ impl Engine {
         };
         let engine = Engine {
             inner: Arc::new(Inner {
-                runtime: DockerRuntime::new(docker),
+                runtime: DockerRuntime::new(docker).with_publish(config.publish),
                 swarm,
                 ingress,
                 secrets,

@@ -99,11 +99,26 @@ pub struct JobOutcome {
     pub output: String,
 }
 
+/// Where instance ports are published on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Publish {
+    /// On the gateway of the instance's network, an address of this host: connections from
+    /// this host reach the container through Docker's NAT rules in the kernel. Containers of
+    /// other networks on this host can reach the port too, as they can any port Docker
+    /// publishes on an address of the host.
+    #[default]
+    Gateway,
+    /// On 127.0.0.1: only this host's own processes reach the port, through Docker's port
+    /// proxy, a process that copies every byte (benchmark 2b measures what that costs).
+    Loopback,
+}
+
 /// Runs Slipway's containers on one Docker engine.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
     http: reqwest::Client,
+    publish: Publish,
 }
 
 impl DockerRuntime {
@@ -113,7 +128,17 @@ impl DockerRuntime {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        DockerRuntime { docker, http }
+        DockerRuntime {
+            docker,
+            http,
+            publish: Publish::default(),
+        }
+    }
+
+    /// Publishes instance ports as `publish` says (on the network's gateway by default).
+    pub fn with_publish(mut self, publish: Publish) -> Self {
+        self.publish = publish;
+        self
     }
 
     pub fn docker(&self) -> &Docker {
@@ -133,15 +158,16 @@ impl DockerRuntime {
 
     /// The host address an instance on `network` publishes its ports on.
     ///
-    /// That is the network's gateway when it is an address of this host: a connection from
-    /// this host to a port published there is forwarded to the container by Docker's NAT rules
-    /// in the kernel, while one to 127.0.0.1 passes through Docker's port proxy, a process that
-    /// copies every byte (benchmark 2b measures what that costs). Anywhere else (a network that
-    /// names no gateway, as Docker's default bridge does, or an engine on another host) ports
-    /// are published on 127.0.0.1. A container from another app's network cannot reach the
-    /// port: Docker isolates bridge networks from each other.
+    /// With [`Publish::Gateway`], that is the network's gateway when it is an address of this
+    /// host: a connection from this host to a port published there is forwarded to the
+    /// container by Docker's NAT rules in the kernel, while one to 127.0.0.1 passes through
+    /// Docker's port proxy. Anywhere else (a network that names no gateway, as Docker's
+    /// default bridge does, or an engine on another host) ports are published on 127.0.0.1.
     async fn publish_ip(&self, network: Option<&str>) -> IpAddr {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        if self.publish == Publish::Loopback {
+            return loopback;
+        }
         let name = network.unwrap_or("bridge");
         let gateway = match self.docker.inspect_network(name, None).await {
             Ok(n) => n

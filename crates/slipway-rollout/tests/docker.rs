@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use slipway_rollout::{
     Bounds, ComponentPlan, DockerRuntime, Instance, InstanceSpec, NoTraffic, Probe, ProbeResult,
-    Readiness, Runtime, roll,
+    Publish, Readiness, Runtime, roll,
 };
 use slipway_spec::labels;
 use slipway_testkit::{Janitor, build_hello_image, unique};
@@ -125,7 +125,7 @@ async fn gateway(docker: &bollard::Docker, network: &str) -> std::net::IpAddr {
 
 /// On an app's network, ports are published on the network's gateway: this host reaches them
 /// through Docker's NAT rules, past its port proxy, and a probe of a port nothing listens on
-/// yet is refused outright.
+/// yet is refused outright. Asked to, the runtime publishes on 127.0.0.1 instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_on_its_apps_network_is_reached_at_the_networks_gateway() {
     let Some(env) = env().await else { return };
@@ -140,6 +140,12 @@ async fn an_instance_on_its_apps_network_is_reached_at_the_networks_gateway() {
     assert!(!addr.ip().is_loopback());
     let listed = env.rt.list(&[(labels::APP, &env.app_id)]).await.unwrap();
     assert_eq!(listed[0].address(8080), Some(addr), "list reads it back");
+    probe_until_ready_then_stop(&env, started).await;
+
+    let on_loopback = env.rt.clone().with_publish(Publish::Loopback);
+    let started = on_loopback.start(&spec).await.unwrap();
+    let addr = started.address(8080).unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
     probe_until_ready_then_stop(&env, started).await;
 }
 

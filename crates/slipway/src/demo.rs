@@ -65,6 +65,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tls: None,
         runtime: crate::serve::RuntimeArg::Docker,
         registry: None,
+        publish_on: crate::serve::PublishArg::Gateway,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

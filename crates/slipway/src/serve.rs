@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use slipway_engine::{Engine, EngineConfig, SwarmConfig};
+use slipway_engine::{Engine, EngineConfig, Publish, SwarmConfig};
 use slipway_ingress::IngressConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -61,6 +61,27 @@ pub(crate) struct ServeArgs {
     /// (`host[:port]`); built images are pushed there.
     #[arg(long, env = "SLIPWAY_REGISTRY", required_if_eq("runtime", "swarm"))]
     pub registry: Option<String>,
+    /// Where instance ports are published: `gateway`, on the app network's gateway, where the
+    /// ingress reaches them through Docker's NAT rules; or `loopback`, on 127.0.0.1, where only
+    /// this host's own processes reach them, through Docker's slower port proxy.
+    #[arg(long, env = "SLIPWAY_PUBLISH_ON", value_enum, default_value_t = PublishArg::Gateway)]
+    pub publish_on: PublishArg,
+}
+
+/// Where instance ports are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PublishArg {
+    Gateway,
+    Loopback,
+}
+
+impl From<PublishArg> for Publish {
+    fn from(p: PublishArg) -> Publish {
+        match p {
+            PublishArg::Gateway => Publish::Gateway,
+            PublishArg::Loopback => Publish::Loopback,
+        }
+    }
 }
 
 /// Where apps run.
@@ -125,6 +146,7 @@ impl Daemon {
             None => None,
         };
         config.git_ssh_key = args.git_ssh_key.clone();
+        config.publish = args.publish_on.into();
         config.ingress = IngressConfig {
             base_domain: args.base_domain.clone(),
             public_port: Some(ingress_addr.port()),

@@ -186,6 +186,12 @@ fn killed_during_a_build_a_job_and_a_rollout_it_comes_back_to_one_version() {
     let repo = HelloRepo::new("v1").unwrap();
     let (app, first) = create(&daemon, &repo, "");
     let original = web_containers(&app);
+    for (id, published, _) in &original {
+        assert!(
+            !published.starts_with("127.0.0.1:"),
+            "by default {id} is published on its network's gateway, not at {published}"
+        );
+    }
 
     // 1. During a build (its RUN step serves forever, so the build hangs).
     repo.write(
@@ -290,9 +296,13 @@ fn sigterm_stops_the_daemon_cleanly_and_abandons_a_build() {
     if !docker_ready() {
         return;
     }
-    let mut daemon = Daemon::start("crash", &[]);
+    // This daemon publishes on loopback, before and after its restart.
+    let mut daemon = Daemon::start("crash", &["--publish-on", "loopback"]);
     let repo = HelloRepo::new("v1").unwrap();
     let (app, first) = create(&daemon, &repo, "");
+    for (id, published, _) in web_containers(&app) {
+        assert!(published.starts_with("127.0.0.1:"), "{id} at {published}");
+    }
     repo.write(
         "Dockerfile",
         "FROM scratch\nCOPY hello /hello\nRUN [\"/hello\"]\n",
