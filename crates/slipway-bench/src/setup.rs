@@ -236,7 +236,7 @@ impl Bench {
         Ok((started.elapsed(), d))
     }
 
-    /// The loopback addresses of an app's `web` instances, by container ID.
+    /// Where an app's `web` instances are published now, by container ID.
     pub async fn web_instances(&self, app: &str) -> anyhow::Result<Vec<(String, SocketAddr)>> {
         let mut out = Vec::new();
         for (component, _, instance) in self.engine.instances(app).await? {

@@ -3,7 +3,6 @@
 //! containers are restarted one by one with `docker restart` behind the same proxy.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,7 +158,7 @@ async fn under_load(
 }
 
 /// Restarts the app's containers one by one with `docker restart`; after each, routes the
-/// ingress to the port Docker published it on this time (the die event took it out).
+/// ingress to the address Docker published it on this time (the die event took it out).
 async fn docker_restart(bench: &Bench, app: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let ingress = bench.engine.ingress();
@@ -168,27 +167,16 @@ async fn docker_restart(bench: &Bench, app: &str) -> anyhow::Result<Duration> {
             .args(["restart", "-t", "5", &id])
             .run()
             .await?;
-        let addr = published_address(bench, &id).await?;
+        let (_, addr) = bench
+            .web_instances(app)
+            .await?
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .with_context(|| format!("container {id} publishes no port for 8080"))?;
         ingress.eject(&id);
         ingress.add(app, "web", &id, addr);
     }
     Ok(started.elapsed())
-}
-
-/// The address a container's 8080 is published on now (the address stays, the port may not).
-async fn published_address(bench: &Bench, id: &str) -> anyhow::Result<SocketAddr> {
-    let inspect = bench.docker.inspect_container(id, None).await?;
-    inspect
-        .network_settings
-        .and_then(|n| n.ports)
-        .and_then(|p| p.get("8080/tcp").cloned().flatten())
-        .unwrap_or_default()
-        .into_iter()
-        .find_map(|b| {
-            let ip: Ipv4Addr = b.host_ip?.parse().ok()?;
-            Some(SocketAddr::from((ip, b.host_port?.parse().ok()?)))
-        })
-        .with_context(|| format!("container {id} publishes no port for 8080"))
 }
 
 fn row(what: &str, m: &Measured, timed: bool) -> Vec<String> {
