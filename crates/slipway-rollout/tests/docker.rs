@@ -141,6 +141,14 @@ async fn an_instance_on_its_apps_network_is_reached_at_the_networks_gateway() {
     let listed = env.rt.list(&[(labels::APP, &env.app_id)]).await.unwrap();
     assert_eq!(listed[0].address(8080), Some(addr), "list reads it back");
     probe_until_ready_then_stop(&env, started).await;
+    // Once its container is gone, the port names nothing: a connection is refused, not
+    // answered by whichever container came next.
+    let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
 
     let on_loopback = env.rt.clone().with_publish(Publish::Loopback);
     let started = on_loopback.start(&spec).await.unwrap();
