@@ -9,6 +9,8 @@
 //! - A build stops at its timeout or when its cancellation token fires; dropping the request
 //!   makes Docker abandon the build.
 //! - `no_cache` builds with no layer cache at all; otherwise Docker's layer cache is used.
+//! - A build that fails because a layer it took from the cache was removed under it (by
+//!   another build's clean-up on the same engine) is run once more, and the log says so.
 //!
 //! Images carry the labels the caller gives (Slipway's `slipway.*` labels), so that they can be
 //! found and removed with the app.
@@ -44,6 +46,16 @@ pub enum BuildError {
         #[source]
         source: bollard::errors::Error,
     },
+}
+
+/// Whether the builder failed because a layer it had taken from the cache is no longer
+/// there. Docker names the layer by its ID ("No such image: sha256:..."), or, when it goes
+/// while being read, says the layer's file is missing. A missing base image is named by its
+/// reference instead, and is not such a failure.
+fn cached_layer_vanished(message: &str) -> bool {
+    message.contains("No such image: sha256:")
+        || (message.contains("failed to get digest sha256:")
+            && message.contains("no such file or directory"))
 }
 
 /// One build to run.
@@ -93,12 +105,45 @@ impl ImageBuilder {
     }
 
     /// Runs one build, handing every line of its output to `log` as it arrives.
+    ///
+    /// A layer the build took from Docker's cache can be removed while the build stands on
+    /// it: the classic builder holds no reference to it between two steps, and another
+    /// build's clean-up (of the layers a failed build made, or of an app's old images) may
+    /// remove it then. Docker then fails the build with "No such image". Such a build is run
+    /// once more, within the same timeout: the layer is gone, so the second run makes its own.
     #[tracing::instrument(skip_all, fields(tag = %spec.tag, no_cache = spec.no_cache))]
     pub async fn build(
         &self,
-        spec: BuildSpec,
+        mut spec: BuildSpec,
         cancel: &CancellationToken,
         mut log: impl FnMut(&str) + Send,
+    ) -> Result<BuiltImage, BuildError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let context = bytes::Bytes::from(std::mem::take(&mut spec.context));
+        match self
+            .attempt(&spec, context.clone(), deadline, cancel, &mut log)
+            .await
+        {
+            Err(BuildError::Failed { message, .. }) if cached_layer_vanished(&message) => {
+                tracing::warn!(%message, "a cached layer was removed during the build; building again");
+                log(
+                    "A layer this build took from the cache was removed while it ran \
+                     (most likely by another build's clean-up); building again",
+                );
+                self.attempt(&spec, context, deadline, cancel, &mut log)
+                    .await
+            }
+            result => result,
+        }
+    }
+
+    async fn attempt(
+        &self,
+        spec: &BuildSpec,
+        context: bytes::Bytes,
+        deadline: tokio::time::Instant,
+        cancel: &CancellationToken,
+        log: &mut (impl FnMut(&str) + Send),
     ) -> Result<BuiltImage, BuildError> {
         let tag = spec.tag.clone();
         let args: HashMap<String, String> = spec.build_args.clone().into_iter().collect();
@@ -118,9 +163,9 @@ impl ImageBuilder {
                 .filter(|s| !s.is_empty())
                 .fold(line.to_string(), |l, s| l.replace(s.as_str(), "[secret]"))
         };
-        let body = bollard::body_full(spec.context.into());
+        let body = bollard::body_full(context);
         let mut stream = self.docker.build_image(options, None, Some(body));
-        let deadline = tokio::time::sleep(self.timeout);
+        let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         let mut reported_id: Option<String> = None;
         // The layers each step committed: a build that fails leaves them behind as untagged
@@ -342,5 +387,36 @@ impl ImageBuilder {
                 source,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cached_layer_vanished;
+
+    #[test]
+    fn a_vanished_cached_layer_is_told_from_other_build_failures() {
+        // What Docker 20.10's classic builder says when a layer it took from the cache is
+        // removed before the next step: a COPY or ADD, and a layer read while it is removed.
+        let id = "sha256:f388058afec38bf952e6de8ba18393f9d20074e9cf761a9288fc20eb8fe22277";
+        assert!(cached_layer_vanished(&format!(
+            "failed to get destination image \"{id}\": No such image: {id}"
+        )));
+        assert!(cached_layer_vanished(&format!("No such image: {id}")));
+        assert!(cached_layer_vanished(&format!(
+            "failed to get digest {id}: open /var/lib/docker/image/overlay2/imagedb/content/{}: no such file or directory",
+            id.replace(':', "/")
+        )));
+        // A base image that is missing, a step that fails, a file that is not in the context.
+        assert!(!cached_layer_vanished("No such image: nosuch:latest"));
+        assert!(!cached_layer_vanished(
+            "pull access denied for nosuch, repository does not exist or may require 'docker login'"
+        ));
+        assert!(!cached_layer_vanished(
+            "The command '/bin/sh -c false' returned a non-zero code: 1"
+        ));
+        assert!(!cached_layer_vanished(
+            "COPY failed: file not found in build context or excluded by .dockerignore: stat missing: file does not exist"
+        ));
     }
 }

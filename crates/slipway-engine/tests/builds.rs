@@ -247,6 +247,136 @@ async fn only_the_most_recent_images_are_kept() {
     );
 }
 
+/// A build context (a tar archive) of the given files.
+fn context(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, name, data.as_bytes()).unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+/// The classic builder holds nothing on a layer it took from the cache until its next step
+/// uses it, so another build's clean-up can remove the layer in between. Here that is made to
+/// happen every time: the next step is an `ADD` from a URL, which the daemon fetches before it
+/// uses the layer, and the server that answers removes the layer first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_whose_cached_layer_is_removed_under_it_is_run_again() {
+    let Some(docker) = slipway_testkit::docker().await else {
+        return;
+    };
+    let daemon_id = unique("vanish");
+    let _janitor = Janitor::new(&daemon_id);
+    let builder = slipway_build::ImageBuilder::new(docker.clone());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let labels = std::collections::BTreeMap::from([(
+        slipway_spec::labels::DAEMON.to_string(),
+        daemon_id.clone(),
+    )]);
+    // A file no other build has, so that the cached layer is this test's alone.
+    let marker = unique("layer");
+    let first = builder
+        .build(
+            slipway_build::BuildSpec {
+                tag: format!("{daemon_id}-first:1"),
+                context: context(&[
+                    ("Dockerfile", "FROM scratch\nCOPY marker /marker\n"),
+                    ("marker", &marker),
+                ]),
+                dockerfile: "Dockerfile".into(),
+                labels: labels.clone(),
+                ..Default::default()
+            },
+            &cancel,
+            |_| {},
+        )
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let (docker, first, fetches) = (docker.clone(), first.id.clone(), fetches.clone());
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the daemon closed the connection mid-request");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                if fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // The first image is the cached layer itself (its last step): removing
+                    // it takes the layer away from the build that stands on it.
+                    let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                        .force(true)
+                        .build();
+                    docker
+                        .remove_image(&first, Some(options), None)
+                        .await
+                        .unwrap();
+                }
+                conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nfetched\n",
+                )
+                .await
+                .unwrap();
+            }
+        }
+    });
+
+    let mut lines = Vec::new();
+    let second = builder
+        .build(
+            slipway_build::BuildSpec {
+                tag: format!("{daemon_id}-second:1"),
+                context: context(&[
+                    (
+                        "Dockerfile",
+                        &format!(
+                            "FROM scratch\nCOPY marker /marker\nADD http://127.0.0.1:{port}/f /f\n"
+                        ),
+                    ),
+                    ("marker", &marker),
+                ]),
+                dockerfile: "Dockerfile".into(),
+                labels,
+                ..Default::default()
+            },
+            &cancel,
+            |line| lines.push(line.to_string()),
+        )
+        .await;
+    server.abort();
+    let text = lines.join("\n");
+    let second = second.unwrap_or_else(|e| panic!("the build was not run again: {e}\n{text}"));
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one fetch per run: {text}"
+    );
+    assert!(
+        text.contains("Using cache"),
+        "the first run took the layer from the cache: {text}"
+    );
+    assert!(
+        text.contains("No such image") && text.contains("building again"),
+        "the log says why the build ran again: {text}"
+    );
+    assert_eq!(
+        builder.image_id(&second.tag).await.unwrap(),
+        Some(second.id.clone())
+    );
+    assert_eq!(builder.image_id(&first.id).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_never_reach_the_build_log() {
     let Some(env) = common::env().await else {
