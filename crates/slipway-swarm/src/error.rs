@@ -32,6 +32,9 @@ pub enum SwarmError {
         registry: String,
         reason: String,
     },
+    /// The registry refused to delete an image, or could not be reached.
+    #[error("deleting {image} from the registry failed: {reason}")]
+    Unpush { image: String, reason: String },
     /// Swarm rolled the component back after its new tasks failed; the previous version runs.
     #[error("{component}: the update failed and Swarm rolled it back ({message})")]
     RolledBack { component: String, message: String },

@@ -19,7 +19,8 @@
 //!   failing task's health check answered; [`Swarm::run_job`] runs a job to completion and
 //!   reads its exit code from the task.
 //! - [`push`]: pushes a built image to the registry every node pulls from, and returns the
-//!   reference pinned by digest.
+//!   reference pinned by digest; [`unpush`] and [`unpush_repository`] delete what it pushed
+//!   (an app's old images, a deleted app's repositories).
 //! - [`follow_endpoints`]: the tasks of a service as HTTP endpoints, for the ingress. Tasks
 //!   publish their port in host mode (a port per task, chosen by Docker), so the ingress reaches
 //!   them on the node's address (`127.0.0.1` for tasks on the local node), never through an
@@ -43,7 +44,7 @@ mod wait;
 
 pub use endpoints::{EndpointEvent, Follower, follow_endpoints};
 pub use error::SwarmError;
-pub use registry::push;
+pub use registry::{push, unpush, unpush_repository};
 pub use spec::{ServiceDef, network_name, service_name, service_spec, short_id, update_settings};
 pub use swarm::{JobOutcome, Swarm};
 pub use wait::{TaskEvent, UpdateOutcome};

@@ -15,10 +15,11 @@ use bollard::Docker;
 use slipway_ingress::{Ingress, IngressConfig};
 use slipway_spec::{AppSpec, ComponentKind, HealthCheck, ServiceSpec, labels};
 use slipway_swarm::{
-    EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push,
+    EndpointEvent, ServiceDef, Swarm, SwarmError, TaskEvent, follow_endpoints, push, unpush,
+    unpush_repository,
 };
 use slipway_testkit::{
-    HELLO_HEALTHCHECK, LocalSwarm, Registry, Traffic, build_hello_image_with, unique,
+    HELLO_HEALTHCHECK, Janitor, LocalSwarm, Registry, Traffic, build_hello_image_with, unique,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -469,4 +470,102 @@ async fn a_push_the_registry_refuses_is_a_clear_error() {
     );
     let text = err.to_string();
     assert!(text.contains("405"), "{text}");
+}
+
+/// What `push` put in the registry is deleted again: one image by the reference `push`
+/// returned, or a component's whole repository; a registry that cannot delete says so. No
+/// swarm is needed for this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_images_are_deleted_from_the_registry_and_refusals_are_clear() {
+    let Some(docker) = slipway_testkit::docker().await else {
+        return;
+    };
+    let Some(registry) = Registry::start(false) else {
+        return;
+    };
+    let daemon_id = unique("unpush");
+    let _janitor = Janitor::new(&daemon_id);
+    let repository = format!("slipway/{}-web", unique("app"));
+    let mut pushed = Vec::new();
+    for version in ["v1", "v2"] {
+        let tag = format!("slipway-unpush-test/{daemon_id}:{version}");
+        build_hello_image_with(&docker, &tag, &daemon_id, version, "")
+            .await
+            .unwrap();
+        pushed.push(
+            push(&docker, &tag, &registry.addr, &repository, version)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(registry.manifest_status(&repository, "v1").await, 200);
+    assert_eq!(registry.manifest_status(&repository, "v2").await, 200);
+
+    // One image, by its pinned reference; v2 stays.
+    assert!(unpush(&docker, &pushed[0]).await.unwrap());
+    assert_eq!(registry.manifest_status(&repository, "v1").await, 404);
+    assert_eq!(registry.manifest_status(&repository, "v2").await, 200);
+    assert!(
+        !unpush(&docker, &pushed[0]).await.unwrap(),
+        "an image already deleted is reported as not there"
+    );
+
+    // The whole repository: what is left of it (v2).
+    assert_eq!(
+        unpush_repository(&docker, &registry.addr, &repository)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(registry.manifest_status(&repository, "v2").await, 404);
+    assert_eq!(
+        unpush_repository(&docker, &registry.addr, &repository)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        unpush_repository(&docker, &registry.addr, "slipway/never-pushed")
+            .await
+            .unwrap(),
+        0
+    );
+
+    // A registry that does not delete (this one is read-only) answers 405, and says so.
+    let read_only = Registry::start(true).unwrap();
+    let digest = pushed[1].split_once('@').unwrap().1;
+    let reference = format!("{}/{repository}:v2@{digest}", read_only.addr);
+    let err = unpush(&docker, &reference).await.unwrap_err();
+    assert!(
+        matches!(&err, SwarmError::Unpush { image, .. } if *image == reference),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("405") && text.contains("does not allow deleting"),
+        "{text}"
+    );
+    // A reference that is not pinned by digest, and a registry nothing listens at.
+    let err = unpush(&docker, &format!("{}/{repository}:v2", registry.addr))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not pinned by digest"), "{err}");
+    let closed = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = unpush(
+        &docker,
+        &format!("127.0.0.1:{closed}/{repository}:v2@{digest}"),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{closed}"))
+            && err.to_lowercase().contains("connection refused"),
+        "{err}"
+    );
 }

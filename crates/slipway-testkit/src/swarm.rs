@@ -87,6 +87,27 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The status this registry answers for the manifest of `repository:tag` (200 when it has
+    /// it, 404 when not).
+    pub async fn manifest_status(&self, repository: &str, tag: &str) -> u16 {
+        reqwest::Client::new()
+            .get(format!(
+                "http://{}/v2/{repository}/manifests/{tag}",
+                self.addr
+            ))
+            .header(
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .expect("the registry answers")
+            .status()
+            .as_u16()
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
