@@ -26,7 +26,7 @@ mod secrets;
 mod swarm;
 mod templates;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -759,6 +759,32 @@ impl Engine {
             mode.unfollow(&record.id, None);
             for name in mode.swarm.services(Some(&record.id)).await? {
                 mode.swarm.remove(&name).await?;
+            }
+            // Its images in the registry: of every component it has had, as far back as its
+            // recent deployments tell. A registry that refuses does not keep the app.
+            let mut components: BTreeSet<String> = record
+                .spec
+                .components()
+                .into_iter()
+                .map(|(name, _)| name.to_string())
+                .collect();
+            if let Ok((deployments, _)) = self.inner.store.deployments(&record.id, 0, 200).await {
+                for d in &deployments {
+                    components.extend(d.spec.components().into_iter().map(|(n, _)| n.to_string()));
+                }
+            }
+            match mode
+                .unpush_app(&record.id, components.iter().map(String::as_str))
+                .await
+            {
+                Ok(n) => {
+                    tracing::info!(app = %record.id, images = n, "removed the app's images from the registry")
+                }
+                Err(e) => tracing::warn!(
+                    app = %record.id,
+                    error = %run::chain(&e),
+                    "removing the app's images from the registry failed"
+                ),
             }
         }
         let filter = [

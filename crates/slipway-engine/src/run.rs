@@ -2,7 +2,7 @@
 
 mod on_swarm;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ impl Failure {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -360,6 +360,8 @@ impl Run {
             return;
         };
         let mut kept: HashMap<String, Vec<String>> = HashMap::new();
+        // On a swarm: where each image was pushed, to delete it there too.
+        let mut pushed: HashMap<String, BTreeSet<String>> = HashMap::new();
         for d in &recent {
             for c in d.services.iter().chain(&d.workers).chain(&d.jobs) {
                 let Some(image) = &c.image else { continue };
@@ -367,11 +369,29 @@ impl Run {
                 if !list.contains(&image.id) && list.len() < keep_per_component {
                     list.push(image.id.clone());
                 }
+                if let Some(reference) = &image.pushed {
+                    pushed
+                        .entry(image.id.clone())
+                        .or_default()
+                        .insert(reference.clone());
+                }
             }
         }
         let filter = [(labels::APP, app_id), (labels::DAEMON, self.daemon_id())];
         let Ok(images) = inner.builder.list_labelled(&filter).await else {
             return;
+        };
+        // On a swarm, what its services run stays in the registry whatever the retention
+        // says; when Swarm cannot tell, everything stays there.
+        let in_use = match &inner.swarm {
+            Some(mode) => match mode.images_in_use(app_id).await {
+                Ok(in_use) => Some(in_use),
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "old images stay in the registry: the app's services could not be read");
+                    None
+                }
+            },
+            None => None,
         };
         for (id, image_labels) in images {
             let component = image_labels
@@ -381,13 +401,41 @@ impl Run {
             if kept.get(&component).is_some_and(|k| k.contains(&id)) {
                 continue;
             }
+            let pushed = pushed.get(&id).into_iter().flatten();
+            // The tag the push put on the image: an image with two names is only removed by
+            // each name.
+            for reference in pushed.clone() {
+                let tagged = reference.split('@').next().unwrap_or(reference);
+                if let Err(e) = inner.builder.remove_image(tagged).await {
+                    tracing::warn!(image = %tagged, error = %chain(&e), "untagging an old image failed");
+                }
+            }
             match inner.builder.remove_image(&id).await {
                 Ok(true) => {
                     tracing::info!(image = %id, component = %component, "removed an old image")
                 }
+                // Still used by a container: it stays.
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(image = %id, error = %chain(&e), "removing an old image failed")
+                }
+            }
+            let (Some(mode), Some(in_use)) = (&inner.swarm, &in_use) else {
+                continue;
+            };
+            for reference in pushed.filter(|r| !in_use.contains(*r)) {
+                match mode.unpush(reference).await {
+                    Ok(true) => {
+                        tracing::info!(image = %reference, "removed an old image from the registry")
+                    }
+                    Ok(false) => {
+                        tracing::debug!(image = %reference, "an old image was no longer in the registry")
+                    }
+                    Err(e) => tracing::warn!(
+                        image = %reference,
+                        error = %chain(&e),
+                        "removing an old image from the registry failed"
+                    ),
                 }
             }
         }

@@ -13,7 +13,7 @@
 //!   than the active deployment's to it, and removes those of components the spec dropped.
 //!   Swarm itself restarts crashed tasks and keeps the replica count.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +53,11 @@ pub(crate) struct SwarmMode {
     followers: Mutex<HashMap<(String, String), Follower>>,
 }
 
+/// The registry repository a component's images are pushed to.
+fn repository(app_id: &str, component: &str) -> String {
+    format!("slipway/{}-{component}", slipway_swarm::short_id(app_id))
+}
+
 impl SwarmMode {
     pub(crate) fn new(swarm: Swarm, config: SwarmConfig) -> Self {
         SwarmMode {
@@ -72,15 +77,56 @@ impl SwarmMode {
     ) -> Result<String, SwarmError> {
         let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
         let tag: String = hex.chars().take(16).collect();
-        let repository = format!("slipway/{}-{component}", slipway_swarm::short_id(app_id));
         slipway_swarm::push(
             self.swarm.docker(),
             image_id,
             &self.config.registry,
-            &repository,
+            &repository(app_id, component),
             &tag,
         )
         .await
+    }
+
+    /// Deletes from the registry an image [`SwarmMode::push`] pushed (`pushed` is the
+    /// reference it returned); `false` when the registry no longer has it.
+    pub(crate) async fn unpush(&self, pushed: &str) -> Result<bool, SwarmError> {
+        slipway_swarm::unpush(self.swarm.docker(), pushed).await
+    }
+
+    /// The images the app's services run, as Swarm has them: never to be deleted from the
+    /// registry, whatever the retention says.
+    pub(crate) async fn images_in_use(&self, app_id: &str) -> Result<BTreeSet<String>, SwarmError> {
+        let services = self.swarm.services_with_specs(Some(app_id)).await?;
+        Ok(services
+            .into_iter()
+            .filter_map(|s| s.spec?.task_template?.container_spec?.image)
+            .collect())
+    }
+
+    /// Deletes from the registry every image pushed for `components` of `app_id`; returns how
+    /// many. Each component is tried, whatever the others' outcome; the first refusal is
+    /// returned after.
+    pub(crate) async fn unpush_app(
+        &self,
+        app_id: &str,
+        components: impl IntoIterator<Item = &str>,
+    ) -> Result<usize, SwarmError> {
+        let (mut deleted, mut refused) = (0, None);
+        for component in components {
+            match slipway_swarm::unpush_repository(
+                self.swarm.docker(),
+                &self.config.registry,
+                &repository(app_id, component),
+            )
+            .await
+            {
+                Ok(n) => deleted += n,
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        refused.map_or(Ok(deleted), Err)
     }
 
     /// The Swarm service of a service, worker or job of `d`. Fails (with the reason) when the

@@ -4,7 +4,8 @@
 //!
 //! One app is deployed, restarted and force-rebuilt under steady traffic through the ingress,
 //! then given a version whose health check fails: Swarm rolls it back, the deployment ends in
-//! ERROR, and the previous version keeps serving. Clean-up (services, containers, networks,
+//! ERROR, and the previous version keeps serving. Another app checks that image retention and
+//! the app's deletion reach the registry. Clean-up (services, containers, networks,
 //! volumes, images, the swarm, the registry) runs from `Drop`, so also when an assertion fails.
 
 mod common;
@@ -74,11 +75,12 @@ struct World {
 }
 
 async fn world() -> Option<World> {
-    world_with(false).await
+    world_with(false, |_| {}).await
 }
 
-/// [`world`], with a registry that refuses every push when `read_only`.
-async fn world_with(read_only: bool) -> Option<World> {
+/// [`world`], with a registry that refuses every push when `read_only`, and the engine's
+/// settings changed by `configure`.
+async fn world_with(read_only: bool, configure: impl FnOnce(&mut EngineConfig)) -> Option<World> {
     let docker = slipway_testkit::docker().await?;
     let registry = Registry::start(read_only)?;
     let mut local = LocalSwarm::join(&docker).await;
@@ -90,6 +92,7 @@ async fn world_with(read_only: bool) -> Option<World> {
     let mut swarm = SwarmConfig::new(&registry.addr);
     swarm.update_timeout = UPDATE_TIMEOUT;
     config.swarm = Some(swarm);
+    configure(&mut config);
     let engine = Engine::start(config.clone(), docker.clone()).await.unwrap();
     assert!(engine.on_swarm());
     Some(World {
@@ -561,7 +564,7 @@ async fn service_version(docker: &bollard::Docker, app_id: &str, component: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_swarm_a_push_the_registry_refuses_fails_the_build_with_the_registrys_words() {
-    let Some(world) = world_with(true).await else {
+    let Some(world) = world_with(true, |_| {}).await else {
         return;
     };
     let (engine, docker) = (&world.engine, &world.docker);
@@ -589,5 +592,79 @@ async fn on_a_swarm_a_push_the_registry_refuses_fails_the_build_with_the_registr
     );
     // Nothing was rolled out.
     assert!(app_services(docker, &app.id).await.is_empty());
+    engine.shutdown().await;
+}
+
+/// The status `registry` answers for the manifest a pushed reference names
+/// (`<registry>/<repository>:<tag>@<digest>`), asked by its tag.
+async fn pushed_status(registry: &Registry, pushed: &str) -> u16 {
+    let name = pushed
+        .strip_prefix(&format!("{}/", registry.addr))
+        .and_then(|rest| rest.split('@').next())
+        .unwrap_or_else(|| panic!("{pushed} is not in {}", registry.addr));
+    let (repository, tag) = name.rsplit_once(':').unwrap();
+    registry.manifest_status(repository, tag).await
+}
+
+/// Image retention on a swarm reaches the registry: an image beyond `image_retention` is
+/// deleted there as on the engine, and a deleted app leaves nothing in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_swarm_old_images_and_a_deleted_apps_images_leave_the_registry() {
+    let Some(world) = world_with(false, |c| c.image_retention = 1).await else {
+        return;
+    };
+    let (engine, docker) = (&world.engine, &world.docker);
+    let repo = HelloRepo::with_healthcheck("v1").unwrap();
+    let spec = parse_spec(&format!(
+        "name: {}\nservices:\n  - name: web\n    {}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n",
+        unique("swarm-keep"),
+        common::git(&repo)
+    ))
+    .unwrap()
+    .spec;
+    let (app, first) = engine.create_app(spec).await.unwrap();
+    let first = wait_for(engine, &first).await;
+    assert_active(&first);
+    let v1 = first.services[0].image.clone().unwrap();
+    let v1_pushed = v1.pushed.clone().expect("the image was pushed");
+    assert_eq!(pushed_status(&world.registry, &v1_pushed).await, 200);
+
+    repo.commit_version("v2").unwrap();
+    let second = engine
+        .create_deployment(&app.id, true, false)
+        .await
+        .unwrap();
+    let second = wait_for(engine, &second).await;
+    assert_active(&second);
+    let v2_pushed = second.services[0].image.clone().unwrap().pushed.unwrap();
+    assert_ne!(v1_pushed, v2_pushed);
+    // Old images go just after the deployment became ACTIVE.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pushed_status(&world.registry, &v1_pushed).await != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "v1 is still in the registry: {v1_pushed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // On the engine, the image loses the name the push gave it. Swarm keeps the containers of
+    // replaced tasks as history, so the image itself goes at a later clean-up.
+    let tagged = v1_pushed.split('@').next().unwrap();
+    if let Ok(image) = docker.inspect_image(&v1.id).await {
+        let tags = image.repo_tags.unwrap_or_default();
+        assert!(!tags.iter().any(|t| t == tagged), "{tags:?}");
+    }
+    assert_eq!(
+        pushed_status(&world.registry, &v2_pushed).await,
+        200,
+        "the image kept stays"
+    );
+
+    engine.delete_app(&app.id, false).await.unwrap();
+    assert_eq!(
+        pushed_status(&world.registry, &v2_pushed).await,
+        404,
+        "a deleted app's images leave the registry"
+    );
     engine.shutdown().await;
 }
