@@ -668,3 +668,84 @@ async fn on_a_swarm_old_images_and_a_deleted_apps_images_leave_the_registry() {
     );
     engine.shutdown().await;
 }
+
+/// The env of a component's Swarm service, as `KEY=value` entries.
+async fn service_env(docker: &bollard::Docker, app_id: &str, component: &str) -> Vec<String> {
+    let name = slipway_swarm::service_name(app_id, component);
+    docker
+        .inspect_service(&name, None)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.task_template)
+        .and_then(|t| t.container_spec)
+        .and_then(|c| c.env)
+        .unwrap_or_default()
+}
+
+/// When one component's update fails, the others are not waited for: they are returned to the
+/// previous version at once, as on one engine, and the deployment fails without waiting for
+/// the slowest of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_swarm_a_failing_component_stops_the_others_at_once() {
+    let Some(world) = world().await else { return };
+    let (engine, docker) = (&world.engine, &world.docker);
+    let repo = HelloRepo::with_healthcheck("v1").unwrap();
+    let name = unique("swarm-stop");
+    // `slow`'s new version is ready only after 170 s, so its update alone would take that
+    // long (its health check does not count failures until then).
+    let spec_yaml = |web_env: &str, slow_env: &str, slow_delay: u32| {
+        format!(
+            "name: {name}\nservices:\n  - name: web\n    {git}\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{web_env}  - name: slow\n    {git}\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3, initial_delay_seconds: {slow_delay}}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{slow_env}",
+            git = common::git(&repo)
+        )
+    };
+    let spec = parse_spec(&spec_yaml("", "", 0)).unwrap().spec;
+    let (app, first) = engine.create_app(spec).await.unwrap();
+    let first = wait_for(engine, &first).await;
+    assert_active(&first);
+    let slow_before = service(docker, &app.id, "slow").await.0;
+
+    let broken = parse_spec(&spec_yaml(
+        "      - {key: HEALTHZ_FAIL, value: \"1\"}\n",
+        "      - {key: READY_DELAY_MS, value: \"170000\"}\n",
+        170,
+    ))
+    .unwrap()
+    .spec;
+    let started = Instant::now();
+    let (_, d) = engine.update_app(&app.id, broken).await.unwrap();
+    let d = wait_for(engine, &d).await;
+    let took = started.elapsed();
+    assert_eq!(d.phase, Phase::Error, "{:?}", d.progress);
+    let (_, reason) = d.progress.first_error().unwrap();
+    let mut progress = d.progress.clone();
+    let web = progress.find_mut(&["deploy", "web"]).unwrap();
+    assert_eq!(
+        web.reason.as_ref().map(|r| r.code.as_str()),
+        Some("RolloutFailed"),
+        "{reason:?}"
+    );
+    // Waiting for `slow` would have taken 170 s at least.
+    assert!(
+        took < Duration::from_secs(120),
+        "the deployment waited for the slow component: {took:?}"
+    );
+    let log = deploy_log(engine, &d).await;
+    assert!(
+        log.iter()
+            .any(|l| l == "slow: returning to the previous version"),
+        "{log:?}"
+    );
+    // `slow` runs its previous spec again, without the delay.
+    assert_eq!(service(docker, &app.id, "slow").await.0, slow_before);
+    let env = service_env(docker, &app.id, "slow").await;
+    assert!(
+        !env.iter().any(|e| e.starts_with("READY_DELAY_MS=")),
+        "{env:?}"
+    );
+    let active = engine.store().active_deployment(&app.id).await.unwrap();
+    assert_eq!(active.map(|a| a.id), Some(first.id));
+    engine.delete_app(&app.id, true).await.unwrap();
+    engine.shutdown().await;
+}

@@ -9,6 +9,7 @@ use futures::future::join_all;
 use slipway_spec::{Deployment, DeploymentKind, StepStatus, now};
 use slipway_store::LogKind;
 use slipway_swarm::{ServiceDef, SwarmError, TaskEvent, service_name};
+use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Run, chain};
 use crate::swarm::SwarmMode;
@@ -26,8 +27,8 @@ enum Stopped {
 impl Run {
     /// Updates every component's service concurrently (a restart bumps the force-update
     /// counter; a build deployment writes the new spec). When one fails (Swarm rolls it back by
-    /// itself), the others are returned to the previous deployment's version, and services new
-    /// in this deployment are removed.
+    /// itself), the others are no longer waited for: in a build deployment they are returned
+    /// at once to the previous deployment's version, and services new in it are removed.
     pub(super) async fn roll_all_on_swarm(
         self: &Arc<Self>,
         mode: &SwarmMode,
@@ -46,10 +47,18 @@ impl Run {
         for def in &defs {
             self.start_step(&["deploy", def.component.as_str()]).await;
         }
-        let results = join_all(
-            defs.iter()
-                .map(|def| self.update_service(mode, d, def, restart)),
-        )
+        // The first component that fails stops the others, as on one engine.
+        let group = self.cancel.child_token();
+        let results = join_all(defs.iter().map(|def| {
+            let group = &group;
+            async move {
+                let result = self.update_service(mode, d, def, restart, group).await;
+                if matches!(result, Err(Stopped::Failed { .. })) {
+                    group.cancel();
+                }
+                result
+            }
+        }))
         .await;
         let canceled = self.cancel.is_cancelled();
         if !canceled && results.iter().all(Result::is_ok) {
@@ -113,13 +122,14 @@ impl Run {
         ))
     }
 
-    /// One component's update, followed to its end.
+    /// One component's update, followed to its end or until `stop` fires.
     async fn update_service(
         self: &Arc<Self>,
         mode: &SwarmMode,
         d: &Deployment,
         def: &ServiceDef,
         restart: bool,
+        stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         let failed = |error| Stopped::Failed { error, task: None };
         let name = if restart {
@@ -139,7 +149,7 @@ impl Run {
                 r = mode.swarm.wait(&name, component, timeout, move |e| {
                     let _ = tx.send(e.clone());
                 }) => Some(r),
-                () = self.cancel.cancelled() => None,
+                () = stop.cancelled() => None,
             }
         };
         let report = async {
