@@ -63,7 +63,8 @@ pub(crate) struct InstanceView {
     deployment_id: String,
     /// The image ID it runs.
     image: String,
-    /// Container ports published on the host's loopback interface.
+    /// Container ports and the host address each is published on (the app network's gateway,
+    /// or loopback: see `slipway serve --publish-on`).
     ports: Vec<PortView>,
 }
 
