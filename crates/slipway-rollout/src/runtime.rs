@@ -20,7 +20,8 @@ pub struct InstanceSpec {
     pub env: BTreeMap<String, String>,
     /// Replaces the image's command (run by `/bin/sh -c`).
     pub run_command: Option<String>,
-    /// Container ports to publish on the loopback interface.
+    /// Container ports to publish on this host (on the network's gateway or on loopback, as
+    /// the runtime's [`Publish`](crate::Publish) says).
     pub ports: Vec<u16>,
     /// The app's network; the component's name is the instance's alias on it.
     pub network: Option<String>,
