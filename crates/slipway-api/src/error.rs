@@ -3,7 +3,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use slipway_engine::EngineError;
-use slipway_spec::{Problem, SpecError};
+use slipway_spec::{Problem, SpecError, error_chain};
 
 /// An error as the API answers it: App Platform's `{"id", "message"}` and a status. What the
 /// user sees is separate from what is logged: internal failures say only that they happened.
@@ -76,7 +76,7 @@ impl From<EngineError> for ApiError {
                 e.to_string(),
             ),
             _ => {
-                tracing::error!(error = %chain(&e), "request failed");
+                tracing::error!(error = %error_chain(&e), "request failed");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal_server_error",
@@ -85,17 +85,6 @@ impl From<EngineError> for ApiError {
             }
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut s = e.source();
-    while let Some(src) = s {
-        out.push_str(": ");
-        out.push_str(&src.to_string());
-        s = src.source();
-    }
-    out
 }
 
 impl IntoResponse for ApiError {

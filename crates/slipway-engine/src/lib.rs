@@ -37,7 +37,8 @@ use slipway_ingress::{Ingress, IngressConfig};
 use slipway_rollout::{DockerRuntime, Instance};
 use slipway_source::SourceCache;
 use slipway_spec::{
-    App, AppSpec, Cause, ComponentKind, Deployment, DeploymentKind, Phase, labels, new_id, now,
+    App, AppSpec, Cause, ComponentKind, Deployment, DeploymentKind, Phase, error_chain, labels,
+    new_id, now,
 };
 use slipway_store::{AppRecord, Store};
 use tokio::sync::broadcast;
@@ -782,7 +783,7 @@ impl Engine {
                 }
                 Err(e) => tracing::warn!(
                     app = %record.id,
-                    error = %run::chain(&e),
+                    error = %error_chain(&e),
                     "removing the app's images from the registry failed"
                 ),
             }

@@ -11,7 +11,7 @@ use slipway_build::BuildSpec;
 use slipway_rollout::{ComponentPlan, Event, Instance, InstanceSpec, Observer, RolloutError, roll};
 use slipway_spec::{
     ComponentImage, ComponentKind, ComponentRef, Deployment, DeploymentComponent, DeploymentKind,
-    EnvType, JobKind, Phase, Source, Step, StepStatus, labels, now,
+    EnvType, JobKind, Phase, Source, Step, StepStatus, error_chain, labels, now,
 };
 use slipway_store::LogKind;
 use tokio::sync::Mutex;
@@ -46,20 +46,6 @@ impl Failure {
             ..Failure::new(path, "Canceled", "the deployment was canceled")
         }
     }
-}
-
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Waits until every deployment queued before `ticket` has had its turn, then takes the turn.
@@ -156,7 +142,7 @@ pub(crate) async fn execute(
     .instrument(span)
     .await;
     if let Err(e) = result {
-        tracing::error!(deployment.id = %id, error = %chain(&e), "deployment could not run");
+        tracing::error!(deployment.id = %id, error = %error_chain(&e), "deployment could not run");
     }
     *slot.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
     slot.cancels
@@ -167,7 +153,7 @@ pub(crate) async fn execute(
     if !cancel.is_cancelled()
         && let Err(e) = engine.reconcile_locked(&app_id).await
     {
-        tracing::warn!(app = %app_id, error = %chain(&e), "reconciling after the deployment failed");
+        tracing::warn!(app = %app_id, error = %error_chain(&e), "reconciling after the deployment failed");
     }
     drop(turn);
 }
@@ -197,7 +183,7 @@ impl Run {
         f(&mut d);
         d.touch();
         if let Err(e) = self.engine.inner.store.save_deployment(&d).await {
-            tracing::error!(deployment.id = %d.id, error = %chain(&e), "saving the deployment failed");
+            tracing::error!(deployment.id = %d.id, error = %error_chain(&e), "saving the deployment failed");
         }
         let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
             deployment: d.clone(),
@@ -213,7 +199,7 @@ impl Run {
         let d = self.snapshot().await;
         self.engine
             .opened(&d)
-            .map_err(|e| Failure::new(&[], "SecretUnreadable", chain(&e)))
+            .map_err(|e| Failure::new(&[], "SecretUnreadable", error_chain(&e)))
     }
 
     async fn phase(&self, phase: Phase) {
@@ -233,7 +219,7 @@ impl Run {
             .append_log(&id, kind, component, lines)
             .await
         {
-            tracing::warn!(error = %chain(&e), "saving log lines failed");
+            tracing::warn!(error = %error_chain(&e), "saving log lines failed");
         }
     }
 
@@ -266,12 +252,12 @@ impl Run {
             }) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
-                self.finish(Err(Failure::new(&[], "SecretUnreadable", chain(&e))))
+                self.finish(Err(Failure::new(&[], "SecretUnreadable", error_chain(&e))))
                     .await;
                 return;
             }
             Err(e) => {
-                self.finish(Err(Failure::new(&[], "StoreFailed", chain(&e))))
+                self.finish(Err(Failure::new(&[], "StoreFailed", error_chain(&e))))
                     .await;
                 return;
             }
@@ -318,7 +304,7 @@ impl Run {
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %chain(&e), "activating the deployment failed")
+                        tracing::error!(error = %error_chain(&e), "activating the deployment failed")
                     }
                 }
                 let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
@@ -387,7 +373,7 @@ impl Run {
             Some(mode) => match mode.images_in_use(app_id).await {
                 Ok(in_use) => Some(in_use),
                 Err(e) => {
-                    tracing::warn!(error = %chain(&e), "old images stay in the registry: the app's services could not be read");
+                    tracing::warn!(error = %error_chain(&e), "old images stay in the registry: the app's services could not be read");
                     None
                 }
             },
@@ -407,7 +393,7 @@ impl Run {
             for reference in pushed.clone() {
                 let tagged = reference.split('@').next().unwrap_or(reference);
                 if let Err(e) = inner.builder.remove_image(tagged).await {
-                    tracing::warn!(image = %tagged, error = %chain(&e), "untagging an old image failed");
+                    tracing::warn!(image = %tagged, error = %error_chain(&e), "untagging an old image failed");
                 }
             }
             match inner.builder.remove_image(&id).await {
@@ -417,7 +403,7 @@ impl Run {
                 // Still used by a container: it stays.
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(image = %id, error = %chain(&e), "removing an old image failed")
+                    tracing::warn!(image = %id, error = %error_chain(&e), "removing an old image failed")
                 }
             }
             let (Some(mode), Some(in_use)) = (&inner.swarm, &in_use) else {
@@ -433,7 +419,7 @@ impl Run {
                     }
                     Err(e) => tracing::warn!(
                         image = %reference,
-                        error = %chain(&e),
+                        error = %error_chain(&e),
                         "removing an old image from the registry failed"
                     ),
                 }
@@ -504,7 +490,7 @@ impl Run {
             let pushed = mode
                 .push(&image.id, &d.app_id, c.name)
                 .await
-                .map_err(|e| Failure::new(&["build", c.name], "PushFailed", chain(&e)))?;
+                .map_err(|e| Failure::new(&["build", c.name], "PushFailed", error_chain(&e)))?;
             image.pushed = Some(pushed);
         }
         let pushed = image.pushed.clone().unwrap_or_default();
@@ -537,7 +523,7 @@ impl Run {
                     .builder
                     .resolve(&reference)
                     .await
-                    .map_err(|e| fail("ImageMissing", chain(&e)))?;
+                    .map_err(|e| fail("ImageMissing", error_chain(&e)))?;
                 self.update(|d| {
                     d.progress
                         .succeed_with(&path, now(), &format!("using image {reference}"))
@@ -570,7 +556,7 @@ impl Run {
                     .await
                     .map_err(|e| match e {
                         slipway_source::SourceError::Canceled { .. } => Failure::canceled(&path),
-                        e => fail("SourceFetchFailed", chain(&e)),
+                        e => fail("SourceFetchFailed", error_chain(&e)),
                     })?;
                 let source_dir = c.source_dir();
                 let dockerfile = c.dockerfile_path();
@@ -612,7 +598,7 @@ impl Run {
                     .sources
                     .context(&fetched, &source_dir, &dockerfile)
                     .await
-                    .map_err(|e| fail("SourceInvalid", chain(&e)))?;
+                    .map_err(|e| fail("SourceInvalid", error_chain(&e)))?;
                 let tag = templates::image_tag(&d.app_id, c.name, &fetched.commit);
                 let mut image_labels = daemon_labels(self.daemon_id(), &d.app_id);
                 image_labels.insert(labels::COMPONENT.into(), c.name.into());
@@ -659,7 +645,7 @@ impl Run {
                             .append_log(&dep_id, LogKind::Build, &component, lines)
                             .await
                         {
-                            tracing::warn!(error = %chain(&e), "saving build log failed");
+                            tracing::warn!(error = %error_chain(&e), "saving build log failed");
                         }
                     }
                 });
@@ -673,7 +659,7 @@ impl Run {
                 let _ = writer.await;
                 let built = built.map_err(|e| match e {
                     slipway_build::BuildError::Canceled { .. } => Failure::canceled(&path),
-                    e => fail("BuildFailed", chain(&e)),
+                    e => fail("BuildFailed", error_chain(&e)),
                 })?;
                 self.update(|d| {
                     d.progress.succeed_with(
@@ -726,7 +712,7 @@ impl Run {
                     "",
                     vec![format!(
                         "warning: {}; Swarm runs tasks on the other nodes",
-                        chain(&e)
+                        error_chain(&e)
                     )],
                 )
                 .await;
@@ -734,7 +720,7 @@ impl Run {
             mode.swarm
                 .ensure_network(&d.app_id, &d.id)
                 .await
-                .map_err(|e| Failure::new(&["deploy"], "SwarmFailed", chain(&e)))?;
+                .map_err(|e| Failure::new(&["deploy"], "SwarmFailed", error_chain(&e)))?;
         } else {
             // The network belongs to the whole app: its component label is empty.
             let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
@@ -744,7 +730,7 @@ impl Run {
                 .runtime
                 .ensure_network(&templates::network_name(&d.app_id), &net_labels)
                 .await
-                .map_err(|e| Failure::new(&["deploy"], "DockerFailed", chain(&e)))?;
+                .map_err(|e| Failure::new(&["deploy"], "DockerFailed", error_chain(&e)))?;
         }
 
         if with_jobs {
@@ -798,7 +784,7 @@ impl Run {
             .builder
             .resolve(&reference)
             .await
-            .map_err(|e| fail("ImageMissing", chain(&e)))?;
+            .map_err(|e| fail("ImageMissing", error_chain(&e)))?;
         let spec = InstanceSpec {
             app_id: d.app_id.clone(),
             app_name: self.app_name.clone(),
@@ -825,7 +811,7 @@ impl Run {
                 .swarm
                 .service(&name)
                 .await
-                .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+                .map_err(|e| fail("DatabaseFailed", error_chain(&e)))?
                 .is_some();
             if exists {
                 name
@@ -833,7 +819,7 @@ impl Run {
                 let pushed = mode
                     .push(&spec.image, &d.app_id, &db.name)
                     .await
-                    .map_err(|e| fail("PushFailed", chain(&e)))?;
+                    .map_err(|e| fail("PushFailed", error_chain(&e)))?;
                 let def = slipway_swarm::ServiceDef {
                     daemon_id: self.daemon_id().to_string(),
                     app_id: d.app_id.clone(),
@@ -850,14 +836,14 @@ impl Run {
                 mode.swarm
                     .ensure_database(&def)
                     .await
-                    .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+                    .map_err(|e| fail("DatabaseFailed", error_chain(&e)))?
             }
         } else {
             inner
                 .runtime
                 .ensure_database(&spec, &volume, &data_dir)
                 .await
-                .map_err(|e| fail("DatabaseFailed", chain(&e)))?
+                .map_err(|e| fail("DatabaseFailed", error_chain(&e)))?
                 .name
         };
         self.update(|d| {
@@ -958,7 +944,7 @@ impl Run {
                 .runtime
                 .run_job(spec, timeout, cancel)
                 .await
-                .map_err(|e| Failure::new(path, "JobFailed", chain(&e)))?;
+                .map_err(|e| Failure::new(path, "JobFailed", error_chain(&e)))?;
             return Ok((outcome.output, outcome.container_name, outcome.exit_code));
         };
         let def = mode
@@ -967,12 +953,12 @@ impl Run {
         let name = slipway_swarm::service_name(&d.app_id, job);
         tokio::select! {
             outcome = mode.swarm.run_job(&def, timeout) => {
-                let outcome = outcome.map_err(|e| Failure::new(path, "JobFailed", chain(&e)))?;
+                let outcome = outcome.map_err(|e| Failure::new(path, "JobFailed", error_chain(&e)))?;
                 Ok((outcome.logs, format!("Swarm job {name}"), outcome.exit_code))
             }
             () = cancel.cancelled() => {
                 if let Err(e) = mode.swarm.remove(&name).await {
-                    tracing::warn!(job = %name, error = %chain(&e), "removing a canceled job failed");
+                    tracing::warn!(job = %name, error = %error_chain(&e), "removing a canceled job failed");
                 }
                 Err(Failure::canceled(path))
             }
@@ -1180,7 +1166,7 @@ impl Run {
                 (labels::DAEMON, self.daemon_id()),
             ])
             .await
-            .map_err(|e| Failure::new(&["deploy", component], "DockerFailed", chain(&e)))
+            .map_err(|e| Failure::new(&["deploy", component], "DockerFailed", error_chain(&e)))
     }
 }
 

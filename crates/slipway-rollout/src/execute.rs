@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use slipway_spec::error_chain;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -304,21 +305,6 @@ async fn start_one<R: Runtime>(
             })
         }
     }
-}
-
-/// An error and its sources, joined with ": ".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!   Platform does not define are refused;
 //! - the deployment model ([`Deployment`], [`Phase`], [`Progress`], [`Step`]) as the API
 //!   serializes it;
-//! - the Docker labels every Slipway object carries ([`labels`]).
+//! - the Docker labels every Slipway object carries ([`labels`]);
+//! - [`error_chain`], the one way an error and its causes become a step's or a log's words.
 //!
 //! Everything serialized here uses `BTreeMap` or `Vec`, so output order is stable.
 
@@ -32,3 +33,57 @@ pub use spec::{
     IngressMatch, IngressPath, IngressRule, JobKind, JobSpec, RolloutSpec, ServiceSpec, Source,
     Termination, WorkerSpec,
 };
+
+/// An error and its sources, joined with ": ". A source whose words the text already holds
+/// (an error that repeats its cause in its own message) is left out.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    struct Failure {
+        message: String,
+        #[source]
+        source: Option<Box<Failure>>,
+    }
+
+    fn failure(message: &str, source: Option<Failure>) -> Failure {
+        Failure {
+            message: message.into(),
+            source: source.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn an_error_reads_with_its_causes_and_no_cause_twice() {
+        let inner = failure("connection refused", None);
+        let middle = failure("connecting to 127.0.0.1:5000", Some(inner));
+        let outer = failure("pushing the image failed", Some(middle));
+        assert_eq!(
+            error_chain(&outer),
+            "pushing the image failed: connecting to 127.0.0.1:5000: connection refused"
+        );
+        // A message that already quotes its cause does not repeat it.
+        let repeated = failure(
+            "the build failed: no space left",
+            Some(failure("no space left", None)),
+        );
+        assert_eq!(error_chain(&repeated), "the build failed: no space left");
+        assert_eq!(error_chain(&failure("alone", None)), "alone");
+    }
+}

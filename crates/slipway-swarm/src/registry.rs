@@ -7,6 +7,7 @@ use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
 use futures::StreamExt;
+use slipway_spec::error_chain;
 
 use crate::error::SwarmError;
 
@@ -304,20 +305,6 @@ async fn answer(response: reqwest::Response) -> String {
     } else {
         format!("{status}: {words}")
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Whether the engine counts `registry` as insecure, as it decides when it pushes: named in

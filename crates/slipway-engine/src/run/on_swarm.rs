@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use slipway_spec::{Deployment, DeploymentKind, StepStatus, now};
+use slipway_spec::{Deployment, DeploymentKind, StepStatus, error_chain, now};
 use slipway_store::LogKind;
 use slipway_swarm::{ServiceDef, SwarmError, TaskEvent, service_name};
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, Run, chain};
+use super::{Failure, Run};
 use crate::swarm::SwarmMode;
 
 /// Why one component's update did not finish.
@@ -117,7 +117,7 @@ impl Run {
             "RolloutFailed",
             format!(
                 "{}{task}; the previous version keeps running{note}",
-                chain(error)
+                error_chain(error)
             ),
         ))
     }
@@ -187,7 +187,7 @@ impl Run {
                 .swarm
                 .remove(&name)
                 .await
-                .map_err(|e| format!("{}: {}", def.component, chain(&e)));
+                .map_err(|e| format!("{}: {}", def.component, error_chain(&e)));
         };
         tracing::info!(component = %def.component, "returning the service to the previous version");
         self.log(
@@ -208,7 +208,7 @@ impl Run {
         .await;
         result
             .map(|_| ())
-            .map_err(|e| format!("{}: {}", def.component, chain(&e)))
+            .map_err(|e| format!("{}: {}", def.component, error_chain(&e)))
     }
 
     /// Reports one task transition in the DEPLOY log and in the component's instance steps;
