@@ -16,22 +16,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use futures::FutureExt;
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{CONNECT_TIMEOUT, HOP_BY_HOP, Proxy, RETRY_BODY_BYTES};
+use tokio::sync::mpsc::Receiver;
+
+use crate::pipe::{self, Ask, Part};
+use crate::proxy::{HOP_BY_HOP, Proxy, RETRY_BODY_BYTES};
 use crate::table::{Backend, InFlight, Pool};
 
 /// The most header lines a request may have on this path (more: hyper answers it).
 const MAX_REQUEST_HEADERS: usize = 64;
 /// The most header lines accepted in an instance's answer.
-const MAX_RESPONSE_HEADERS: usize = 100;
+pub(crate) const MAX_RESPONSE_HEADERS: usize = 100;
 /// A head longer than this is left to hyper (a request) or refused (an answer).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How much is read at a time.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -48,10 +50,8 @@ struct Conn {
     client: TcpStream,
     /// Bytes read from the client and not yet used.
     input: BytesMut,
-    /// The request as it goes to the instance, then the answer as it goes to the client.
+    /// The request as it goes to the instance, or the ingress's own answer.
     out: Vec<u8>,
-    /// Bytes read from the instance.
-    answer: Vec<u8>,
     /// The client's address as it is appended to `X-Forwarded-For`.
     client_ip: String,
 }
@@ -77,13 +77,13 @@ struct Forward {
     body_len: usize,
     /// Whether the request may be sent a second time after the first got no answer.
     idempotent: bool,
-    head: bool,
+    ask: Ask,
     close: bool,
 }
 
 /// How the end of an answer's body is found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked,
@@ -101,7 +101,6 @@ pub(crate) async fn serve(
         client,
         input: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(1024),
-        answer: Vec::new(),
         client_ip: remote.ip().to_string(),
     };
     let config = &proxy.ingress.config;
@@ -320,7 +319,12 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
             method,
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
-        head: method == "HEAD",
+        ask: Ask {
+            shareable: body_len == 0 && matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
+            head: method == "HEAD",
+            close,
+            fresh: false,
+        },
         close,
     })
 }
@@ -353,31 +357,36 @@ async fn answer_locally(
 }
 
 /// Why an exchange with an instance ended without an answer's head.
-enum Failed {
-    /// Nothing came back: the request may not have reached it (the connection was closed
-    /// under it, or refused).
-    NoAnswer(io::Error),
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// No connection could be made: the request was not sent.
+    Unreachable(io::Error),
+    /// Nothing came back: the request may or may not have reached it (the connection was
+    /// closed under it). `shared`: the connection carried other requests too, so that it may
+    /// have been closed for them (by an instance that closed it as it sat idle, or as it
+    /// answered one of them), and a new connection to the same instance is worth a try.
+    NoAnswer { error: io::Error, shared: bool },
     /// The instance answered with something that is not an HTTP/1.1 answer.
     Bad(String),
 }
 
 /// What the instance's answer's head said.
-struct AnswerHead {
-    head_len: usize,
-    framing: Framing,
-    reusable: bool,
+pub(crate) struct AnswerHead {
+    pub(crate) framing: Framing,
+    pub(crate) reusable: bool,
 }
 
 /// Sends the request in `c.out` to an instance of the pool and relays the answer. A request
-/// that got no answer at all may be sent once more: on a new connection when the kept one it
-/// went out on had been closed by the instance, and to another instance when a new connection
-/// failed (a refused connection counts for any request, a closed one only for idempotent
-/// ones). `Ok(false)` when the client's connection is to be closed afterwards; `Err` when it
-/// broke.
+/// that got no answer at all may be sent once more: on a new connection when the one it went
+/// out on had carried other requests (the instance may have closed it as it sat idle), and to
+/// another instance when a new connection failed (one that could not be made counts for any
+/// request, one closed under it only for idempotent ones). `Ok(false)` when the client's
+/// connection is to be closed afterwards; `Err` when it broke.
 async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
     let config = &proxy.ingress.config;
     let mut exclude: Option<Arc<Backend>> = None;
     let (mut sent_again, mut sent_elsewhere) = (false, false);
+    let mut ask = f.ask;
     loop {
         let Some(backend) = f.pool.pick(exclude.as_deref().map(|b| b.id.as_str())) else {
             let text = format!("no instance of {} is ready\n", f.pool.component);
@@ -385,27 +394,8 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             return Ok(true);
         };
         let guard = InFlight::new(Arc::clone(&backend));
-        let (mut upstream, reused) = match checkout(&backend).await {
-            Ok(s) => s,
-            Err(e) => {
-                backend.mark_down();
-                if !sent_elsewhere {
-                    tracing::debug!(instance = %backend.id, error = %e, "sending to another instance");
-                    sent_elsewhere = true;
-                    exclude = Some(backend);
-                    continue;
-                }
-                let text = format!("{} could not be reached: {e}\n", f.pool.component);
-                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
-                return Ok(true);
-            }
-        };
-        let exchanged = tokio::time::timeout(
-            config.request_timeout,
-            exchange(&mut upstream, &mut c.out, &mut c.answer, f.head, f.close),
-        )
-        .await;
-        let head = match exchanged {
+        let mut parts = pipe::send(&backend, &c.out, ask, config);
+        let first = match tokio::time::timeout(config.request_timeout, parts.recv()).await {
             Err(_) => {
                 let text = format!(
                     "{} did not answer within {} s\n",
@@ -415,142 +405,108 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
                 answer_locally(c, StatusCode::GATEWAY_TIMEOUT, &text, f.close).await?;
                 return Ok(true);
             }
-            Ok(Err(Failed::NoAnswer(e))) if f.idempotent && reused && !sent_again => {
-                tracing::debug!(instance = %backend.id, error = %e, "a kept connection was closed; sending again");
-                sent_again = true;
-                continue;
-            }
-            Ok(Err(Failed::NoAnswer(e))) if f.idempotent && !sent_elsewhere => {
-                tracing::debug!(instance = %backend.id, error = %e, "sending again to another instance");
-                sent_elsewhere = true;
-                exclude = Some(backend);
-                continue;
-            }
-            Ok(Err(Failed::NoAnswer(e))) => {
-                let text = format!("{} could not be reached: {e}\n", f.pool.component);
-                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
-                return Ok(true);
-            }
-            Ok(Err(Failed::Bad(why))) => {
-                tracing::debug!(instance = %backend.id, error = %why, "an instance's answer was not HTTP/1.1");
-                let text = format!(
-                    "{} answered with something that is not HTTP: {why}\n",
-                    f.pool.component
-                );
-                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
-                return Ok(true);
-            }
-            Ok(Ok(head)) => head,
-        };
-        let reusable = relay(c, &mut upstream, &head).await?;
-        if reusable {
-            backend.streams.push(upstream);
-        }
-        drop(guard);
-        return Ok(head.framing != Framing::UntilClose);
-    }
-}
-
-/// An idle connection to `backend` that is still open (`true`: kept), else a new one.
-async fn checkout(backend: &Backend) -> io::Result<(TcpStream, bool)> {
-    while let Some(stream) = backend.streams.pop() {
-        if still_open(&stream) {
-            return Ok((stream, true));
-        }
-    }
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "connecting took longer than {} s",
-                    CONNECT_TIMEOUT.as_secs()
+            Ok(Some(Part::Failed(failed))) => failed,
+            // The answer had begun when its connection broke, though none of it was relayed.
+            Ok(None) => Failed::NoAnswer {
+                error: io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the connection was closed in the middle of an answer",
                 ),
-            )
-        })??;
-    let _ = stream.set_nodelay(true);
-    Ok((stream, false))
-}
-
-/// Whether an idle connection may carry a request: nothing to read on it, not closed by the
-/// instance. The reactor's readiness answers without a system call when nothing happened on
-/// the connection since its last answer was read to the end; otherwise a read tells.
-fn still_open(stream: &TcpStream) -> bool {
-    match stream.ready(Interest::READABLE).now_or_never() {
-        None => true,
-        Some(Err(_)) => false,
-        Some(Ok(ready)) if ready.is_read_closed() => false,
-        Some(Ok(_)) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                shared: true,
+            },
+            Ok(Some(part)) => {
+                let keep = relay(c, part, &mut parts).await?;
+                drop(guard);
+                return Ok(keep);
+            }
+        };
+        match failed_again(first, f.idempotent, &mut sent_again, &mut sent_elsewhere) {
+            // Sent again, it has a new connection to itself: nothing before it to take it
+            // down, and not one the instance may have closed as it sat idle.
+            Retry::SameInstance => {
+                ask.shareable = false;
+                ask.fresh = true;
+            }
+            Retry::Elsewhere => {
+                ask.shareable = false;
+                ask.fresh = true;
+                exclude = Some(backend);
+            }
+            Retry::No(why) => {
+                let text = format!("{} {why}\n", f.pool.component);
+                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
+                return Ok(true);
+            }
         }
     }
 }
 
-/// Writes the request in `out` and reads the answer's head into `answer`, skipping interim
-/// (1xx) answers; once the head is in, `out` holds it as it goes to the client (with
-/// `Connection: close` when `close`).
-async fn exchange(
-    upstream: &mut TcpStream,
-    out: &mut Vec<u8>,
-    answer: &mut Vec<u8>,
-    head_request: bool,
-    close: bool,
-) -> Result<AnswerHead, Failed> {
-    upstream.write_all(out).await.map_err(Failed::NoAnswer)?;
-    answer.clear();
-    let mut received = false;
+/// What to do after a request got no answer.
+enum Retry {
+    /// Send it again to the same instance, on a new connection.
+    SameInstance,
+    /// Send it to another instance.
+    Elsewhere,
+    /// Answer the client with a 502 that says this after the component's name.
+    No(String),
+}
+
+/// Whether a request that got no answer (`failed`) is sent once more, and where; each kind of
+/// second chance is given once.
+fn failed_again(
+    failed: Failed,
+    idempotent: bool,
+    sent_again: &mut bool,
+    sent_elsewhere: &mut bool,
+) -> Retry {
+    match failed {
+        Failed::Unreachable(e) if !*sent_elsewhere => {
+            tracing::debug!(error = %e, "sending to another instance");
+            *sent_elsewhere = true;
+            Retry::Elsewhere
+        }
+        Failed::Unreachable(e) => Retry::No(format!("could not be reached: {e}")),
+        Failed::NoAnswer { error: e, shared } if idempotent && shared && !*sent_again => {
+            tracing::debug!(error = %e, "a shared connection was closed; sending again on a new one");
+            *sent_again = true;
+            Retry::SameInstance
+        }
+        Failed::NoAnswer { error: e, .. } if idempotent && !*sent_elsewhere => {
+            tracing::debug!(error = %e, "sending again to another instance");
+            *sent_elsewhere = true;
+            Retry::Elsewhere
+        }
+        Failed::NoAnswer { error: e, .. } => Retry::No(format!("could not be reached: {e}")),
+        Failed::Bad(why) => Retry::No(format!("answered with something that is not HTTP: {why}")),
+    }
+}
+
+/// Relays an answer to the client as its parts come, from `first`. `Ok(true)` when the
+/// client's connection may carry another request.
+async fn relay(c: &mut Conn, first: Part, parts: &mut Receiver<Part>) -> io::Result<bool> {
+    let mut part = Some(first);
     loop {
-        if !answer.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(answer) {
-                Ok(httparse::Status::Complete(head_len)) => {
-                    let code = resp.code.unwrap_or(0);
-                    if (100..200).contains(&code) {
-                        if code == 101 {
-                            return Err(Failed::Bad(
-                                "it switched protocols without being asked to".into(),
-                            ));
-                        }
-                        answer.drain(..head_len);
-                        continue;
-                    }
-                    let head = answer_head(&resp, head_len, head_request).map_err(Failed::Bad)?;
-                    // The request is sent: `out` now takes the answer's head for the client.
-                    client_head(&resp, close || head.framing == Framing::UntilClose, out);
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) if answer.len() < MAX_HEAD_BYTES => {}
-                Ok(httparse::Status::Partial) => {
-                    return Err(Failed::Bad(format!(
-                        "its answer's head is longer than {MAX_HEAD_BYTES} bytes"
-                    )));
-                }
-                Err(e) => return Err(Failed::Bad(e.to_string())),
+        match part {
+            Some(Part::More(bytes)) => c.client.write_all(&bytes).await?,
+            Some(Part::Last { bytes, keep }) => {
+                c.client.write_all(&bytes).await?;
+                return Ok(keep);
             }
-        }
-        // Into the spare capacity: nothing is zeroed first.
-        answer.reserve(READ_SIZE);
-        match upstream.read_buf(answer).await {
-            Ok(0) if !received => {
-                return Err(Failed::NoAnswer(io::Error::new(
+            Some(Part::Failed(_)) | None => {
+                return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "the connection was closed before an answer",
-                )));
+                    "an instance closed its connection in the middle of an answer",
+                ));
             }
-            Ok(0) => return Err(Failed::Bad("its answer's head was cut short".into())),
-            Ok(_) => received = true,
-            Err(e) if !received => return Err(Failed::NoAnswer(e)),
-            Err(e) => return Err(Failed::Bad(e.to_string())),
         }
+        part = parts.recv().await;
     }
 }
 
-fn answer_head(
+/// How the answer whose head is `resp` is framed, and whether its connection may carry
+/// another; `head_request`: it answers a HEAD request.
+pub(crate) fn answer_head(
     resp: &httparse::Response<'_, '_>,
-    head_len: usize,
     head_request: bool,
 ) -> Result<AnswerHead, String> {
     let code = resp.code.unwrap_or(0);
@@ -590,7 +546,6 @@ fn answer_head(
         }
     };
     Ok(AnswerHead {
-        head_len,
         framing,
         reusable: reusable && framing != Framing::UntilClose,
     })
@@ -598,7 +553,7 @@ fn answer_head(
 
 /// Writes the answer's head for the client into `out`: the instance's, without the headers
 /// that describe its connection to the ingress.
-fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>) {
+pub(crate) fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>) {
     use std::io::Write;
     out.clear();
     // Into the buffer: no string is made for the status.
@@ -628,79 +583,9 @@ fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>
     out.extend_from_slice(b"\r\n");
 }
 
-/// Relays the answer to the client: its head, which `exchange` left in `c.out`, then its body
-/// as the instance sends it: first what followed the head in `c.answer`, then what is read
-/// into that same buffer. `Ok(true)` when the instance's connection may carry another request.
-async fn relay(c: &mut Conn, upstream: &mut TcpStream, head: &AnswerHead) -> io::Result<bool> {
-    let until_close = head.framing == Framing::UntilClose;
-    // Where the body starts in `c.answer`.
-    let mut start = head.head_len;
-    let mut chunks = ChunkedEnd::default();
-    // What of the body is still to come, and whether its end was seen.
-    let mut remaining = match head.framing {
-        Framing::Length(l) => l,
-        _ => 0,
-    };
-    let mut ended = head.framing == Framing::Empty;
-    let mut extra = false;
-    loop {
-        // Take from what was read what belongs to this answer.
-        let rest = &c.answer[start..];
-        let take = match head.framing {
-            Framing::Empty => 0,
-            Framing::Length(_) => {
-                let n = rest
-                    .len()
-                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                remaining -= n as u64;
-                ended = remaining == 0;
-                n
-            }
-            Framing::Chunked => match chunks.feed(rest) {
-                Ok(Some(end)) => {
-                    ended = true;
-                    end
-                }
-                Ok(None) => rest.len(),
-                Err(()) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "an instance's chunked body is malformed",
-                    ));
-                }
-            },
-            Framing::UntilClose => rest.len(),
-        };
-        extra |= take < rest.len();
-        // The head goes out with the first part of the body; the rest as it is read.
-        if c.out.is_empty() {
-            c.client.write_all(&rest[..take]).await?;
-        } else {
-            c.out.extend_from_slice(&rest[..take]);
-            c.client.write_all(&c.out).await?;
-            c.out.clear();
-        }
-        if ended {
-            return Ok(head.reusable && !extra);
-        }
-        c.answer.clear();
-        c.answer.reserve(READ_SIZE);
-        start = 0;
-        if upstream.read_buf(&mut c.answer).await? == 0 {
-            if until_close {
-                return Ok(false);
-            }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "an instance closed its connection in the middle of an answer",
-            ));
-        }
-    }
-}
-
 /// Finds where a chunked body ends, fed the bytes as they come.
 #[derive(Debug, Default)]
-struct ChunkedEnd {
+pub(crate) struct ChunkedEnd {
     state: Chunk,
     size: u64,
     digits: u8,
@@ -724,7 +609,7 @@ enum Chunk {
 
 impl ChunkedEnd {
     /// How many bytes of `data` belong to the body, once its end is in them.
-    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -891,11 +776,11 @@ mod tests {
         let framing = |head: &str, head_request: bool| {
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut resp = httparse::Response::new(&mut headers);
-            let n = match resp.parse(head.as_bytes()) {
-                Ok(httparse::Status::Complete(n)) => n,
+            match resp.parse(head.as_bytes()) {
+                Ok(httparse::Status::Complete(n)) => assert_eq!(n, head.len()),
                 other => panic!("{other:?}"),
-            };
-            answer_head(&resp, n, head_request).map(|h| (h.framing, h.reusable))
+            }
+            answer_head(&resp, head_request).map(|h| (h.framing, h.reusable))
         };
         let ok = "HTTP/1.1 200 OK\r\n";
         assert_eq!(

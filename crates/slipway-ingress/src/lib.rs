@@ -24,8 +24,10 @@
 
 mod h1;
 mod idle;
+mod pipe;
 mod proxy;
 mod table;
 
+pub use pipe::PIPELINE_CONNECTIONS;
 pub use proxy::serve;
 pub use table::{Ingress, IngressConfig};

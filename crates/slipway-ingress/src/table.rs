@@ -12,6 +12,7 @@ use slipway_spec::AppSpec;
 use tokio::sync::Notify;
 
 use crate::idle::IdlePool;
+use crate::pipe::Pipes;
 
 /// How the ingress behaves.
 #[derive(Debug, Clone)]
@@ -26,6 +27,10 @@ pub struct IngressConfig {
     /// How long a client connection may take to send a request's headers.
     pub header_timeout: Duration,
     pub max_body_bytes: u64,
+    /// The most plain HTTP/1.1 requests outstanding on one connection to an instance, once a
+    /// thread has several connections to it busy: safe requests without a body are then
+    /// pipelined rather than given yet another connection. 1: one request at a time.
+    pub pipeline_depth: usize,
 }
 
 impl Default for IngressConfig {
@@ -37,6 +42,7 @@ impl Default for IngressConfig {
             request_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(30),
             max_body_bytes: 32 * 1024 * 1024,
+            pipeline_depth: 16,
         }
     }
 }
@@ -50,10 +56,10 @@ pub(crate) struct Backend {
     pub draining: AtomicBool,
     down_until: Mutex<Option<Instant>>,
     idle: Notify,
-    /// Kept-alive connections to it that wait for a request: driven by hyper, and raw ones
-    /// for the lean HTTP/1.1 path.
+    /// Kept-alive connections to it that wait for a request, driven by hyper.
     pub connections: IdlePool<hyper::client::conn::http1::SendRequest<crate::proxy::UpstreamBody>>,
-    pub streams: IdlePool<tokio::net::TcpStream>,
+    /// The lean HTTP/1.1 path's connections to it, each driven by a task of its own.
+    pub pipes: Pipes,
 }
 
 impl Backend {
@@ -380,7 +386,7 @@ impl Ingress {
             down_until: Mutex::new(None),
             idle: Notify::new(),
             connections: IdlePool::default(),
-            streams: IdlePool::default(),
+            pipes: Pipes::default(),
         }));
     }
 

@@ -66,6 +66,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         runtime: crate::serve::RuntimeArg::Docker,
         registry: None,
         publish_on: crate::serve::PublishArg::Gateway,
+        ingress_pipeline_depth: slipway_ingress::IngressConfig::default().pipeline_depth as u16,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

@@ -66,6 +66,16 @@ pub(crate) struct ServeArgs {
     /// this host's own processes reach them, through Docker's slower port proxy.
     #[arg(long, env = "SLIPWAY_PUBLISH_ON", value_enum, default_value_t = PublishArg::Gateway)]
     pub publish_on: PublishArg,
+    /// The most requests the ingress sends at once on one connection to an instance: once
+    /// each ingress thread has 4 connections to an instance busy, safe requests without a
+    /// body (GET, HEAD) are pipelined on them rather than given more connections. 1: never.
+    #[arg(
+        long,
+        env = "SLIPWAY_INGRESS_PIPELINE_DEPTH",
+        default_value_t = IngressConfig::default().pipeline_depth as u16,
+        value_parser = clap::value_parser!(u16).range(1..=256),
+    )]
+    pub ingress_pipeline_depth: u16,
 }
 
 /// Where instance ports are published.
@@ -150,6 +160,7 @@ impl Daemon {
         config.ingress = IngressConfig {
             base_domain: args.base_domain.clone(),
             public_port: Some(ingress_addr.port()),
+            pipeline_depth: usize::from(args.ingress_pipeline_depth),
             ..IngressConfig::default()
         };
         config.swarm = match (args.runtime, &args.registry) {

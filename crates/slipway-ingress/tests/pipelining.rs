@@ -1,0 +1,240 @@
+//! The ingress's pipelining of requests to an instance, over real HTTP, with instances written
+//! by hand so that what reaches them can be seen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use slipway_ingress::{Ingress, IngressConfig};
+use slipway_spec::parse_spec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const SPEC: &str = "name: shop\nservices:\n  - {name: web, image: {repository: a}}\n";
+
+/// What an instance saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    /// Requests that were already there, whole or in part, when the one before them on the
+    /// same connection was read: sent before its answer, that is pipelined.
+    pipelined: AtomicUsize,
+}
+
+/// How the instance behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Instance {
+    /// Answers each request with its path; `/slow...` after 2 s.
+    Echo,
+    /// Answers the first request of each connection, then closes it, whatever else came.
+    ClosesAfterOne,
+}
+
+async fn instance(kind: Instance) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counts.connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, kind, Arc::clone(&counts)));
+        }
+    });
+    (addr, seen)
+}
+
+async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
+    let mut read = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&read[..end]).into_owned();
+        read.drain(..end + 4);
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+        if !read.is_empty() {
+            seen.pipelined.fetch_add(1, Ordering::SeqCst);
+        }
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        if path.starts_with("/slow") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            path.len()
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        if kind == Instance::ClosesAfterOne {
+            return;
+        }
+    }
+}
+
+struct Setup {
+    ingress: Arc<Ingress>,
+    addr: SocketAddr,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn setup(pipeline_depth: usize) -> Setup {
+    let ingress = Ingress::new(IngressConfig {
+        pipeline_depth,
+        ..IngressConfig::default()
+    });
+    ingress.set_app("app1", &parse_spec(SPEC).unwrap().spec);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        Arc::clone(&ingress),
+        listener,
+        stop.clone(),
+    ));
+    Setup {
+        ingress,
+        addr,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// One client: `count` GETs of `/<client>/<i>` one after another on one kept-alive
+/// connection, each answer checked to be its own. Returns the slowest answer's time.
+async fn client(addr: SocketAddr, id: usize, count: usize) -> Duration {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut slowest = Duration::ZERO;
+    for i in 0..count {
+        let path = format!("/{id}/{i}");
+        let started = Instant::now();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: shop.localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (status, body) = read_answer(&mut conn).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!((status.as_str(), body.as_str()), ("200", path.as_str()));
+    }
+    slowest
+}
+
+/// Reads one answer with a `Content-Length`: its status and its body.
+async fn read_answer(conn: &mut TcpStream) -> (String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .map_or(0, |l| l.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await.unwrap();
+    let status = head.split(' ').nth(1).unwrap_or("").to_string();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// `clients` clients at once, each sending `count` requests.
+async fn load(addr: SocketAddr, clients: usize, count: usize) -> Duration {
+    let tasks: Vec<_> = (0..clients)
+        .map(|id| tokio::spawn(client(addr, id, count)))
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        slowest = slowest.max(t.await.unwrap());
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_a_few_connections_and_each_gets_its_own_answer() {
+    let s = setup(IngressConfig::default().pipeline_depth).await;
+    let (addr, seen) = instance(Instance::Echo).await;
+    s.ingress.add("app1", "web", "i1", addr);
+    load(s.addr, 48, 60).await;
+    let (connections, requests, pipelined) = (
+        seen.connections.load(Ordering::SeqCst),
+        seen.requests.load(Ordering::SeqCst),
+        seen.pipelined.load(Ordering::SeqCst),
+    );
+    assert_eq!(requests, 48 * 60);
+    assert!(
+        pipelined > 0,
+        "no request was sent before the answer to the one before it ({connections} connections)"
+    );
+    assert!(
+        connections < 48,
+        "48 clients at once took {connections} connections to the instance"
+    );
+
+    // With pipelining off, the same load: every request waits for a connection of its own.
+    let s = setup(1).await;
+    let (addr, seen) = instance(Instance::Echo).await;
+    s.ingress.add("app1", "web", "i1", addr);
+    load(s.addr, 48, 60).await;
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 48 * 60);
+    assert_eq!(seen.pipelined.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_waits_behind_a_slow_answer() {
+    let s = setup(IngressConfig::default().pipeline_depth).await;
+    let (addr, _) = instance(Instance::Echo).await;
+    s.ingress.add("app1", "web", "i1", addr);
+    // Slow requests on every connection the ingress would pipeline on, then, once they have
+    // waited a moment, a burst of quick ones: none may be queued behind a slow answer.
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = s.addr;
+            tokio::spawn(async move {
+                let mut conn = TcpStream::connect(addr).await.unwrap();
+                let req = format!("GET /slow/{i} HTTP/1.1\r\nHost: shop.localhost\r\n\r\n");
+                conn.write_all(req.as_bytes()).await.unwrap();
+                read_answer(&mut conn).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let slowest = load(s.addr, 16, 5).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a quick request took {slowest:?} while slow ones were answered"
+    );
+    for (i, t) in slow.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), ("200".into(), format!("/slow/{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_on_a_connection_the_instance_closes_are_sent_again() {
+    let s = setup(IngressConfig::default().pipeline_depth).await;
+    let (addr, seen) = instance(Instance::ClosesAfterOne).await;
+    s.ingress.add("app1", "web", "i1", addr);
+    // Every request behind another on a connection is lost with it; each is sent again on a
+    // connection of its own and answered.
+    load(s.addr, 24, 20).await;
+    let (requests, pipelined) = (
+        seen.requests.load(Ordering::SeqCst),
+        seen.pipelined.load(Ordering::SeqCst),
+    );
+    assert!(requests >= 24 * 20, "{requests}");
+    assert!(
+        pipelined > 0,
+        "nothing was pipelined: the test proves nothing"
+    );
+}
