@@ -366,8 +366,9 @@ impl Driver {
                 }
                 std::mem::swap(&mut s.queued, &mut self.out);
             }
-            if self.start == self.input.len() {
-                self.input.clear();
+            // What is left is a part of an answer still to come: it moves to the front.
+            if self.start > 0 {
+                self.input.drain(..self.start);
                 self.start = 0;
             }
             self.input.reserve(READ_SIZE);

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+const BIG: usize = 100_000;
 const SPEC: &str = "name: shop\nservices:\n  - {name: web, image: {repository: a}}\n";
 
 /// What an instance saw.
@@ -27,7 +28,8 @@ struct Seen {
 /// How the instance behaves.
 #[derive(Clone, Copy, PartialEq)]
 enum Instance {
-    /// Answers each request with its path; `/slow...` after 2 s.
+    /// Answers each request with its path; `/slow...` after 2 s; `/big...` with its path
+    /// followed by 100,000 `x`, written in two parts.
     Echo,
     /// Answers the first request of each connection, then closes it, whatever else came.
     ClosesAfterOne,
@@ -68,11 +70,15 @@ async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
         if path.starts_with("/slow") {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
+        let padding = if path.starts_with("/big") { BIG } else { 0 };
         let answer = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-            path.len()
+            path.len() + padding
         );
         if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        if padding > 0 && stream.write_all(&[b'x'; BIG]).await.is_err() {
             return;
         }
         if kind == Instance::ClosesAfterOne {
@@ -108,19 +114,28 @@ async fn setup(pipeline_depth: usize) -> Setup {
     }
 }
 
-/// One client: `count` GETs of `/<client>/<i>` one after another on one kept-alive
-/// connection, each answer checked to be its own. Returns the slowest answer's time.
+/// One client: `count` GETs of `/<client>/<i>` (every fifth `/big/<client>/<i>`) one after
+/// another on one kept-alive connection, each answer checked to be its own. Returns the
+/// slowest answer's time.
 async fn client(addr: SocketAddr, id: usize, count: usize) -> Duration {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let mut slowest = Duration::ZERO;
     for i in 0..count {
-        let path = format!("/{id}/{i}");
+        let path = match i % 5 {
+            4 => format!("/big/{id}/{i}"),
+            _ => format!("/{id}/{i}"),
+        };
         let started = Instant::now();
         conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: shop.localhost\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        let (status, body) = read_answer(&mut conn).await;
+        let (status, mut body) = read_answer(&mut conn).await;
         slowest = slowest.max(started.elapsed());
+        if path.starts_with("/big") {
+            assert_eq!(body.len(), path.len() + BIG, "{path}");
+            assert!(body[path.len()..].bytes().all(|b| b == b'x'), "{path}");
+            body.truncate(path.len());
+        }
         assert_eq!((status.as_str(), body.as_str()), ("200", path.as_str()));
     }
     slowest
