@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use slipway_ingress::{Ingress, IngressConfig};
-use slipway_spec::parse_spec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::DropGuard;
+
+mod common;
 
 const BIG: usize = 100_000;
 const SPEC: &str = "name: shop\nservices:\n  - {name: web, image: {repository: a}}\n";
@@ -90,27 +91,19 @@ async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
 struct Setup {
     ingress: Arc<Ingress>,
     addr: SocketAddr,
-    _stop: tokio_util::sync::DropGuard,
+    _stop: DropGuard,
 }
 
 async fn setup(pipeline_depth: usize) -> Setup {
-    let ingress = Ingress::new(IngressConfig {
+    let config = IngressConfig {
         pipeline_depth,
         ..IngressConfig::default()
-    });
-    ingress.set_app("app1", &parse_spec(SPEC).unwrap().spec);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(slipway_ingress::serve(
-        Arc::clone(&ingress),
-        listener,
-        stop.clone(),
-    ));
+    };
+    let (ingress, addr, stop) = common::serve(config, SPEC).await;
     Setup {
         ingress,
         addr,
-        _stop: stop.drop_guard(),
+        _stop: stop,
     }
 }
 
@@ -141,27 +134,11 @@ async fn client(addr: SocketAddr, id: usize, count: usize) -> Duration {
     slowest
 }
 
-/// Reads one answer with a `Content-Length`: its status and its body.
+/// Reads one answer: its status and its body.
 async fn read_answer(conn: &mut TcpStream) -> (String, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        conn.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_string)
-        })
-        .map_or(0, |l| l.trim().parse().unwrap());
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body).await.unwrap();
+    let (head, body) = common::read_answer(conn).await;
     let status = head.split(' ').nth(1).unwrap_or("").to_string();
-    (status, String::from_utf8(body).unwrap())
+    (status, body)
 }
 
 /// `clients` clients at once, each sending `count` requests.

@@ -12,10 +12,11 @@ use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use slipway_ingress::{Ingress, IngressConfig};
-use slipway_spec::parse_spec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::read_answer;
 
 /// A backend that answers with its name and the headers it got; `/slow` takes 400 ms, `/big`
 /// answers with 256 KiB; an upgrade request is switched to an echo of every byte.
@@ -102,19 +103,11 @@ struct Setup {
 }
 
 async fn setup(spec: &str) -> Setup {
-    let ingress = Ingress::new(IngressConfig {
+    let config = IngressConfig {
         max_body_bytes: 1024,
         ..IngressConfig::default()
-    });
-    ingress.set_app("app1", &parse_spec(spec).unwrap().spec);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(slipway_ingress::serve(
-        Arc::clone(&ingress),
-        listener,
-        stop.clone(),
-    ));
+    };
+    let (ingress, addr, stop) = common::serve(config, spec).await;
     let http = reqwest::Client::builder()
         .resolve("shop.localhost", addr)
         .resolve("nope.localhost", addr)
@@ -124,7 +117,7 @@ async fn setup(spec: &str) -> Setup {
         ingress,
         addr,
         http,
-        _stop: stop.drop_guard(),
+        _stop: stop,
     }
 }
 
@@ -354,28 +347,6 @@ async fn connections_to_instances_are_kept_alive_and_reused() {
         let (status, body) = s.get("shop.localhost", "/big").await;
         assert_eq!((status, body.len()), (200, 256 * 1024));
     }
-}
-
-/// Reads one answer from a raw connection: its head, and a body of `Content-Length` bytes.
-async fn read_answer(conn: &mut TcpStream) -> (String, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        conn.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_string)
-        })
-        .map_or(0, |l| l.trim().parse().unwrap());
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body).await.unwrap();
-    (head, String::from_utf8(body).unwrap())
 }
 
 #[tokio::test]
