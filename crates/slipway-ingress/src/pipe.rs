@@ -15,6 +15,12 @@
 //!   and the oldest of them was given to it less than [`PIPELINE_WAIT`] ago: a connection
 //!   whose answer is slow takes no more requests, and the next ones get another connection.
 //!
+//! Past [`PIPELINE_CONNECTIONS`], a safe request goes with a batch being gathered on a
+//! connection before it takes an idle one, so that the requests that arrive together go out
+//! together however many connections the thread has. Requests are pipelined to an instance
+//! only once a connection to it has carried two answers, and no more once it has closed a
+//! connection that had requests pipelined on it ([`Pipes::trust`]).
+//!
 //! When no connection may take it, a request gets a new one: it never waits for a
 //! connection. Answers are read in order and relayed to each request's client as they come.
 //! A connection that breaks fails every request it had not begun to answer as unanswered, so
@@ -23,6 +29,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -79,11 +86,25 @@ pub(crate) struct Ask {
 
 /// A backend's connections for the lean path, of every ingress thread.
 #[derive(Default)]
-pub(crate) struct Pipes(Mutex<Vec<Arc<Pipe>>>);
+pub(crate) struct Pipes {
+    list: Mutex<Vec<Arc<Pipe>>>,
+    /// What its connections have shown of how the instance treats a connection: one of
+    /// [`UNKNOWN`], [`KEEPS`], [`CLOSES`].
+    trust: Arc<AtomicU8>,
+}
+
+/// Nothing is known yet of how the instance treats a connection: no request is pipelined.
+const UNKNOWN: u8 = 0;
+/// A connection to the instance carried two answers: requests may be pipelined to it.
+const KEEPS: u8 = 1;
+/// The instance closed a connection that had requests pipelined on it (it may have closed it
+/// without reading them, and a server that does so can cut short the answer it sent last):
+/// none are pipelined to it again.
+const CLOSES: u8 = 2;
 
 impl std::fmt::Debug for Pipes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map_or(0, |v| v.len());
+        let n = self.list.lock().map_or(0, |v| v.len());
         f.debug_struct("Pipes").field("open", &n).finish()
     }
 }
@@ -92,7 +113,7 @@ impl Drop for Pipes {
     /// An instance no longer in any pool: its connections end as soon as nothing waits on
     /// them (nothing can, since a request in flight keeps its backend).
     fn drop(&mut self) {
-        let pipes = std::mem::take(self.0.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let pipes = std::mem::take(self.list.get_mut().unwrap_or_else(|e| e.into_inner()));
         for p in pipes {
             p.lock().closed = true;
             p.wake.notify_one();
@@ -101,40 +122,43 @@ impl Drop for Pipes {
 }
 
 impl Pipes {
-    /// A connection of this thread that may take `ask` now: one with nothing outstanding;
-    /// else, once the thread has [`PIPELINE_CONNECTIONS`] to the instance, one that may take
-    /// it behind others (where a batch is being gathered first, then the one with the fewest
-    /// outstanding). `None`: a new connection is to be opened.
+    /// A connection of this thread that may take `ask` now. Until the thread has
+    /// [`PIPELINE_CONNECTIONS`] to the instance, one with nothing outstanding. From then on,
+    /// one where a batch is being gathered first (the requests that arrive together go out
+    /// together, however many connections there are), then one with nothing outstanding,
+    /// then the one with the fewest outstanding that may take it behind them. `None`: a new
+    /// connection is to be opened.
     fn choose(&self, ask: Ask, depth: usize) -> Option<Arc<Pipe>> {
         let worker = WORKER.get();
         let now = Instant::now();
-        let pipes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let pipes = self.list.lock().unwrap_or_else(|e| e.into_inner());
         let mut mine = 0;
-        let mut best: Option<(&Arc<Pipe>, Rank)> = None;
+        let mut idle: Option<&Arc<Pipe>> = None;
+        let mut shared: Option<(&Arc<Pipe>, Rank)> = None;
         for pipe in pipes.iter().filter(|p| p.worker == worker) {
             let s = pipe.lock();
             if s.closed {
                 continue;
             }
             mine += 1;
-            let Some(rank) = s.rank(ask, depth, now) else {
-                continue;
-            };
-            if rank == Rank::Idle {
-                return Some(Arc::clone(pipe));
-            }
-            if best.is_none_or(|(_, r)| rank < r) {
-                best = Some((pipe, rank));
+            match s.rank(ask, depth, now) {
+                Some(Rank::Idle) => {
+                    idle.get_or_insert(pipe);
+                }
+                Some(rank) if shared.is_none_or(|(_, r)| rank < r) => shared = Some((pipe, rank)),
+                _ => {}
             }
         }
-        if mine < PIPELINE_CONNECTIONS {
-            return None;
-        }
-        best.map(|(p, _)| Arc::clone(p))
+        let chosen = match shared {
+            _ if mine < PIPELINE_CONNECTIONS => idle,
+            Some((pipe, Rank::Gathering(_))) => Some(pipe),
+            _ => idle.or(shared.map(|(p, _)| p)),
+        };
+        chosen.map(Arc::clone)
     }
 
     fn remove(&self, pipe: &Arc<Pipe>) {
-        self.0
+        self.list
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|p| !Arc::ptr_eq(p, pipe));
@@ -143,7 +167,7 @@ impl Pipes {
     /// How many connections to the backend are open, on every thread.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().map_or(0, |v| v.len())
+        self.list.lock().map_or(0, |v| v.len())
     }
 }
 
@@ -241,8 +265,13 @@ pub(crate) fn send(
     ask: Ask,
     config: &IngressConfig,
 ) -> mpsc::Receiver<Part> {
+    // Pipelined only to an instance that has shown it keeps its connections.
+    let depth = match backend.pipes.trust.load(Ordering::Relaxed) {
+        KEEPS => config.pipeline_depth,
+        _ => 1,
+    };
     while let Some(pipe) = (!ask.fresh)
-        .then(|| backend.pipes.choose(ask, config.pipeline_depth))
+        .then(|| backend.pipes.choose(ask, depth))
         .flatten()
     {
         if let Some(given) = pipe.give(request, ask) {
@@ -259,13 +288,16 @@ pub(crate) fn send(
         .expect("a connection being opened is not closed");
     backend
         .pipes
-        .0
+        .list
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(Arc::clone(&pipe));
     let driver = Driver {
         pipe,
         backend: Arc::downgrade(backend),
+        trust: Arc::clone(&backend.pipes.trust),
+        answered: 0,
+        closing_answer: false,
         id: backend.id.clone(),
         input: Vec::new(),
         start: 0,
@@ -282,6 +314,12 @@ pub(crate) fn send(
 struct Driver {
     pipe: Arc<Pipe>,
     backend: Weak<Backend>,
+    /// The backend's [`Pipes::trust`].
+    trust: Arc<AtomicU8>,
+    /// How many answers the connection carried.
+    answered: u64,
+    /// The last of them closed the connection.
+    closing_answer: bool,
     /// The instance's ID, for the log.
     id: String,
     /// Bytes read from the instance; those before `start` are used.
@@ -433,6 +471,7 @@ impl Driver {
             && let Some(w) = self.pipe.lock().waiting.pop_front()
             && !a.dropped
         {
+            self.closing_answer = true;
             let _ = w.parts.try_send(Part::Last {
                 bytes: a.part,
                 keep: false,
@@ -498,6 +537,15 @@ impl Driver {
             self.start += take;
             if ended {
                 let a = self.answer.take().expect("an answer is being relayed");
+                self.answered += 1;
+                if self.answered == 2 && a.reusable {
+                    let _ = self.trust.compare_exchange(
+                        UNKNOWN,
+                        KEEPS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 let waiter = self.pipe.lock().waiting.pop_front();
                 if let Some(w) = waiter
                     && !a.dropped
@@ -512,6 +560,7 @@ impl Driver {
                         .await;
                 }
                 if !a.reusable {
+                    self.closing_answer = true;
                     return Err(End::Closed(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "the instance's answer ended the connection",
@@ -607,6 +656,12 @@ impl Driver {
             s.queued.clear();
             (std::mem::take(&mut s.waiting), s.given > 1)
         };
+        // Closed with requests pipelined on it: by the instance, or after an answer that said
+        // so (for the requests behind it, `waiting` holds that answer's as well).
+        let pipelined = waiting.len() + usize::from(self.closing_answer) >= 2;
+        if pipelined && matches!(end, End::Closed(_)) {
+            self.trust.store(CLOSES, Ordering::Relaxed);
+        }
         let backend = self.backend.upgrade();
         if let Some(b) = &backend {
             b.pipes.remove(&self.pipe);
@@ -730,22 +785,30 @@ mod tests {
         let me = WORKER.get();
         let pipes = Pipes::default();
         // Another thread's idle connection is not this thread's to use.
-        pipes.0.lock().unwrap().push(pipe(me + 1, 0));
+        pipes.list.lock().unwrap().push(pipe(me + 1, 0));
         assert!(pipes.choose(ask(true), 16).is_none());
         // Busy connections, fewer than the thread opens: a new one.
         for n in 1..PIPELINE_CONNECTIONS {
-            pipes.0.lock().unwrap().push(pipe(me, n));
+            pipes.list.lock().unwrap().push(pipe(me, n));
         }
         assert!(pipes.choose(ask(true), 16).is_none());
         // As many as it opens: the least busy takes a safe request; another is opened for
         // one that is not safe.
-        pipes.0.lock().unwrap().push(pipe(me, 5));
+        pipes.list.lock().unwrap().push(pipe(me, 5));
         let chosen = pipes.choose(ask(true), 16).unwrap();
         assert_eq!(chosen.lock().waiting.len(), 1);
         assert!(pipes.choose(ask(false), 16).is_none());
-        // An idle one is taken whatever the request.
+        // An idle one is taken whatever the request, before one with requests outstanding.
         let idle = pipe(me, 0);
-        pipes.0.lock().unwrap().push(Arc::clone(&idle));
+        pipes.list.lock().unwrap().push(Arc::clone(&idle));
+        assert!(Arc::ptr_eq(&pipes.choose(ask(false), 16).unwrap(), &idle));
+        assert!(Arc::ptr_eq(&pipes.choose(ask(true), 16).unwrap(), &idle));
+        // But a safe request goes with a batch being gathered.
+        chosen
+            .lock()
+            .queued
+            .extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(Arc::ptr_eq(&pipes.choose(ask(true), 16).unwrap(), &chosen));
         assert!(Arc::ptr_eq(&pipes.choose(ask(false), 16).unwrap(), &idle));
         assert_eq!(pipes.len(), PIPELINE_CONNECTIONS + 2);
         pipes.remove(&idle);

@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use slipway_ingress::{Ingress, IngressConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::DropGuard;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 mod common;
 
@@ -32,25 +32,49 @@ enum Instance {
     /// Answers each request with its path; `/slow...` after 2 s; `/big...` with its path
     /// followed by 100,000 `x`, written in two parts.
     Echo,
-    /// Answers the first request of each connection, then closes it, whatever else came.
-    ClosesAfterOne,
+    /// Answers this many requests on each connection, then closes it without saying so,
+    /// whatever else came.
+    ClosesAfter(usize),
 }
 
 async fn instance(kind: Instance) -> (SocketAddr, Arc<Seen>) {
+    let (addr, seen, _) = stoppable_instance(kind).await;
+    (addr, seen)
+}
+
+/// An instance that stops, as a container does, when the token is cancelled: it closes its
+/// listener and every connection at once.
+async fn stoppable_instance(kind: Instance) -> (SocketAddr, Arc<Seen>, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
     let counts = Arc::clone(&seen);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => return,
+                },
+                () = stopped.cancelled() => return,
+            };
             counts.connections.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(stream, kind, Arc::clone(&counts)));
+            let (counts, stopped) = (Arc::clone(&counts), stopped.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = serve(stream, kind, counts) => {}
+                    () = stopped.cancelled() => {}
+                }
+            });
         }
     });
-    (addr, seen)
+    (addr, seen, stop)
 }
 
 async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
+    let mut answered = 0;
     let mut read = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -82,7 +106,8 @@ async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
         if padding > 0 && stream.write_all(&[b'x'; BIG]).await.is_err() {
             return;
         }
-        if kind == Instance::ClosesAfterOne {
+        answered += 1;
+        if kind == Instance::ClosesAfter(answered) {
             return;
         }
     }
@@ -110,12 +135,12 @@ async fn setup(pipeline_depth: usize) -> Setup {
 /// One client: `count` GETs of `/<client>/<i>` (every fifth `/big/<client>/<i>`) one after
 /// another on one kept-alive connection, each answer checked to be its own. Returns the
 /// slowest answer's time.
-async fn client(addr: SocketAddr, id: usize, count: usize) -> Duration {
+async fn client(addr: SocketAddr, id: usize, count: usize, big: bool) -> Duration {
     let mut conn = TcpStream::connect(addr).await.unwrap();
     let mut slowest = Duration::ZERO;
     for i in 0..count {
         let path = match i % 5 {
-            4 => format!("/big/{id}/{i}"),
+            4 if big => format!("/big/{id}/{i}"),
             _ => format!("/{id}/{i}"),
         };
         let started = Instant::now();
@@ -142,9 +167,9 @@ async fn read_answer(conn: &mut TcpStream) -> (String, String) {
 }
 
 /// `clients` clients at once, each sending `count` requests.
-async fn load(addr: SocketAddr, clients: usize, count: usize) -> Duration {
+async fn load(addr: SocketAddr, clients: usize, count: usize, big: bool) -> Duration {
     let tasks: Vec<_> = (0..clients)
-        .map(|id| tokio::spawn(client(addr, id, count)))
+        .map(|id| tokio::spawn(client(addr, id, count, big)))
         .collect();
     let mut slowest = Duration::ZERO;
     for t in tasks {
@@ -158,13 +183,16 @@ async fn many_clients_share_a_few_connections_and_each_gets_its_own_answer() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
     let (addr, seen) = instance(Instance::Echo).await;
     s.ingress.add("app1", "web", "i1", addr);
-    load(s.addr, 48, 60).await;
+    // Requests are pipelined to an instance once a connection to it has carried two answers.
+    load(s.addr, 1, 3, false).await;
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    load(s.addr, 48, 60, true).await;
     let (connections, requests, pipelined) = (
         seen.connections.load(Ordering::SeqCst),
         seen.requests.load(Ordering::SeqCst),
         seen.pipelined.load(Ordering::SeqCst),
     );
-    assert_eq!(requests, 48 * 60);
+    assert_eq!(requests, 3 + 48 * 60);
     assert!(
         pipelined > 0,
         "no request was sent before the answer to the one before it ({connections} connections)"
@@ -178,7 +206,7 @@ async fn many_clients_share_a_few_connections_and_each_gets_its_own_answer() {
     let s = setup(1).await;
     let (addr, seen) = instance(Instance::Echo).await;
     s.ingress.add("app1", "web", "i1", addr);
-    load(s.addr, 48, 60).await;
+    load(s.addr, 48, 60, true).await;
     assert_eq!(seen.requests.load(Ordering::SeqCst), 48 * 60);
     assert_eq!(seen.pipelined.load(Ordering::SeqCst), 0);
 }
@@ -202,7 +230,7 @@ async fn no_request_waits_behind_a_slow_answer() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let slowest = load(s.addr, 16, 5).await;
+    let slowest = load(s.addr, 16, 5, true).await;
     assert!(
         slowest < Duration::from_secs(1),
         "a quick request took {slowest:?} while slow ones were answered"
@@ -213,18 +241,83 @@ async fn no_request_waits_behind_a_slow_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_pipelined_on_a_connection_the_instance_closes_are_sent_again() {
+async fn an_instance_that_closes_each_connection_after_an_answer_is_never_pipelined_to() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
-    let (addr, seen) = instance(Instance::ClosesAfterOne).await;
+    let (addr, seen) = instance(Instance::ClosesAfter(1)).await;
     s.ingress.add("app1", "web", "i1", addr);
-    // Every request behind another on a connection is lost with it; each is sent again on a
-    // connection of its own and answered.
-    load(s.addr, 24, 20).await;
+    load(s.addr, 24, 20, true).await;
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 24 * 20);
+    assert_eq!(seen.pipelined.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_on_a_connection_the_instance_closes_are_sent_again_and_it_is_pipelined_to_no_more()
+ {
+    let s = setup(IngressConfig::default().pipeline_depth).await;
+    let (addr, seen) = instance(Instance::ClosesAfter(3)).await;
+    s.ingress.add("app1", "web", "i1", addr);
+    // The requests behind the third on a connection are lost with it; each is sent again on
+    // a connection of its own and answered.
+    load(s.addr, 24, 20, false).await;
     let (requests, pipelined) = (
         seen.requests.load(Ordering::SeqCst),
         seen.pipelined.load(Ordering::SeqCst),
     );
     assert!(requests >= 24 * 20, "{requests}");
+    assert!(
+        pipelined > 0,
+        "nothing was pipelined: the test proves nothing"
+    );
+    // Once it has closed a connection with requests pipelined on it, none are.
+    load(s.addr, 24, 20, false).await;
+    assert_eq!(seen.pipelined.load(Ordering::SeqCst), pipelined);
+}
+
+/// One client as [`client`], for as long as `go` is set: the count of its requests.
+async fn client_until(addr: SocketAddr, id: usize, go: Arc<AtomicBool>) -> usize {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut count = 0;
+    while go.load(Ordering::SeqCst) {
+        let path = format!("/{id}/{count}");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: shop.localhost\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut conn).await, ("200".into(), path));
+        count += 1;
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_drained_and_stopped_under_pipelined_load_fail_no_request() {
+    let s = setup(IngressConfig::default().pipeline_depth).await;
+    let (a, seen_a, stop_a) = stoppable_instance(Instance::Echo).await;
+    s.ingress.add("app1", "web", "a", a);
+    let go = Arc::new(AtomicBool::new(true));
+    let clients: Vec<_> = (0..32)
+        .map(|id| tokio::spawn(client_until(s.addr, id, Arc::clone(&go))))
+        .collect();
+    // Two rollout steps as the engine takes them: the new instance joins, the old one is
+    // drained, then stopped with its connections closed.
+    let (b, seen_b, stop_b) = stoppable_instance(Instance::Echo).await;
+    let (c, _, stop_c) = stoppable_instance(Instance::Echo).await;
+    for (old, stop_old, new_id, new) in [("a", &stop_a, "b", b), ("b", &stop_b, "c", c)] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.ingress.add("app1", "web", new_id, new);
+        s.ingress
+            .drain("app1", "web", old, Duration::from_secs(5))
+            .await;
+        stop_old.cancel();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    go.store(false, Ordering::SeqCst);
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    stop_c.cancel();
+    assert!(answered > 32 * 10, "the load ran: {answered} requests");
+    let pipelined =
+        seen_a.pipelined.load(Ordering::SeqCst) + seen_b.pipelined.load(Ordering::SeqCst);
     assert!(
         pipelined > 0,
         "nothing was pipelined: the test proves nothing"
