@@ -216,6 +216,8 @@ async fn no_request_waits_behind_a_slow_answer() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
     let (addr, _) = instance(Instance::Echo).await;
     s.ingress.add("app1", "web", "i1", addr);
+    // A connection carries two answers first: from then on the instance is pipelined to.
+    load(s.addr, 1, 3, false).await;
     // Slow requests on every connection the ingress would pipeline on, then, once they have
     // waited a moment, a burst of quick ones: none may be queued behind a slow answer.
     let slow: Vec<_> = (0..4)
