@@ -35,7 +35,7 @@ pub(crate) const MAX_RESPONSE_HEADERS: usize = 100;
 /// A head longer than this is left to hyper (a request) or refused (an answer).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How much is read at a time.
-const READ_SIZE: usize = 16 * 1024;
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 
 /// How a client connection left the lean path.
 pub(crate) enum Ended {

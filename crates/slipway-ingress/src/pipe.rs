@@ -56,8 +56,6 @@ const PARTS_AHEAD: usize = 4;
 /// An answer whose client went away is read to its end (so that the connection can carry the
 /// next one) when at most this much of it is still to come; else the connection is closed.
 const DISCARD_BYTES: u64 = 256 * 1024;
-/// How much is read at a time.
-const READ_SIZE: usize = 16 * 1024;
 
 /// What a request's client connection is given of its answer.
 #[derive(Debug)]
@@ -409,7 +407,7 @@ impl Driver {
                 self.input.drain(..self.start);
                 self.start = 0;
             }
-            self.input.reserve(READ_SIZE);
+            self.input.reserve(h1::READ_SIZE);
             let event = {
                 let (mut reader, mut writer) = stream.split();
                 let pending = &self.out[self.written..];
