@@ -4,16 +4,24 @@
 //! kept-alive connection: no header map, no task between the client's connection and the
 //! instance's.
 //!
-//! Everything else (HTTP/2, upgrades, `Expect`, chunked or large request bodies, HTTP/1.0,
-//! `Connection` naming other headers, anything that does not parse) is left to hyper: the
-//! connection is handed over, with the bytes already read, at the start of that request, and
-//! hyper serves it from then on.
+//! Every head is first checked against [`head::check`]'s rules, whichever path then serves
+//! it: one that breaks them is answered 400 and the connection closed. Everything else
+//! (HTTP/2, upgrades, `Expect`, chunked or large request bodies, HTTP/1.0, `Connection`
+//! naming other headers) is left to hyper: the connection is handed over, with the bytes
+//! already read, at the start of that request, and hyper serves that one request (HTTP/1) or
+//! the whole connection (HTTP/2), so that no HTTP/1 head reaches hyper unchecked.
+//!
+//! Every write to the client is given the ingress's `client_write_timeout`: a client that does
+//! not read its answers loses its connection, and holds nothing but its own connection's
+//! buffers and its own connection to an instance meanwhile.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
@@ -24,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::sync::mpsc::Receiver;
 
-use crate::pipe::{self, Ask, Part};
+use crate::head::{self, Head};
+use crate::pipe::{Ask, Part, Pipes};
 use crate::proxy::{HOP_BY_HOP, Proxy, RETRY_BODY_BYTES};
 use crate::table::{Backend, InFlight, Pool};
 
@@ -32,7 +41,7 @@ use crate::table::{Backend, InFlight, Pool};
 const MAX_REQUEST_HEADERS: usize = 64;
 /// The most header lines accepted in an instance's answer.
 pub(crate) const MAX_RESPONSE_HEADERS: usize = 100;
-/// A head longer than this is left to hyper (a request) or refused (an answer).
+/// An instance's answer with a head longer than this is refused.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How much is read at a time.
 pub(crate) const READ_SIZE: usize = 16 * 1024;
@@ -54,6 +63,10 @@ struct Conn {
     out: Vec<u8>,
     /// The client's address as it is appended to `X-Forwarded-For`.
     client_ip: String,
+    /// Its own connections to instances.
+    pipes: Pipes,
+    /// How long one write to the client may wait for it to read.
+    write_timeout: Duration,
 }
 
 /// What the head at the start of the input asks for.
@@ -102,6 +115,8 @@ pub(crate) async fn serve(
         input: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(1024),
         client_ip: remote.ip().to_string(),
+        pipes: Pipes::default(),
+        write_timeout: proxy.ingress.config.client_write_timeout,
     };
     let config = &proxy.ingress.config;
     let cancelled = shutdown.cancelled();
@@ -111,12 +126,23 @@ pub(crate) async fn serve(
         let deadline = Instant::now() + config.header_timeout;
         let prepared = loop {
             if !c.input.is_empty() {
-                match prepare(proxy, &c.input, &c.client_ip, &mut c.out) {
-                    Prepared::Partial if c.input.len() < MAX_HEAD_BYTES => {}
-                    Prepared::Partial | Prepared::NotMine => {
-                        return Ended::HandOff(c.client, c.input);
+                match head::check(&c.input) {
+                    Err(refused) => {
+                        let text = format!("{}\n", refused.why);
+                        let _ = answer_locally(&mut c, refused.status, &text, true).await;
+                        let _ = c.client.shutdown().await;
+                        return Ended::Closed;
                     }
-                    p => break p,
+                    Ok(Head::Partial) => {}
+                    Ok(Head::Http2) => return Ended::HandOff(c.client, c.input),
+                    Ok(Head::Valid(_)) => {
+                        match prepare(proxy, &c.input, &c.client_ip, &mut c.out) {
+                            Prepared::Partial | Prepared::NotMine => {
+                                return Ended::HandOff(c.client, c.input);
+                            }
+                            p => break p,
+                        }
+                    }
                 }
             }
             let idle = c.input.is_empty();
@@ -320,7 +346,6 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
         ask: Ask {
-            shareable: body_len == 0 && matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
             head: method == "HEAD",
             close,
             fresh: false,
@@ -353,7 +378,18 @@ async fn answer_locally(
         text.len(),
         if close { "connection: close\r\n" } else { "" },
     )?;
-    c.client.write_all(&c.out).await
+    write_within(&mut c.client, &c.out, c.write_timeout).await
+}
+
+/// Writes `bytes` to the client, unless it reads none of them for `timeout`.
+async fn write_within(client: &mut TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, client.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client read nothing for {} s", timeout.as_secs()),
+        )),
+    }
 }
 
 /// Why an exchange with an instance ended without an answer's head.
@@ -394,7 +430,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             return Ok(true);
         };
         let guard = InFlight::new(Arc::clone(&backend));
-        let mut parts = pipe::send(&backend, &c.out, ask, config);
+        let mut parts = c.pipes.send(&backend, &c.out, ask, config);
         let first = match tokio::time::timeout(config.request_timeout, parts.recv()).await {
             Err(_) => {
                 let text = format!(
@@ -424,11 +460,9 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             // Sent again, it has a new connection to itself: nothing before it to take it
             // down, and not one the instance may have closed as it sat idle.
             Retry::SameInstance => {
-                ask.shareable = false;
                 ask.fresh = true;
             }
             Retry::Elsewhere => {
-                ask.shareable = false;
                 ask.fresh = true;
                 exclude = Some(backend);
             }
@@ -487,9 +521,9 @@ async fn relay(c: &mut Conn, first: Part, parts: &mut Receiver<Part>) -> io::Res
     let mut part = Some(first);
     loop {
         match part {
-            Some(Part::More(bytes)) => c.client.write_all(&bytes).await?,
+            Some(Part::More(bytes)) => write_within(&mut c.client, &bytes, c.write_timeout).await?,
             Some(Part::Last { bytes, keep }) => {
-                c.client.write_all(&bytes).await?;
+                write_within(&mut c.client, &bytes, c.write_timeout).await?;
                 return Ok(keep);
             }
             Some(Part::Failed(_)) | None => {
@@ -673,10 +707,39 @@ impl ChunkedEnd {
     }
 }
 
-/// A client connection handed to hyper: the bytes already read come first.
+/// A client connection handed to hyper: the bytes already read come first, and a write that
+/// waits longer than `write_timeout` for the client to read fails.
 pub(crate) struct Rewound {
     pub(crate) read: BytesMut,
     pub(crate) stream: TcpStream,
+    pub(crate) write_timeout: Duration,
+    /// When the write under way gives up.
+    pub(crate) stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Rewound {
+    /// `polled` of a write, failed when the client has not read for `write_timeout`.
+    fn in_time<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", timeout.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Rewound {
@@ -701,7 +764,9 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.in_time(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -709,7 +774,9 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.in_time(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -717,7 +784,9 @@ impl AsyncWrite for Rewound {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.in_time(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -23,7 +23,7 @@
 //!   limit get 413; a backend that does not answer in time gets 504.
 
 mod h1;
-mod idle;
+mod head;
 mod pipe;
 mod proxy;
 mod table;
