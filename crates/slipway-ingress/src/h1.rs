@@ -8,8 +8,10 @@
 //! it: one that breaks them is answered 400 and the connection closed. Everything else
 //! (HTTP/2, upgrades, `Expect`, chunked or large request bodies, HTTP/1.0, `Connection`
 //! naming other headers) is left to hyper: the connection is handed over, with the bytes
-//! already read, at the start of that request, and hyper serves that one request (HTTP/1) or
-//! the whole connection (HTTP/2), so that no HTTP/1 head reaches hyper unchecked.
+//! already read, at the start of that request. Hyper reads that one request and no further
+//! ([`OneRequest`]), answers it, and gives the connection back, so that no HTTP/1 head reaches
+//! hyper unchecked; it keeps the rest of the connection only for HTTP/2, an upgrade, HTTP/1.0
+//! or `Connection: close`, after which no HTTP/1 head comes.
 //!
 //! Every write to the client is given the ingress's `client_write_timeout`: a client that does
 //! not read its answers loses its connection, and holds nothing but its own connection's
@@ -50,8 +52,9 @@ pub(crate) const READ_SIZE: usize = 16 * 1024;
 pub(crate) enum Ended {
     /// It is closed, or is to be.
     Closed,
-    /// Its next request is hyper's to serve: the connection and the bytes read from it.
-    HandOff(TcpStream, BytesMut),
+    /// Its next request is hyper's to serve: the connection, the bytes read from it, and what
+    /// the request's head says of its extent (`None`: HTTP/2, the whole connection).
+    HandOff(TcpStream, BytesMut, Option<head::Request>),
 }
 
 /// A client connection's buffers, kept from one request to the next.
@@ -109,10 +112,11 @@ pub(crate) async fn serve(
     client: TcpStream,
     remote: SocketAddr,
     shutdown: &CancellationToken,
+    input: BytesMut,
 ) -> Ended {
     let mut c = Conn {
         client,
-        input: BytesMut::with_capacity(READ_SIZE),
+        input,
         out: Vec::with_capacity(1024),
         client_ip: remote.ip().to_string(),
         pipes: Pipes::default(),
@@ -134,11 +138,11 @@ pub(crate) async fn serve(
                         return Ended::Closed;
                     }
                     Ok(Head::Partial) => {}
-                    Ok(Head::Http2) => return Ended::HandOff(c.client, c.input),
-                    Ok(Head::Valid(_)) => {
+                    Ok(Head::Http2) => return Ended::HandOff(c.client, c.input, None),
+                    Ok(Head::Valid(request)) => {
                         match prepare(proxy, &c.input, &c.client_ip, &mut c.out) {
                             Prepared::Partial | Prepared::NotMine => {
-                                return Ended::HandOff(c.client, c.input);
+                                return Ended::HandOff(c.client, c.input, Some(request));
                             }
                             p => break p,
                         }
@@ -704,6 +708,120 @@ impl ChunkedEnd {
             Chunk::Data
         };
         self.digits = 0;
+    }
+}
+
+/// A client connection handed to hyper for one HTTP/1 request: what it reads ends with that
+/// request (head and body), so that hyper cannot read the next head, which the lean path
+/// checks first. Bytes read past the request are put back in front of the rest.
+pub(crate) struct OneRequest {
+    pub(crate) inner: Rewound,
+    /// Bytes of the head, or of a body of known length, still to come.
+    fixed: u64,
+    /// The end of a chunked body, once the head is through.
+    chunks: Option<ChunkedEnd>,
+    /// The request has been read whole: reads end here.
+    done: bool,
+}
+
+impl OneRequest {
+    pub(crate) fn new(inner: Rewound, request: &head::Request) -> Self {
+        let (body, chunks) = match request.body {
+            head::Body::None => (0, None),
+            head::Body::Length(l) => (l, None),
+            head::Body::Chunked => (0, Some(ChunkedEnd::default())),
+        };
+        OneRequest {
+            inner,
+            fixed: request.len as u64 + body,
+            chunks,
+            done: false,
+        }
+    }
+
+    /// Whether the request was read to its end.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+impl AsyncRead for OneRequest {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let got = &buf.filled()[before..];
+        let mut used = 0;
+        while used < got.len() && !this.done {
+            if this.fixed > 0 {
+                let n = (got.len() - used).min(usize::try_from(this.fixed).unwrap_or(usize::MAX));
+                this.fixed -= n as u64;
+                used += n;
+            } else if let Some(chunks) = this.chunks.as_mut() {
+                match chunks.feed(&got[used..]) {
+                    Ok(Some(end)) => {
+                        used += end;
+                        this.done = true;
+                    }
+                    Ok(None) => used = got.len(),
+                    // Hyper refuses it, and the connection ends with it.
+                    Err(()) => {
+                        this.chunks = None;
+                        this.fixed = u64::MAX;
+                        used = got.len();
+                    }
+                }
+            } else {
+                this.done = true;
+            }
+            if this.fixed == 0 && this.chunks.is_none() {
+                this.done = true;
+            }
+        }
+        if used < got.len() {
+            let mut back = BytesMut::from(&got[used..]);
+            back.extend_from_slice(&this.inner.read);
+            this.inner.read = back;
+            buf.set_filled(before + used);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for OneRequest {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -34,8 +34,27 @@ pub(crate) enum Head {
     Partial,
     /// The HTTP/2 connection preface.
     Http2,
-    /// A request head that meets the rules, this many bytes long.
-    Valid(usize),
+    /// A request head that meets the rules.
+    Valid(Request),
+}
+
+/// What a valid head says of its request's extent.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    /// The head's length.
+    pub(crate) len: usize,
+    pub(crate) body: Body,
+    /// The connection ends with this request, or stops being HTTP/1 after it: HTTP/1.0, an
+    /// `Upgrade`, or `Connection: close`.
+    pub(crate) last: bool,
+}
+
+/// How a request's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body {
+    None,
+    Length(u64),
+    Chunked,
 }
 
 /// A head refused, with the status and the reason given to the client.
@@ -125,7 +144,15 @@ pub(crate) fn check(input: &[u8]) -> Result<Head, Refused> {
         };
         if line.is_empty() {
             facts.finish(version)?;
-            return Ok(Head::Valid(pos));
+            return Ok(Head::Valid(Request {
+                len: pos,
+                body: match (facts.transfer_encoding, facts.length) {
+                    (1, _) => Body::Chunked,
+                    (_, Some(l)) => Body::Length(l),
+                    _ => Body::None,
+                },
+                last: version == Version::Http10 || facts.upgrade || facts.close,
+            }));
         }
         headers += 1;
         if headers > MAX_HEADERS {
@@ -177,8 +204,11 @@ fn check_request_line(line: &[u8]) -> Result<Version, Refused> {
 #[derive(Debug, Default)]
 struct Facts {
     content_length: usize,
+    length: Option<u64>,
     transfer_encoding: usize,
     host: usize,
+    upgrade: bool,
+    close: bool,
 }
 
 impl Facts {
@@ -222,6 +252,7 @@ fn check_header(line: &[u8], facts: &mut Facts) -> Result<(), Refused> {
         if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
             return Err(bad("the Content-Length is not a number"));
         }
+        facts.length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
     } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
         facts.transfer_encoding += 1;
         if facts.transfer_encoding > 1 {
@@ -230,6 +261,12 @@ fn check_header(line: &[u8], facts: &mut Facts) -> Result<(), Refused> {
         if !value.eq_ignore_ascii_case(b"chunked") {
             return Err(bad("the Transfer-Encoding is not `chunked`"));
         }
+    } else if name.eq_ignore_ascii_case(b"upgrade") {
+        facts.upgrade = true;
+    } else if name.eq_ignore_ascii_case(b"connection") {
+        facts.close |= value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
     } else if name.eq_ignore_ascii_case(b"host") {
         facts.host += 1;
         if !value.iter().all(|&b| is_host_byte(b)) {
@@ -244,7 +281,7 @@ mod tests {
     use super::*;
 
     fn valid(head: &str) -> bool {
-        matches!(check(head.as_bytes()), Ok(Head::Valid(n)) if n == head.len())
+        matches!(check(head.as_bytes()), Ok(Head::Valid(r)) if r.len == head.len())
     }
 
     #[test]
@@ -261,6 +298,21 @@ mod tests {
         assert_eq!(check(b"GET / HTTP/1.1\r\nHost: a\r"), Ok(Head::Partial));
         assert_eq!(check(b"PRI * HTTP/2.0\r\n"), Ok(Head::Partial));
         assert_eq!(check(PREFACE), Ok(Head::Http2));
+        let post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n";
+        assert_eq!(
+            check(post),
+            Ok(Head::Valid(Request {
+                len: post.len(),
+                body: Body::Length(12),
+                last: false
+            }))
+        );
+        let Ok(Head::Valid(r)) =
+            check(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x, close\r\n\r\n")
+        else {
+            panic!("not valid")
+        };
+        assert!(r.last);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -270,8 +270,8 @@ impl Worker {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.proxy.ingress.config.header_timeout)
-            // One request, whose head the lean path checked: the next ones would reach hyper
-            // unchecked, so the connection closes after it.
+            // Used for a connection's last HTTP/1 request (HTTP/1.0, an upgrade, `Connection:
+            // close`): any head after it would reach hyper unchecked.
             .keep_alive(false);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
@@ -407,33 +407,73 @@ async fn serve_connection(
     remote: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let (stream, read) = match h1::serve(&proxy, stream, remote, &shutdown).await {
-        h1::Ended::Closed => return,
-        h1::Ended::HandOff(stream, read) => (stream, read),
-    };
-    let write_timeout = proxy.ingress.config.client_write_timeout;
+    let config = &proxy.ingress.config;
+    let (write_timeout, header_timeout) = (config.client_write_timeout, config.header_timeout);
     let upstreams = Arc::new(Upstreams::default());
-    let service = hyper::service::service_fn(move |req| {
-        let (proxy, upstreams) = (Arc::clone(&proxy), Arc::clone(&upstreams));
-        async move { Ok::<_, Infallible>(proxy.handle(req, remote, upstreams).await) }
-    });
-    let io = TokioIo::new(h1::Rewound {
-        read,
-        stream,
-        write_timeout,
-        stalled: None,
-    });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let (mut stream, mut read) = (stream, BytesMut::new());
+    loop {
+        let (taken, rest, request) = match h1::serve(&proxy, stream, remote, &shutdown, read).await
+        {
+            h1::Ended::Closed => return,
+            h1::Ended::HandOff(stream, read, request) => (stream, read, request),
+        };
+        let service = {
+            let (proxy, upstreams) = (Arc::clone(&proxy), Arc::clone(&upstreams));
+            hyper::service::service_fn(move |req| {
+                let (proxy, upstreams) = (Arc::clone(&proxy), Arc::clone(&upstreams));
+                async move { Ok::<_, Infallible>(proxy.handle(req, remote, upstreams).await) }
+            })
+        };
+        let io = h1::Rewound {
+            read: rest,
+            stream: taken,
+            write_timeout,
+            stalled: None,
+        };
+        let request = match request {
+            Some(r) if !r.last => r,
+            // HTTP/2, or the connection's last HTTP/1 request: hyper serves the rest.
+            _ => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, %remote, "client connection ended with an error");
+                }
+                return;
+            }
+        };
+        // One request: hyper reads to its end and no further, answers it, and gives the
+        // connection back for the lean path to check the next head.
+        let one = h1::OneRequest::new(io, &request);
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .half_close(true)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(one), service)
+            .without_shutdown()
+            .await;
+        let parts = match served {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::debug!(error = %e, %remote, "client connection ended with an error");
+                return;
+            }
+        };
+        let one = parts.io.into_inner();
+        if !one.is_done() || shutdown.is_cancelled() {
+            return;
         }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(error = %e, %remote, "client connection ended with an error");
+        let mut next = BytesMut::from(&parts.read_buf[..]);
+        next.extend_from_slice(&one.inner.read);
+        (stream, read) = (one.inner.stream, next);
     }
 }
 

@@ -241,24 +241,27 @@ async fn a_misframing_instance_never_hands_one_clients_answer_to_another() {
     assert!(total.own >= 8 * 360 / 2, "{total:?}");
 }
 
-/// An instance that counts the bytes it is sent, and answers every head with `200 ok`.
-async fn counting_instance() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An instance that counts the bytes it is sent and the heads among them, and answers every
+/// head with `200 ok`.
+async fn counting_instance() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&received);
+    let heads = Arc::new(AtomicUsize::new(0));
+    let (counter, head_counter) = (Arc::clone(&received), Arc::clone(&heads));
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let counter = Arc::clone(&counter);
+            let (counter, heads) = (Arc::clone(&counter), Arc::clone(&head_counter));
             tokio::spawn(async move {
                 let mut read = Vec::new();
                 let mut buf = [0u8; 8192];
                 loop {
                     if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
                         read.drain(..end + 4);
+                        heads.fetch_add(1, Ordering::SeqCst);
                         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if stream.write_all(ok).await.is_err() {
                             return;
@@ -276,7 +279,7 @@ async fn counting_instance() -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, received)
+    (addr, received, heads)
 }
 
 /// Requests that HTTP/1.1 parsers can read two ways (RFC 9112 §6.3, §5, §3, and the usual
@@ -355,7 +358,7 @@ async fn status_of(addr: SocketAddr, request: &[u8]) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_can_be_read_two_ways_are_refused_on_either_path() {
     let (ingress, addr, _stop) = common::serve(IngressConfig::default(), SPEC).await;
-    let (instance, received) = counting_instance().await;
+    let (instance, received, heads) = counting_instance().await;
     ingress.add("app1", "web", "i1", instance);
     let mut wrong = Vec::new();
     for raw in AMBIGUOUS {
@@ -388,6 +391,26 @@ async fn requests_that_can_be_read_two_ways_are_refused_on_either_path() {
     let plain = b"GET / HTTP/1.1\r\nHost: shop.localhost\r\n\r\n";
     assert_eq!(status_of(addr, plain).await, 200);
     assert!(received.load(Ordering::SeqCst) > 0);
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
+
+    // A request that hyper serves (`Expect`), then on the same connection an ambiguous one:
+    // hyper gives the connection back after its one request, and the next head is checked.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        b"GET /first HTTP/1.1\r\nHost: shop.localhost\r\nExpect: 100-continue\r\n\r\n\
+          POST / HTTP/1.1\r\nHost: shop.localhost\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let (first, _) = common::read_answer(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let (second, _) = common::read_answer(&mut conn).await;
+    assert!(second.starts_with("HTTP/1.1 400"), "{second}");
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        2,
+        "the ambiguous request reached the instance"
+    );
 }
 
 /// An instance that answers `/big` with `BIG_ANSWER` bytes, counting those it managed to
