@@ -212,3 +212,86 @@ async fn connections_beyond_the_budget_are_closed_at_once_and_the_budget_comes_b
         open.push(conn);
     }
 }
+
+/// Set in the child process that [`running_out_of_descriptors_pauses_accepting_until_some_are_free`]
+/// starts.
+const CHILD: &str = "SLIPWAY_INGRESS_TEST_LOW_NOFILE";
+
+/// The CPU time this process has used, in clock ticks (user and system), read from its
+/// `/proc/self/stat`, opened beforehand (no descriptor may be free when it is read).
+fn cpu_ticks(file: &mut std::fs::File) -> u64 {
+    use std::io::{Read, Seek};
+    file.rewind().unwrap();
+    let mut stat = String::new();
+    file.read_to_string(&mut stat).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_pauses_accepting_until_some_are_free() {
+    if std::env::var_os(CHILD).is_none() {
+        // This very test again, in a process of its own with few descriptors, so that
+        // running out of them harms no other test.
+        let exe = std::env::current_exe().unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                "ulimit -n 256 && exec \"$0\" --exact \
+                 running_out_of_descriptors_pauses_accepting_until_some_are_free --nocapture",
+            )
+            .arg(&exe)
+            .env(CHILD, "1")
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the test under a low descriptor limit failed"
+        );
+        return;
+    }
+    let (ingress, addr, _stop) = common::serve(IngressConfig::default(), SPEC).await;
+    let (instance, _) = instance().await;
+    ingress.add("app1", "web", "i1", instance);
+    let mut warm = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(get(&mut warm, "/warm").await, "/warm");
+
+    // Every descriptor taken but one, which the client's connection takes: the ingress
+    // cannot accept it.
+    let mut stat = std::fs::File::open("/proc/self/stat").unwrap();
+    let mut hoard = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        hoard.push(f);
+    }
+    assert!(!hoard.is_empty());
+    hoard.pop();
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /late HTTP/1.1\r\nHost: shop.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Meanwhile the accept loop waits between tries rather than spinning on the error.
+    let (ticks, started) = (cpu_ticks(&mut stat), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(&mut stat) - ticks;
+    let elapsed = started.elapsed();
+    // 100 ticks a second: less than a quarter of one CPU over the wait.
+    assert!(
+        used < 50,
+        "{used} ticks of CPU in {elapsed:?} while accepting failed"
+    );
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(client.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the client was served although no descriptor was free"
+    );
+    // Descriptors free again: the connection that waited is accepted and answered.
+    drop(hoard);
+    let answer = tokio::time::timeout(Duration::from_secs(5), common::read_answer(&mut client))
+        .await
+        .expect("the connection that came while descriptors ran out was never served");
+    assert_eq!(answer.1, "/late");
+    // And the warm connection is served still.
+    assert_eq!(get(&mut warm, "/again").await, "/again");
+}
