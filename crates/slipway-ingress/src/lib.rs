@@ -30,6 +30,10 @@
 //!   passed through; `X-Forwarded-For`, `-Proto` and `-Host` are set; request bodies over the
 //!   limit get 413; a backend that does not answer in time gets 504.
 
+// Imports point one way: the server (`proxy`) -> the lean path (`h1`) -> connections to
+// instances (`pipe`) -> framing (`head`, `framing`); every layer reads the table (`table`),
+// which imports none of them.
+mod framing;
 mod h1;
 mod head;
 mod pipe;

@@ -28,8 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::h1::{self, Failed, Framing};
-use crate::proxy::CONNECT_TIMEOUT;
+use crate::framing::{self, Framing};
 use crate::table::{Backend, IngressConfig};
 
 /// How many connections a client connection keeps to each instance: its requests go out on
@@ -44,6 +43,22 @@ const PARTS_AHEAD: usize = 4;
 /// An answer whose client went away is read to its end (so that the connection can carry the
 /// next one) when at most this much of it is still to come; else the connection is closed.
 const DISCARD_BYTES: u64 = 256 * 1024;
+
+/// How long connecting to an instance may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Why an exchange with an instance ended without an answer's head.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// No connection could be made: the request was not sent.
+    Unreachable(io::Error),
+    /// Nothing came back: the request may or may not have reached it (the connection was
+    /// closed under it). `shared`: the connection carried other requests too, so that it may
+    /// have been closed for them (by an instance that closed it as it sat idle, or as it
+    /// answered one of them), and a new connection to the same instance is worth a try.
+    NoAnswer { error: io::Error, shared: bool },
+    /// The instance answered with something that is not an HTTP/1.1 answer.
+    Bad(String),
+}
 
 /// What a request's client connection is given of its answer.
 #[derive(Debug)]
@@ -270,7 +285,7 @@ struct Answer {
     framing: Framing,
     /// What is still to come of a body of known length.
     remaining: u64,
-    chunks: h1::ChunkedEnd,
+    chunks: framing::ChunkedEnd,
     /// What is gathered for the client and not yet handed over.
     part: Vec<u8>,
     /// The connection may carry another answer after this one.
@@ -344,7 +359,7 @@ impl Driver {
                 self.input.drain(..self.start);
                 self.start = 0;
             }
-            self.input.reserve(h1::READ_SIZE);
+            self.input.reserve(framing::READ_SIZE);
             let event = {
                 let pending = &self.out[self.written..];
                 let input = &mut self.input;
@@ -539,7 +554,7 @@ impl Driver {
             if input.is_empty() {
                 return Ok(None);
             }
-            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_RESPONSE_HEADERS];
+            let mut headers = [httparse::EMPTY_HEADER; framing::MAX_RESPONSE_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(input) {
                 Ok(httparse::Status::Complete(head_len)) => {
@@ -553,9 +568,9 @@ impl Driver {
                         self.start += head_len;
                         continue;
                     }
-                    let head = h1::answer_head(&resp, ask.head).map_err(End::Bad)?;
+                    let head = framing::answer_head(&resp, ask.head).map_err(End::Bad)?;
                     let mut part = Vec::with_capacity(head_len + 256);
-                    h1::client_head(
+                    framing::client_head(
                         &resp,
                         ask.close || head.framing == Framing::UntilClose,
                         &mut part,
@@ -567,19 +582,19 @@ impl Driver {
                             Framing::Length(l) => l,
                             _ => 0,
                         },
-                        chunks: h1::ChunkedEnd::default(),
+                        chunks: framing::ChunkedEnd::default(),
                         part,
                         reusable: head.reusable,
                         dropped: false,
                     }));
                 }
-                Ok(httparse::Status::Partial) if input.len() < h1::MAX_HEAD_BYTES => {
+                Ok(httparse::Status::Partial) if input.len() < framing::MAX_HEAD_BYTES => {
                     return Ok(None);
                 }
                 Ok(httparse::Status::Partial) => {
                     return Err(End::Bad(format!(
                         "its answer's head is longer than {} bytes",
-                        h1::MAX_HEAD_BYTES
+                        framing::MAX_HEAD_BYTES
                     )));
                 }
                 Err(e) => return Err(End::Bad(e.to_string())),

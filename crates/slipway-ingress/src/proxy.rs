@@ -28,15 +28,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::h1;
-use crate::table::{Backend, InFlight, Ingress};
+use crate::framing::HOP_BY_HOP;
+use crate::h1::{self, RETRY_BODY_BYTES};
+use crate::pipe::CONNECT_TIMEOUT;
+use crate::table::{Backend, InFlight, Ingress, Proxy};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Request bodies up to this size are kept, so that a request that could not be sent can be
-/// sent again to another instance.
-pub(crate) const RETRY_BODY_BYTES: u64 = 64 * 1024;
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why no connection to a backend could be had: nothing was sent.
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +90,6 @@ async fn checkout(
         }
     });
     Ok(sender)
-}
-
-pub(crate) struct Proxy {
-    pub(crate) ingress: Arc<Ingress>,
-    pub(crate) scheme: HeaderValue,
 }
 
 /// How long connections under way may take to finish after `shutdown` fires.
@@ -486,17 +478,6 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     );
     r
 }
-
-/// Headers that describe one connection, not the message: never forwarded, on either path.
-/// Each path adds what its own framing needs: this one drops `Transfer-Encoding` too (hyper
-/// frames each side anew), the lean path keeps it on answers (it relays their bytes as sent).
-pub(crate) const HOP_BY_HOP: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -250,6 +250,12 @@ struct Table {
     names: HashMap<String, String>,
 }
 
+/// The ingress as its servers see it: its table, and the scheme its clients use.
+pub(crate) struct Proxy {
+    pub(crate) ingress: Arc<Ingress>,
+    pub(crate) scheme: http::HeaderValue,
+}
+
 /// The ingress's state: which app is served where, and its ready instances. Cheap to share.
 #[derive(Debug)]
 pub struct Ingress {
