@@ -161,12 +161,6 @@ impl Pipes {
         tokio::spawn(driver.run(backend.addr));
         given
     }
-
-    /// How many connections to instances this client connection has open.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.list.len()
-    }
 }
 
 /// One connection to an instance, as its client connection sees it.
@@ -691,7 +685,23 @@ mod tests {
             assert!(Instant::now() < deadline, "the bytes sent never showed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let pipes = Pipes::default();
-        assert_eq!(pipes.len(), 0);
+
+        // Nor is one the instance closed while it was idle.
+        let closed = Pipe {
+            state: Mutex::default(),
+            wake: Notify::new(),
+        };
+        let stream = Arc::new(TcpStream::connect(addr).await.unwrap());
+        let (server, _) = listener.accept().await.unwrap();
+        closed.lock().socket = Some(stream);
+        assert!(closed.quiet());
+        drop(server);
+        while closed.quiet() {
+            assert!(
+                Instant::now() < deadline,
+                "the end of the connection never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
