@@ -533,8 +533,10 @@ async fn a_client_that_never_reads_stalls_no_one_else() {
     for r in readers {
         let (count, slowest) = r.await.unwrap();
         answered += count;
+        // Generous for a loaded machine: a reader stalled behind a sleeper never gets its
+        // answer at all.
         assert!(
-            slowest < Duration::from_secs(1),
+            slowest < Duration::from_secs(3),
             "a client that reads waited {slowest:?} for an answer"
         );
     }
@@ -542,6 +544,9 @@ async fn a_client_that_never_reads_stalls_no_one_else() {
     // What the instance could write towards the clients that do not read is bounded by the
     // sockets' buffers and a few parts per connection, not by the answers' size.
     let per_sleeper = written.load(Ordering::SeqCst) / sleepers.len();
+    eprintln!(
+        "{answered} answers to readers; {per_sleeper} bytes per unread answer taken from the instance"
+    );
     assert!(
         per_sleeper < BIG_ANSWER / 2,
         "{per_sleeper} bytes of each unread answer were taken from the instance"
