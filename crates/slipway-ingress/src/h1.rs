@@ -4,16 +4,26 @@
 //! kept-alive connection: no header map, no task between the client's connection and the
 //! instance's.
 //!
-//! Everything else (HTTP/2, upgrades, `Expect`, chunked or large request bodies, HTTP/1.0,
-//! `Connection` naming other headers, anything that does not parse) is left to hyper: the
-//! connection is handed over, with the bytes already read, at the start of that request, and
-//! hyper serves it from then on.
+//! Every head is first checked against [`head::check`]'s rules, whichever path then serves
+//! it: one that breaks them is answered 400 and the connection closed. Everything else
+//! (HTTP/2, upgrades, `Expect`, chunked or large request bodies, HTTP/1.0, `Connection`
+//! naming other headers) is left to hyper: the connection is handed over, with the bytes
+//! already read, at the start of that request. Hyper reads that one request and no further
+//! ([`OneRequest`]), answers it, and gives the connection back, so that no HTTP/1 head reaches
+//! hyper unchecked; it keeps the rest of the connection only for HTTP/2, an upgrade, HTTP/1.0
+//! or `Connection: close`, after which no HTTP/1 head comes.
+//!
+//! Every write to the client is given the ingress's `client_write_timeout`: a client that does
+//! not read its answers loses its connection, and holds nothing but its own connection's
+//! buffers and its own connection to an instance meanwhile.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
@@ -24,25 +34,23 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::sync::mpsc::Receiver;
 
-use crate::pipe::{self, Ask, Part};
-use crate::proxy::{HOP_BY_HOP, Proxy, RETRY_BODY_BYTES};
-use crate::table::{Backend, InFlight, Pool};
+use crate::framing::{ChunkedEnd, HOP_BY_HOP, READ_SIZE, header, is};
+use crate::head::{self, Head};
+use crate::pipe::{Ask, Failed, Part, Pipes};
+use crate::table::{Backend, InFlight, Pool, Proxy};
 
 /// The most header lines a request may have on this path (more: hyper answers it).
 const MAX_REQUEST_HEADERS: usize = 64;
-/// The most header lines accepted in an instance's answer.
-pub(crate) const MAX_RESPONSE_HEADERS: usize = 100;
-/// A head longer than this is left to hyper (a request) or refused (an answer).
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How much is read at a time.
-pub(crate) const READ_SIZE: usize = 16 * 1024;
-
+/// Request bodies up to this size are kept, so that a request that could not be sent can be
+/// sent again to another instance.
+pub(crate) const RETRY_BODY_BYTES: u64 = 64 * 1024;
 /// How a client connection left the lean path.
 pub(crate) enum Ended {
     /// It is closed, or is to be.
     Closed,
-    /// Its next request is hyper's to serve: the connection and the bytes read from it.
-    HandOff(TcpStream, BytesMut),
+    /// Its next request is hyper's to serve: the connection, the bytes read from it, and what
+    /// the request's head says of its extent (`None`: HTTP/2, the whole connection).
+    HandOff(TcpStream, BytesMut, Option<head::Request>),
 }
 
 /// A client connection's buffers, kept from one request to the next.
@@ -54,6 +62,10 @@ struct Conn {
     out: Vec<u8>,
     /// The client's address as it is appended to `X-Forwarded-For`.
     client_ip: String,
+    /// Its own connections to instances.
+    pipes: Pipes,
+    /// How long one write to the client may wait for it to read.
+    write_timeout: Duration,
 }
 
 /// What the head at the start of the input asks for.
@@ -81,27 +93,21 @@ struct Forward {
     close: bool,
 }
 
-/// How the end of an answer's body is found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// Serves `client` until it closes, or until a request is one for hyper.
 pub(crate) async fn serve(
     proxy: &Proxy,
     client: TcpStream,
     remote: SocketAddr,
     shutdown: &CancellationToken,
+    input: BytesMut,
 ) -> Ended {
     let mut c = Conn {
         client,
-        input: BytesMut::with_capacity(READ_SIZE),
+        input,
         out: Vec::with_capacity(1024),
         client_ip: remote.ip().to_string(),
+        pipes: Pipes::default(),
+        write_timeout: proxy.ingress.config.client_write_timeout,
     };
     let config = &proxy.ingress.config;
     let cancelled = shutdown.cancelled();
@@ -111,12 +117,23 @@ pub(crate) async fn serve(
         let deadline = Instant::now() + config.header_timeout;
         let prepared = loop {
             if !c.input.is_empty() {
-                match prepare(proxy, &c.input, &c.client_ip, &mut c.out) {
-                    Prepared::Partial if c.input.len() < MAX_HEAD_BYTES => {}
-                    Prepared::Partial | Prepared::NotMine => {
-                        return Ended::HandOff(c.client, c.input);
+                match head::check(&c.input) {
+                    Err(refused) => {
+                        let text = format!("{}\n", refused.why);
+                        let _ = answer_locally(&mut c, refused.status, &text, true).await;
+                        let _ = c.client.shutdown().await;
+                        return Ended::Closed;
                     }
-                    p => break p,
+                    Ok(Head::Partial) => {}
+                    Ok(Head::Http2) => return Ended::HandOff(c.client, c.input, None),
+                    Ok(Head::Valid(request)) => {
+                        match prepare(proxy, &c.input, &c.client_ip, &mut c.out) {
+                            Prepared::Partial | Prepared::NotMine => {
+                                return Ended::HandOff(c.client, c.input, Some(request));
+                            }
+                            p => break p,
+                        }
+                    }
                 }
             }
             let idle = c.input.is_empty();
@@ -181,10 +198,6 @@ async fn read_at_least(c: &mut Conn, len: usize, deadline: Instant) -> bool {
 async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     buf.reserve(READ_SIZE);
     stream.read_buf(buf).await
-}
-
-fn is(name: &str, lower: &str) -> bool {
-    name.eq_ignore_ascii_case(lower)
 }
 
 /// Headers never forwarded to an instance, the forwarding headers among them (they are
@@ -320,20 +333,12 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
         ask: Ask {
-            shareable: body_len == 0 && matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE"),
             head: method == "HEAD",
             close,
             fresh: false,
         },
         close,
     })
-}
-
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The ingress's own short plain-text answer.
@@ -353,27 +358,18 @@ async fn answer_locally(
         text.len(),
         if close { "connection: close\r\n" } else { "" },
     )?;
-    c.client.write_all(&c.out).await
+    write_within(&mut c.client, &c.out, c.write_timeout).await
 }
 
-/// Why an exchange with an instance ended without an answer's head.
-#[derive(Debug)]
-pub(crate) enum Failed {
-    /// No connection could be made: the request was not sent.
-    Unreachable(io::Error),
-    /// Nothing came back: the request may or may not have reached it (the connection was
-    /// closed under it). `shared`: the connection carried other requests too, so that it may
-    /// have been closed for them (by an instance that closed it as it sat idle, or as it
-    /// answered one of them), and a new connection to the same instance is worth a try.
-    NoAnswer { error: io::Error, shared: bool },
-    /// The instance answered with something that is not an HTTP/1.1 answer.
-    Bad(String),
-}
-
-/// What the instance's answer's head said.
-pub(crate) struct AnswerHead {
-    pub(crate) framing: Framing,
-    pub(crate) reusable: bool,
+/// Writes `bytes` to the client, unless it reads none of them for `timeout`.
+async fn write_within(client: &mut TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, client.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client read nothing for {} s", timeout.as_secs()),
+        )),
+    }
 }
 
 /// Sends the request in `c.out` to an instance of the pool and relays the answer. A request
@@ -394,7 +390,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             return Ok(true);
         };
         let guard = InFlight::new(Arc::clone(&backend));
-        let mut parts = pipe::send(&backend, &c.out, ask, config);
+        let mut parts = c.pipes.send(&backend, &c.out, ask, config);
         let first = match tokio::time::timeout(config.request_timeout, parts.recv()).await {
             Err(_) => {
                 let text = format!(
@@ -424,11 +420,9 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             // Sent again, it has a new connection to itself: nothing before it to take it
             // down, and not one the instance may have closed as it sat idle.
             Retry::SameInstance => {
-                ask.shareable = false;
                 ask.fresh = true;
             }
             Retry::Elsewhere => {
-                ask.shareable = false;
                 ask.fresh = true;
                 exclude = Some(backend);
             }
@@ -487,9 +481,9 @@ async fn relay(c: &mut Conn, first: Part, parts: &mut Receiver<Part>) -> io::Res
     let mut part = Some(first);
     loop {
         match part {
-            Some(Part::More(bytes)) => c.client.write_all(&bytes).await?,
+            Some(Part::More(bytes)) => write_within(&mut c.client, &bytes, c.write_timeout).await?,
             Some(Part::Last { bytes, keep }) => {
-                c.client.write_all(&bytes).await?;
+                write_within(&mut c.client, &bytes, c.write_timeout).await?;
                 return Ok(keep);
             }
             Some(Part::Failed(_)) | None => {
@@ -503,180 +497,153 @@ async fn relay(c: &mut Conn, first: Part, parts: &mut Receiver<Part>) -> io::Res
     }
 }
 
-/// How the answer whose head is `resp` is framed, and whether its connection may carry
-/// another; `head_request`: it answers a HEAD request.
-pub(crate) fn answer_head(
-    resp: &httparse::Response<'_, '_>,
-    head_request: bool,
-) -> Result<AnswerHead, String> {
-    let code = resp.code.unwrap_or(0);
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    let mut reusable = resp.version == Some(1);
-    for h in resp.headers.iter() {
-        if is(h.name, "content-length") {
-            let l = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("its Content-Length is not a number")?;
-            if length.is_some_and(|seen| seen != l) {
-                return Err("it sent two different Content-Lengths".into());
-            }
-            length = Some(l);
-        } else if is(h.name, "transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if is(h.name, "connection") {
-            for token in h.value.split(|&b| b == b',') {
-                if token.trim_ascii().eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                }
-            }
-        }
-    }
-    let framing = if head_request || code == 204 || code == 304 {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
-            (None, Some(0)) => Framing::Empty,
-            (None, Some(l)) => Framing::Length(l),
-            (None, None) => Framing::UntilClose,
-        }
-    };
-    Ok(AnswerHead {
-        framing,
-        reusable: reusable && framing != Framing::UntilClose,
-    })
+/// A client connection handed to hyper for one HTTP/1 request: what it reads ends with that
+/// request (head and body), so that hyper cannot read the next head, which the lean path
+/// checks first. Bytes read past the request are put back in front of the rest.
+pub(crate) struct OneRequest {
+    pub(crate) inner: Rewound,
+    /// Bytes of the head, or of a body of known length, still to come.
+    fixed: u64,
+    /// The end of a chunked body, once the head is through.
+    chunks: Option<ChunkedEnd>,
+    /// The request has been read whole: reads end here.
+    done: bool,
 }
 
-/// Writes the answer's head for the client into `out`: the instance's, without the headers
-/// that describe its connection to the ingress.
-pub(crate) fn client_head(resp: &httparse::Response<'_, '_>, close: bool, out: &mut Vec<u8>) {
-    use std::io::Write;
-    out.clear();
-    // Into the buffer: no string is made for the status.
-    let _ = write!(out, "HTTP/1.1 {} ", resp.code.unwrap_or(502));
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    // Headers that the instance's `Connection` names describe its connection too.
-    let named: Vec<&[u8]> = resp
-        .headers
-        .iter()
-        .filter(|h| is(h.name, "connection"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .collect();
-    for h in resp.headers.iter() {
-        let hop = HOP_BY_HOP.iter().chain(&["upgrade"]).any(|n| is(h.name, n))
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()));
-        if !hop {
-            header(out, h.name.as_bytes(), h.value);
-        }
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Finds where a chunked body ends, fed the bytes as they come.
-#[derive(Debug, Default)]
-pub(crate) struct ChunkedEnd {
-    state: Chunk,
-    size: u64,
-    digits: u8,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    /// At the start of a line after the last chunk: a trailer or the final empty line.
-    TrailerStart,
-    Trailer,
-    EndLf,
-    Done,
-}
-
-impl ChunkedEnd {
-    /// How many bytes of `data` belong to the body, once its end is in them.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
-        let mut i = 0;
-        while i < data.len() {
-            let b = data[i];
-            match self.state {
-                Chunk::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (b as char).to_digit(16).ok_or(())?;
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return Err(());
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Chunk::Extension,
-                    b'\r' if self.digits > 0 => self.state = Chunk::SizeLf,
-                    b'\n' if self.digits > 0 => self.size_line_ended(),
-                    _ => return Err(()),
-                },
-                Chunk::Extension => match b {
-                    b'\r' => self.state = Chunk::SizeLf,
-                    b'\n' => self.size_line_ended(),
-                    _ => {}
-                },
-                Chunk::SizeLf if b == b'\n' => self.size_line_ended(),
-                Chunk::Data => {
-                    let n = (data.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
-                    self.size -= n as u64;
-                    i += n;
-                    if self.size == 0 {
-                        self.state = Chunk::DataCr;
-                    }
-                    continue;
-                }
-                Chunk::DataCr if b == b'\r' => self.state = Chunk::DataLf,
-                Chunk::DataCr | Chunk::DataLf if b == b'\n' => self.state = Chunk::Size,
-                Chunk::TrailerStart => match b {
-                    b'\r' => self.state = Chunk::EndLf,
-                    b'\n' => self.state = Chunk::Done,
-                    _ => self.state = Chunk::Trailer,
-                },
-                Chunk::Trailer if b == b'\n' => self.state = Chunk::TrailerStart,
-                Chunk::Trailer => {}
-                Chunk::EndLf if b == b'\n' => self.state = Chunk::Done,
-                _ => return Err(()),
-            }
-            i += 1;
-            if self.state == Chunk::Done {
-                return Ok(Some(i));
-            }
-        }
-        Ok(None)
-    }
-
-    fn size_line_ended(&mut self) {
-        self.state = if self.size == 0 {
-            Chunk::TrailerStart
-        } else {
-            Chunk::Data
+impl OneRequest {
+    pub(crate) fn new(inner: Rewound, request: &head::Request) -> Self {
+        let (body, chunks) = match request.body {
+            head::Body::None => (0, None),
+            head::Body::Length(l) => (l, None),
+            head::Body::Chunked => (0, Some(ChunkedEnd::default())),
         };
-        self.digits = 0;
+        OneRequest {
+            inner,
+            fixed: request.len as u64 + body,
+            chunks,
+            done: false,
+        }
+    }
+
+    /// Whether the request was read to its end.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
     }
 }
 
-/// A client connection handed to hyper: the bytes already read come first.
+impl AsyncRead for OneRequest {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let got = &buf.filled()[before..];
+        let mut used = 0;
+        while used < got.len() && !this.done {
+            if this.fixed > 0 {
+                let n = (got.len() - used).min(usize::try_from(this.fixed).unwrap_or(usize::MAX));
+                this.fixed -= n as u64;
+                used += n;
+            } else if let Some(chunks) = this.chunks.as_mut() {
+                match chunks.feed(&got[used..]) {
+                    Ok(Some(end)) => {
+                        used += end;
+                        this.done = true;
+                    }
+                    Ok(None) => used = got.len(),
+                    // Hyper refuses it, and the connection ends with it.
+                    Err(()) => {
+                        this.chunks = None;
+                        this.fixed = u64::MAX;
+                        used = got.len();
+                    }
+                }
+            } else {
+                this.done = true;
+            }
+            if this.fixed == 0 && this.chunks.is_none() {
+                this.done = true;
+            }
+        }
+        if used < got.len() {
+            let mut back = BytesMut::from(&got[used..]);
+            back.extend_from_slice(&this.inner.read);
+            this.inner.read = back;
+            buf.set_filled(before + used);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for OneRequest {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A client connection handed to hyper: the bytes already read come first, and a write that
+/// waits longer than `write_timeout` for the client to read fails.
 pub(crate) struct Rewound {
     pub(crate) read: BytesMut,
     pub(crate) stream: TcpStream,
+    pub(crate) write_timeout: Duration,
+    /// When the write under way gives up.
+    pub(crate) stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Rewound {
+    /// `polled` of a write, failed when the client has not read for `write_timeout`.
+    fn in_time<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", timeout.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Rewound {
@@ -701,7 +668,9 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.in_time(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -709,7 +678,9 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.in_time(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -717,115 +688,12 @@ impl AsyncWrite for Rewound {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.in_time(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn end_of(parts: &[&[u8]]) -> Result<Option<usize>, ()> {
-        let mut c = ChunkedEnd::default();
-        let mut offset = 0;
-        for p in parts {
-            if let Some(end) = c.feed(p)? {
-                return Ok(Some(offset + end));
-            }
-            offset += p.len();
-        }
-        Ok(None)
-    }
-
-    #[test]
-    fn the_end_of_a_chunked_body_is_found_however_it_is_split() {
-        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\nNEXT";
-        let end = body.len() - 4;
-        assert_eq!(end_of(&[body]), Ok(Some(end)));
-        for split in 1..body.len() {
-            let (a, b) = body.split_at(split);
-            assert_eq!(end_of(&[a, b]), Ok(Some(end)), "split at {split}");
-        }
-        let bytes: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(end_of(&bytes), Ok(Some(end)));
-    }
-
-    #[test]
-    fn trailers_and_bare_line_feeds_are_read_through() {
-        let body = b"3\r\nabc\r\n0\r\nChecksum: 1\r\nOther: 2\r\n\r\n";
-        assert_eq!(end_of(&[body]), Ok(Some(body.len())));
-        let body = b"3\nabc\n0\n\n";
-        assert_eq!(end_of(&[body]), Ok(Some(body.len())));
-        assert_eq!(end_of(&[b"3\r\nab"]), Ok(None));
-    }
-
-    #[test]
-    fn malformed_chunks_are_refused() {
-        assert_eq!(end_of(&[b"x\r\n"]), Err(()));
-        assert_eq!(end_of(&[b"\r\n"]), Err(()));
-        assert_eq!(end_of(&[b"3\r\nabcX"]), Err(()));
-        assert_eq!(end_of(&[b"ffffffffffffffff\r\n"]), Err(()));
-    }
-
-    #[test]
-    fn the_framing_of_an_answer_follows_its_head() {
-        let framing = |head: &str, head_request: bool| {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(head.as_bytes()) {
-                Ok(httparse::Status::Complete(n)) => assert_eq!(n, head.len()),
-                other => panic!("{other:?}"),
-            }
-            answer_head(&resp, head_request).map(|h| (h.framing, h.reusable))
-        };
-        let ok = "HTTP/1.1 200 OK\r\n";
-        assert_eq!(
-            framing(&format!("{ok}content-length: 5\r\n\r\n"), false),
-            Ok((Framing::Length(5), true))
-        );
-        assert_eq!(
-            framing(&format!("{ok}content-length: 5\r\n\r\n"), true),
-            Ok((Framing::Empty, true))
-        );
-        assert_eq!(
-            framing(
-                &format!("{ok}transfer-encoding: gzip, chunked\r\n\r\n"),
-                false
-            ),
-            Ok((Framing::Chunked, true))
-        );
-        assert_eq!(
-            framing(&format!("{ok}\r\n"), false),
-            Ok((Framing::UntilClose, false))
-        );
-        assert_eq!(
-            framing(
-                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
-                false
-            ),
-            Ok((Framing::Empty, true))
-        );
-        assert_eq!(
-            framing(
-                &format!("{ok}content-length: 3\r\nconnection: close\r\n\r\n"),
-                false
-            ),
-            Ok((Framing::Length(3), false))
-        );
-        assert_eq!(
-            framing("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n", false),
-            Ok((Framing::Length(3), false))
-        );
-        assert!(
-            framing(
-                &format!("{ok}content-length: 3\r\ncontent-length: 4\r\n\r\n"),
-                false
-            )
-            .is_err()
-        );
     }
 }

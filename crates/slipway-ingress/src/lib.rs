@@ -15,15 +15,27 @@
 //!   refused or reset before a byte went out) is sent once more to another instance, when its
 //!   body is small enough to have been kept; an idempotent one that a kept connection took
 //!   down with it as the instance closed that connection is sent again on a new one.
+//! - A response reaches only the client connection that asked for it: connections to
+//!   instances belong to one client connection, carry one request at a time, and close on any
+//!   framing the ingress cannot follow; no request is pipelined behind another client's.
+//! - Every request head meets one strict set of rules (RFC 9112) before either path serves
+//!   it; a head that could be read two ways gets 400 and its connection is closed.
 //! - Plain HTTP/1.1 requests are parsed in place and their answers relayed over raw
-//!   kept-alive connections; the rest of a connection goes to hyper from its first request that
-//!   is not plain (HTTP/2, an upgrade, `Expect`, a chunked or large body, HTTP/1.0).
+//!   kept-alive connections; a request that is not plain (an upgrade, `Expect`, a chunked or
+//!   large body, HTTP/1.0) is served by hyper, which then gives the connection back (HTTP/2
+//!   and upgrades stay with hyper).
+//! - A client that does not read holds only its own connection, for at most
+//!   `client_write_timeout` per write; at most `max_connections` client connections are open.
 //! - HTTP/1.1 and HTTP/2 (prior knowledge) from clients; WebSocket and other upgrades are
 //!   passed through; `X-Forwarded-For`, `-Proto` and `-Host` are set; request bodies over the
 //!   limit get 413; a backend that does not answer in time gets 504.
 
+// Imports point one way: the server (`proxy`) -> the lean path (`h1`) -> connections to
+// instances (`pipe`) -> framing (`head`, `framing`); every layer reads the table (`table`),
+// which imports none of them.
+mod framing;
 mod h1;
-mod idle;
+mod head;
 mod pipe;
 mod proxy;
 mod table;

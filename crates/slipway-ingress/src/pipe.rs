@@ -1,54 +1,41 @@
-//! The lean path's connections to an instance. Each is driven by a task of its own on the
-//! ingress thread that opened it, and carries the requests that thread's client connections
-//! give it: when several wait at once for the same instance, they go out together in one
-//! write and their answers come back together in one read (HTTP/1.1 pipelining), which spares
-//! both the ingress and the instance a send and a receive per request, and makes the
-//! instance read fewer, fuller buffers.
+//! The lean path's connections to instances. Each belongs to the one client connection that
+//! opened it, for its whole life, and is driven by a task of its own: whatever an instance
+//! sends on it, right or wrong, can only ever reach the client connection that asked.
 //!
-//! A request takes a connection with nothing outstanding when the thread has one, else a new
-//! connection, up to [`PIPELINE_CONNECTIONS`] per thread and instance: under a light load
-//! every request has a connection to itself. Beyond that a request waits behind others
-//! rather than open yet another connection, but only where that is safe and short:
-//! - it is a safe method (GET, HEAD, OPTIONS, TRACE) without a body, and so is every request
-//!   it would wait behind (RFC 9112 §9.3.2);
-//! - fewer than the ingress's `pipeline_depth` requests are outstanding on the connection,
-//!   and the oldest of them was given to it less than [`PIPELINE_WAIT`] ago: a connection
-//!   whose answer is slow takes no more requests, and the next ones get another connection.
+//! An instance's answers cannot all be told apart from the bytes: a `Content-Length` larger
+//! than the body that follows makes the next answer look like the end of this one. Sharing a
+//! connection to an instance between client connections, one after another or pipelined,
+//! would let such an answer, or one sent late, go to another client. So a client connection
+//! reuses only its own connections to an instance, one request at a time, and they close with
+//! it. Anything that breaks the framing closes the connection and fails only the request that
+//! was on it: bytes that come while no request is outstanding (an extra answer, a body after a
+//! `204`, a `304` or an answer to `HEAD`, a body longer than its `Content-Length`), the end of
+//! the connection, or a head that does not parse. A connection that has something to read
+//! while idle is closed before it is used again.
 //!
-//! Past [`PIPELINE_CONNECTIONS`], a safe request goes with a batch being gathered on a
-//! connection before it takes an idle one, so that the requests that arrive together go out
-//! together however many connections the thread has. Requests are pipelined to an instance
-//! only once a connection to it has carried two answers, and no more once it has closed a
-//! connection that had requests pipelined on it ([`Pipes::trust`]).
-//!
-//! When no connection may take it, a request gets a new one: it never waits for a
-//! connection. Answers are read in order and relayed to each request's client as they come.
-//! A connection that breaks fails every request it had not begun to answer as unanswered, so
-//! that an idempotent one is sent again; one that could not be made fails them as
-//! unreachable, so that they go to another instance.
+//! Answers are read in order and relayed to the client connection as they come, a few parts
+//! ahead of it at most. A connection that breaks fails its request as unanswered, so that an
+//! idempotent one is sent again; one that could not be made fails it as unreachable, so that
+//! it goes to another instance.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::h1::{self, Failed, Framing};
-use crate::idle::{IDLE_TIMEOUT, WORKER};
-use crate::proxy::CONNECT_TIMEOUT;
+use crate::framing::{self, Framing};
 use crate::table::{Backend, IngressConfig};
 
-/// How many connections a thread opens to an instance before it gives a connection a
-/// request behind others rather than open another.
-pub const PIPELINE_CONNECTIONS: usize = 2;
-/// A connection takes a request behind others only while the oldest of them has waited less
-/// than this for its answer.
-pub(crate) const PIPELINE_WAIT: Duration = Duration::from_millis(10);
+/// How many connections a client connection keeps to each instance: its requests go out on
+/// it one at a time, and no other client connection's ever do.
+pub const PIPELINE_CONNECTIONS: usize = 1;
+/// How long an idle connection to an instance is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most bytes of an answer gathered before they are handed to its client.
 const PART_BYTES: usize = 64 * 1024;
 /// How many parts of an answer may wait for its client before the connection waits too.
@@ -56,6 +43,22 @@ const PARTS_AHEAD: usize = 4;
 /// An answer whose client went away is read to its end (so that the connection can carry the
 /// next one) when at most this much of it is still to come; else the connection is closed.
 const DISCARD_BYTES: u64 = 256 * 1024;
+
+/// How long connecting to an instance may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Why an exchange with an instance ended without an answer's head.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// No connection could be made: the request was not sent.
+    Unreachable(io::Error),
+    /// Nothing came back: the request may or may not have reached it (the connection was
+    /// closed under it). `shared`: the connection carried other requests too, so that it may
+    /// have been closed for them (by an instance that closed it as it sat idle, or as it
+    /// answered one of them), and a new connection to the same instance is worth a try.
+    NoAnswer { error: io::Error, shared: bool },
+    /// The instance answered with something that is not an HTTP/1.1 answer.
+    Bad(String),
+}
 
 /// What a request's client connection is given of its answer.
 #[derive(Debug)]
@@ -72,8 +75,6 @@ pub(crate) enum Part {
 /// A request as it is given to a connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ask {
-    /// Whether it may wait behind others, and others behind it.
-    pub(crate) shareable: bool,
     /// A HEAD request: its answer has no body, whatever its head says.
     pub(crate) head: bool,
     /// The client asked to close its connection after this answer.
@@ -82,96 +83,88 @@ pub(crate) struct Ask {
     pub(crate) fresh: bool,
 }
 
-/// A backend's connections for the lean path, of every ingress thread.
+/// One client connection's connections to instances. They close when it is dropped.
 #[derive(Default)]
 pub(crate) struct Pipes {
-    list: Mutex<Vec<Arc<Pipe>>>,
-    /// What its connections have shown of how the instance treats a connection: one of
-    /// [`UNKNOWN`], [`KEEPS`], [`CLOSES`].
-    trust: Arc<AtomicU8>,
-}
-
-/// Nothing is known yet of how the instance treats a connection: no request is pipelined.
-const UNKNOWN: u8 = 0;
-/// A connection to the instance carried two answers: requests may be pipelined to it.
-const KEEPS: u8 = 1;
-/// The instance closed a connection that had requests pipelined on it (it may have closed it
-/// without reading them, and a server that does so can cut short the answer it sent last):
-/// none are pipelined to it again.
-const CLOSES: u8 = 2;
-
-impl std::fmt::Debug for Pipes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.list.lock().map_or(0, |v| v.len());
-        f.debug_struct("Pipes").field("open", &n).finish()
-    }
+    list: Vec<(Weak<Backend>, Arc<Pipe>)>,
 }
 
 impl Drop for Pipes {
-    /// An instance no longer in any pool: its connections end as soon as nothing waits on
-    /// them (nothing can, since a request in flight keeps its backend).
     fn drop(&mut self) {
-        let pipes = std::mem::take(self.list.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for p in pipes {
-            p.lock().closed = true;
-            p.wake.notify_one();
+        for (_, p) in self.list.drain(..) {
+            p.close();
         }
     }
 }
 
 impl Pipes {
-    /// A connection of this thread that may take `ask` now. Until the thread has
-    /// [`PIPELINE_CONNECTIONS`] to the instance, one with nothing outstanding. From then on,
-    /// one where a batch is being gathered first (the requests that arrive together go out
-    /// together, however many connections there are), then one with nothing outstanding,
-    /// then the one with the fewest outstanding that may take it behind them. `None`: a new
-    /// connection is to be opened.
-    fn choose(&self, ask: Ask, depth: usize) -> Option<Arc<Pipe>> {
-        let worker = WORKER.get();
-        let now = Instant::now();
-        let pipes = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        let mut mine = 0;
-        let mut idle: Option<&Arc<Pipe>> = None;
-        let mut shared: Option<(&Arc<Pipe>, Rank)> = None;
-        for pipe in pipes.iter().filter(|p| p.worker == worker) {
-            let s = pipe.lock();
-            if s.closed {
-                continue;
+    /// Gives `request` (its head and body) to this client connection's idle connection to
+    /// `backend`, or to a new one when it has none that is idle and quiet (or `ask.fresh`
+    /// says so). Returns the receiver of its answer's parts.
+    pub(crate) fn send(
+        &mut self,
+        backend: &Arc<Backend>,
+        request: &[u8],
+        ask: Ask,
+        config: &IngressConfig,
+    ) -> mpsc::Receiver<Part> {
+        // Connections that ended, or whose instance left every pool, are forgotten.
+        self.list.retain(|(b, p)| {
+            let keep = b.strong_count() > 0 && !p.lock().closed;
+            if !keep {
+                p.close();
             }
-            mine += 1;
-            match s.rank(ask, depth, now) {
-                Some(Rank::Idle) => {
-                    idle.get_or_insert(pipe);
-                }
-                Some(rank) if shared.is_none_or(|(_, r)| rank < r) => shared = Some((pipe, rank)),
-                _ => {}
+            keep
+        });
+        if !ask.fresh
+            && let Some(i) = self
+                .list
+                .iter()
+                .position(|(b, _)| std::ptr::eq(b.as_ptr(), Arc::as_ptr(backend)))
+        {
+            let pipe = Arc::clone(&self.list[i].1);
+            if pipe.quiet()
+                && let Some(given) = pipe.give(request, ask)
+            {
+                return given;
             }
+            pipe.close();
+            self.list.swap_remove(i);
         }
-        let chosen = match shared {
-            _ if mine < PIPELINE_CONNECTIONS => idle,
-            Some((pipe, Rank::Gathering(_))) => Some(pipe),
-            _ => idle.or(shared.map(|(p, _)| p)),
+        let pipe = Arc::new(Pipe {
+            state: Mutex::default(),
+            wake: Notify::new(),
+        });
+        let given = pipe
+            .give(request, ask)
+            .expect("a connection being opened is not closed");
+        // One connection to each instance is kept: a fresh one takes the place of the old.
+        if let Some(i) = self
+            .list
+            .iter()
+            .position(|(b, _)| std::ptr::eq(b.as_ptr(), Arc::as_ptr(backend)))
+        {
+            self.list.swap_remove(i).1.close();
+        }
+        self.list.push((Arc::downgrade(backend), Arc::clone(&pipe)));
+        let driver = Driver {
+            pipe,
+            backend: Arc::downgrade(backend),
+            id: backend.id.clone(),
+            input: Vec::new(),
+            start: 0,
+            out: Vec::new(),
+            written: 0,
+            answer: None,
+            request_timeout: config.request_timeout,
         };
-        chosen.map(Arc::clone)
-    }
-
-    fn remove(&self, pipe: &Arc<Pipe>) {
-        self.list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| !Arc::ptr_eq(p, pipe));
-    }
-
-    /// How many connections to the backend are open, on every thread.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.list.lock().map_or(0, |v| v.len())
+        tokio::spawn(driver.run(backend.addr));
+        given
     }
 }
 
-/// One connection to an instance, as the client connections of its thread see it.
+/// One connection to an instance, as its client connection sees it.
 pub(crate) struct Pipe {
-    worker: usize,
     state: Mutex<State>,
     /// Wakes the connection's task: a request was queued, or it is to close.
     wake: Notify,
@@ -185,49 +178,14 @@ struct State {
     waiting: VecDeque<Waiter>,
     /// How many requests it was given in all.
     given: u64,
+    /// The connection, once made: what it has to read is looked at before it is used again.
+    socket: Option<Arc<TcpStream>>,
     closed: bool,
 }
 
 struct Waiter {
     parts: mpsc::Sender<Part>,
     ask: Ask,
-    since: Instant,
-}
-
-/// How well a connection suits a request, best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Rank {
-    /// Nothing is outstanding on it.
-    Idle,
-    /// Requests are queued on it, not yet written: this one goes out with them.
-    Gathering(usize),
-    /// This many requests are outstanding on it.
-    Behind(usize),
-}
-
-impl State {
-    /// How well this connection suits `ask` now, or `None` when it may not take it.
-    fn rank(&self, ask: Ask, depth: usize, now: Instant) -> Option<Rank> {
-        if self.closed {
-            return None;
-        }
-        let outstanding = self.waiting.len();
-        if outstanding == 0 {
-            return Some(Rank::Idle);
-        }
-        let may_wait = ask.shareable
-            && outstanding < depth
-            && self.waiting.iter().all(|w| w.ask.shareable)
-            && self
-                .waiting
-                .front()
-                .is_some_and(|w| now.duration_since(w.since) < PIPELINE_WAIT);
-        match may_wait {
-            false => None,
-            true if !self.queued.is_empty() => Some(Rank::Gathering(outstanding)),
-            true => Some(Rank::Behind(outstanding)),
-        }
-    }
 }
 
 impl Pipe {
@@ -235,7 +193,33 @@ impl Pipe {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `request` (its head and body); `None` when the connection has closed meanwhile.
+    /// Tells the connection's task to end once nothing is outstanding.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Whether the connection is open, has nothing outstanding, and has nothing to read: an
+    /// instance that sent bytes (or closed it) while no request was outstanding broke the
+    /// framing, and whatever it sent must not be taken for the next answer.
+    fn quiet(&self) -> bool {
+        let s = self.lock();
+        if s.closed || !s.waiting.is_empty() || !s.queued.is_empty() {
+            return false;
+        }
+        let Some(socket) = &s.socket else {
+            return false;
+        };
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        // The socket does not block: nothing to read is `WouldBlock`; a byte or the end of the
+        // connection (0) is something.
+        match socket2::SockRef::from(socket.as_ref()).peek(&mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Ok(_) | Err(_) => false,
+        }
+    }
+
+    /// Queues `request`; `None` when the connection has closed meanwhile.
     fn give(&self, request: &[u8], ask: Ask) -> Option<mpsc::Receiver<Part>> {
         let mut s = self.lock();
         if s.closed {
@@ -243,11 +227,7 @@ impl Pipe {
         }
         let (parts, rx) = mpsc::channel(PARTS_AHEAD);
         s.queued.extend_from_slice(request);
-        s.waiting.push_back(Waiter {
-            parts,
-            ask,
-            since: Instant::now(),
-        });
+        s.waiting.push_back(Waiter { parts, ask });
         s.given += 1;
         drop(s);
         self.wake.notify_one();
@@ -255,69 +235,32 @@ impl Pipe {
     }
 }
 
-/// Gives `request` to a connection to `backend` of this thread, opening one when none may
-/// take it (or `ask.fresh` says so). Returns the receiver of its answer's parts.
-pub(crate) fn send(
-    backend: &Arc<Backend>,
-    request: &[u8],
-    ask: Ask,
-    config: &IngressConfig,
-) -> mpsc::Receiver<Part> {
-    // Pipelined only to an instance that has shown it keeps its connections.
-    let depth = match backend.pipes.trust.load(Ordering::Relaxed) {
-        KEEPS => config.pipeline_depth,
-        _ => 1,
-    };
-    while let Some(pipe) = (!ask.fresh)
-        .then(|| backend.pipes.choose(ask, depth))
-        .flatten()
-    {
-        if let Some(given) = pipe.give(request, ask) {
-            return given;
+/// Reads what the instance sent into `buf`. Cancel-safe.
+async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
         }
     }
-    let pipe = Arc::new(Pipe {
-        worker: WORKER.get(),
-        state: Mutex::default(),
-        wake: Notify::new(),
-    });
-    let given = pipe
-        .give(request, ask)
-        .expect("a connection being opened is not closed");
-    backend
-        .pipes
-        .list
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Arc::clone(&pipe));
-    let driver = Driver {
-        pipe,
-        backend: Arc::downgrade(backend),
-        trust: Arc::clone(&backend.pipes.trust),
-        answered: 0,
-        closing_answer: false,
-        id: backend.id.clone(),
-        input: Vec::new(),
-        start: 0,
-        out: Vec::new(),
-        written: 0,
-        answer: None,
-        request_timeout: config.request_timeout,
-    };
-    tokio::spawn(driver.run(backend.addr));
-    given
+}
+
+/// Writes what it can of `bytes`. Cancel-safe.
+async fn write_some(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
 }
 
 /// The task of one connection.
 struct Driver {
     pipe: Arc<Pipe>,
     backend: Weak<Backend>,
-    /// The backend's [`Pipes::trust`].
-    trust: Arc<AtomicU8>,
-    /// How many answers the connection carried.
-    answered: u64,
-    /// The last of them closed the connection.
-    closing_answer: bool,
     /// The instance's ID, for the log.
     id: String,
     /// Bytes read from the instance; those before `start` are used.
@@ -336,7 +279,7 @@ struct Answer {
     framing: Framing,
     /// What is still to come of a body of known length.
     remaining: u64,
-    chunks: h1::ChunkedEnd,
+    chunks: framing::ChunkedEnd,
     /// What is gathered for the client and not yet handed over.
     part: Vec<u8>,
     /// The connection may carry another answer after this one.
@@ -353,7 +296,7 @@ enum End {
     Closed(io::Error),
     /// The instance sent what is not an HTTP/1.1 answer to the oldest request.
     Bad(String),
-    /// It is not needed any more: idle too long, or its instance left its pool.
+    /// It is not needed any more: idle too long, or its client connection ended.
     Done,
 }
 
@@ -375,10 +318,12 @@ impl Driver {
                 ),
             )),
             Ok(Err(e)) => End::Unreachable(e),
-            Ok(Ok(mut stream)) => {
+            Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let end = self.serve(&mut stream).await;
-                let _ = stream.shutdown().await;
+                let stream = Arc::new(stream);
+                self.pipe.lock().socket = Some(Arc::clone(&stream));
+                let end = self.serve(&stream).await;
+                let _ = socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Both);
                 end
             }
         };
@@ -386,7 +331,7 @@ impl Driver {
     }
 
     /// Writes what is queued and reads the answers, until the connection ends.
-    async fn serve(&mut self, stream: &mut TcpStream) -> End {
+    async fn serve(&mut self, stream: &TcpStream) -> End {
         // When the connection last made progress; it ends after the request timeout without
         // any while answers are awaited, and after the idle timeout without a request.
         let mut active = Instant::now();
@@ -397,7 +342,8 @@ impl Driver {
                 self.out.clear();
                 self.written = 0;
                 let mut s = self.pipe.lock();
-                if s.closed && s.waiting.is_empty() {
+                // Closed by its client connection, which is gone or wants it no more.
+                if s.closed {
                     return End::Done;
                 }
                 std::mem::swap(&mut s.queued, &mut self.out);
@@ -407,14 +353,14 @@ impl Driver {
                 self.input.drain(..self.start);
                 self.start = 0;
             }
-            self.input.reserve(h1::READ_SIZE);
+            self.input.reserve(framing::READ_SIZE);
             let event = {
-                let (mut reader, mut writer) = stream.split();
                 let pending = &self.out[self.written..];
+                let input = &mut self.input;
                 tokio::select! {
                     biased;
-                    r = reader.read_buf(&mut self.input) => Event::Read(r),
-                    r = writer.write(pending), if !pending.is_empty() => Event::Wrote(r),
+                    r = read_some(stream, input) => Event::Read(r),
+                    r = write_some(stream, pending), if !pending.is_empty() => Event::Wrote(r),
                     () = self.pipe.wake.notified(), if pending.is_empty() => Event::Woken,
                     () = &mut timer => Event::Timer,
                 }
@@ -469,7 +415,6 @@ impl Driver {
             && let Some(w) = self.pipe.lock().waiting.pop_front()
             && !a.dropped
         {
-            self.closing_answer = true;
             let _ = w.parts.try_send(Part::Last {
                 bytes: a.part,
                 keep: false,
@@ -535,16 +480,17 @@ impl Driver {
             self.start += take;
             if ended {
                 let a = self.answer.take().expect("an answer is being relayed");
-                self.answered += 1;
-                if self.answered == 2 && a.reusable {
-                    let _ = self.trust.compare_exchange(
-                        UNKNOWN,
-                        KEEPS,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-                let waiter = self.pipe.lock().waiting.pop_front();
+                // Bytes after the answer with no request left to answer break the framing:
+                // the connection is closed before its client can give it another request.
+                let (waiter, excess) = {
+                    let mut s = self.pipe.lock();
+                    let waiter = s.waiting.pop_front();
+                    let excess = self.start < self.input.len() && s.waiting.is_empty();
+                    if excess || !a.reusable {
+                        s.closed = true;
+                    }
+                    (waiter, excess)
+                };
                 if let Some(w) = waiter
                     && !a.dropped
                 {
@@ -557,8 +503,13 @@ impl Driver {
                         })
                         .await;
                 }
+                if excess {
+                    return Err(End::Closed(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the instance sent bytes after its answer that no request asked for",
+                    )));
+                }
                 if !a.reusable {
-                    self.closing_answer = true;
                     return Err(End::Closed(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "the instance's answer ended the connection",
@@ -597,7 +548,7 @@ impl Driver {
             if input.is_empty() {
                 return Ok(None);
             }
-            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_RESPONSE_HEADERS];
+            let mut headers = [httparse::EMPTY_HEADER; framing::MAX_RESPONSE_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(input) {
                 Ok(httparse::Status::Complete(head_len)) => {
@@ -611,9 +562,9 @@ impl Driver {
                         self.start += head_len;
                         continue;
                     }
-                    let head = h1::answer_head(&resp, ask.head).map_err(End::Bad)?;
+                    let head = framing::answer_head(&resp, ask.head).map_err(End::Bad)?;
                     let mut part = Vec::with_capacity(head_len + 256);
-                    h1::client_head(
+                    framing::client_head(
                         &resp,
                         ask.close || head.framing == Framing::UntilClose,
                         &mut part,
@@ -625,19 +576,19 @@ impl Driver {
                             Framing::Length(l) => l,
                             _ => 0,
                         },
-                        chunks: h1::ChunkedEnd::default(),
+                        chunks: framing::ChunkedEnd::default(),
                         part,
                         reusable: head.reusable,
                         dropped: false,
                     }));
                 }
-                Ok(httparse::Status::Partial) if input.len() < h1::MAX_HEAD_BYTES => {
+                Ok(httparse::Status::Partial) if input.len() < framing::MAX_HEAD_BYTES => {
                     return Ok(None);
                 }
                 Ok(httparse::Status::Partial) => {
                     return Err(End::Bad(format!(
                         "its answer's head is longer than {} bytes",
-                        h1::MAX_HEAD_BYTES
+                        framing::MAX_HEAD_BYTES
                     )));
                 }
                 Err(e) => return Err(End::Bad(e.to_string())),
@@ -645,25 +596,16 @@ impl Driver {
         }
     }
 
-    /// Closes the connection for good: every request still waiting on it is told why, and it
-    /// leaves its backend's list.
+    /// Closes the connection for good: every request still waiting on it is told why.
     fn end(self, end: End) {
         let (waiting, shared) = {
             let mut s = self.pipe.lock();
             s.closed = true;
             s.queued.clear();
+            s.socket = None;
             (std::mem::take(&mut s.waiting), s.given > 1)
         };
-        // Closed with requests pipelined on it: by the instance, or after an answer that said
-        // so (for the requests behind it, `waiting` holds that answer's as well).
-        let pipelined = waiting.len() + usize::from(self.closing_answer) >= 2;
-        if pipelined && matches!(end, End::Closed(_)) {
-            self.trust.store(CLOSES, Ordering::Relaxed);
-        }
         let backend = self.backend.upgrade();
-        if let Some(b) = &backend {
-            b.pipes.remove(&self.pipe);
-        }
         let mut waiting = waiting.into_iter();
         if self.answer.is_some() {
             // The oldest request's answer had begun: dropping its sender cuts it short.
@@ -709,107 +651,57 @@ impl Driver {
 mod tests {
     use super::*;
 
-    fn ask(shareable: bool) -> Ask {
+    fn ask() -> Ask {
         Ask {
-            shareable,
             head: false,
             close: false,
             fresh: false,
         }
     }
 
-    fn waiter(shareable: bool, since: Instant) -> Waiter {
-        Waiter {
-            parts: mpsc::channel(1).0,
-            ask: ask(shareable),
-            since,
-        }
-    }
-
-    #[test]
-    fn a_request_waits_behind_others_only_when_safe_and_short() {
-        let now = Instant::now();
-        let depth = 4;
-        let mut s = State::default();
-        // Nothing outstanding: anything goes.
-        assert_eq!(s.rank(ask(false), depth, now), Some(Rank::Idle));
-        assert_eq!(s.rank(ask(true), depth, now), Some(Rank::Idle));
-
-        s.waiting.push_back(waiter(true, now));
-        // Behind a safe request that has just gone: only another safe one.
-        assert_eq!(s.rank(ask(true), depth, now), Some(Rank::Behind(1)));
-        assert_eq!(s.rank(ask(false), depth, now), None);
-        // Not with pipelining off.
-        assert_eq!(s.rank(ask(true), 1, now), None);
-        // A batch still being gathered comes before one already sent.
-        s.queued.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        assert_eq!(s.rank(ask(true), depth, now), Some(Rank::Gathering(1)));
-        assert!(Rank::Gathering(3) < Rank::Behind(1));
-        // Not behind an answer that is slow to come.
-        assert_eq!(s.rank(ask(true), depth, now + PIPELINE_WAIT), None);
-
-        // Not behind a request that is not safe.
-        let mut s = State::default();
-        s.waiting.push_back(waiter(false, now));
-        assert_eq!(s.rank(ask(true), depth, now), None);
-
-        // Not deeper than the depth, and never on a closed connection.
-        let mut s = State::default();
-        for _ in 0..depth {
-            s.waiting.push_back(waiter(true, now));
-        }
-        assert_eq!(s.rank(ask(true), depth, now), None);
-        let s = State {
-            closed: true,
-            ..State::default()
-        };
-        assert_eq!(s.rank(ask(false), depth, now), None);
-    }
-
-    fn pipe(worker: usize, outstanding: usize) -> Arc<Pipe> {
-        let pipe = Arc::new(Pipe {
-            worker,
+    #[tokio::test]
+    async fn a_connection_with_bytes_to_read_while_idle_is_not_used_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pipe = Pipe {
             state: Mutex::default(),
             wake: Notify::new(),
-        });
-        for _ in 0..outstanding {
-            pipe.lock().waiting.push_back(waiter(true, Instant::now()));
+        };
+        assert!(!pipe.quiet(), "a connection not yet made is not idle");
+        let stream = Arc::new(TcpStream::connect(addr).await.unwrap());
+        let (mut server, _) = listener.accept().await.unwrap();
+        pipe.lock().socket = Some(Arc::clone(&stream));
+        assert!(pipe.quiet());
+        let rx = pipe.give(b"GET / HTTP/1.1\r\n\r\n", ask());
+        assert!(rx.is_some());
+        assert!(!pipe.quiet(), "a request is outstanding");
+        pipe.lock().waiting.clear();
+        pipe.lock().queued.clear();
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pipe.quiet() {
+            assert!(Instant::now() < deadline, "the bytes sent never showed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        pipe
-    }
 
-    #[test]
-    fn requests_are_pipelined_only_once_a_thread_has_its_connections() {
-        let me = WORKER.get();
-        let pipes = Pipes::default();
-        // Another thread's idle connection is not this thread's to use.
-        pipes.list.lock().unwrap().push(pipe(me + 1, 0));
-        assert!(pipes.choose(ask(true), 16).is_none());
-        // Busy connections, fewer than the thread opens: a new one.
-        for n in 1..PIPELINE_CONNECTIONS {
-            pipes.list.lock().unwrap().push(pipe(me, n));
+        // Nor is one the instance closed while it was idle.
+        let closed = Pipe {
+            state: Mutex::default(),
+            wake: Notify::new(),
+        };
+        let stream = Arc::new(TcpStream::connect(addr).await.unwrap());
+        let (server, _) = listener.accept().await.unwrap();
+        closed.lock().socket = Some(stream);
+        assert!(closed.quiet());
+        drop(server);
+        while closed.quiet() {
+            assert!(
+                Instant::now() < deadline,
+                "the end of the connection never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(pipes.choose(ask(true), 16).is_none());
-        // As many as it opens: the least busy takes a safe request; another is opened for
-        // one that is not safe.
-        pipes.list.lock().unwrap().push(pipe(me, 5));
-        let chosen = pipes.choose(ask(true), 16).unwrap();
-        assert_eq!(chosen.lock().waiting.len(), 1);
-        assert!(pipes.choose(ask(false), 16).is_none());
-        // An idle one is taken whatever the request, before one with requests outstanding.
-        let idle = pipe(me, 0);
-        pipes.list.lock().unwrap().push(Arc::clone(&idle));
-        assert!(Arc::ptr_eq(&pipes.choose(ask(false), 16).unwrap(), &idle));
-        assert!(Arc::ptr_eq(&pipes.choose(ask(true), 16).unwrap(), &idle));
-        // But a safe request goes with a batch being gathered.
-        chosen
-            .lock()
-            .queued
-            .extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        assert!(Arc::ptr_eq(&pipes.choose(ask(true), 16).unwrap(), &chosen));
-        assert!(Arc::ptr_eq(&pipes.choose(ask(false), 16).unwrap(), &idle));
-        assert_eq!(pipes.len(), PIPELINE_CONNECTIONS + 2);
-        pipes.remove(&idle);
-        assert_eq!(pipes.len(), PIPELINE_CONNECTIONS + 1);
     }
 }

@@ -1,19 +1,21 @@
 //! The HTTP server that forwards requests to instances.
 //!
-//! Each backend keeps its own pool of idle HTTP/1.1 connections (newest first), so that a
-//! request costs one pool pop and no URI rewriting: the request's own origin-form URI is sent
-//! as it came unless a route rewrites the path. A connection goes back to its pool when the
-//! response body it carried has been sent whole; one whose response was cut short is closed.
+//! Each client connection keeps its own idle HTTP/1.1 connections to instances, never shared
+//! with another client connection: whatever an instance sends, framed right or wrong, reaches
+//! only the client connection that asked. A request's own origin-form URI is sent as it came
+//! unless a route rewrites the path. A connection goes back to its client connection's pool
+//! when the response body it carried has been sent whole; one whose response was cut short
+//! is closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -26,16 +28,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::h1;
-use crate::idle::WORKER;
-use crate::table::{Backend, InFlight, Ingress};
+use crate::framing::HOP_BY_HOP;
+use crate::h1::{self, RETRY_BODY_BYTES};
+use crate::pipe::CONNECT_TIMEOUT;
+use crate::table::{Backend, InFlight, Ingress, Proxy};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Request bodies up to this size are kept, so that a request that could not be sent can be
-/// sent again to another instance.
-pub(crate) const RETRY_BODY_BYTES: u64 = 64 * 1024;
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why no connection to a backend could be had: nothing was sent.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +46,32 @@ enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// An idle connection to `backend`, else a new one.
-async fn checkout(backend: &Backend) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-    while let Some(mut conn) = backend.connections.pop() {
+/// One client connection's idle connections to instances on this path.
+#[derive(Default)]
+pub(crate) struct Upstreams(Mutex<Vec<(Weak<Backend>, SendRequest<UpstreamBody>)>>);
+
+impl Upstreams {
+    fn pop(&self, backend: &Arc<Backend>) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(b, c)| b.strong_count() > 0 && !c.is_closed());
+        let i = idle
+            .iter()
+            .rposition(|(b, _)| std::ptr::eq(b.as_ptr(), Arc::as_ptr(backend)))?;
+        Some(idle.swap_remove(i).1)
+    }
+
+    fn push(&self, backend: &Arc<Backend>, conn: SendRequest<UpstreamBody>) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        idle.push((Arc::downgrade(backend), conn));
+    }
+}
+
+/// This client connection's idle connection to `backend`, else a new one.
+async fn checkout(
+    backend: &Arc<Backend>,
+    upstreams: &Upstreams,
+) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    while let Some(mut conn) = upstreams.pop(backend) {
         if !conn.is_closed() && conn.ready().await.is_ok() {
             return Ok(conn);
         }
@@ -69,11 +90,6 @@ async fn checkout(backend: &Backend) -> Result<SendRequest<UpstreamBody>, Connec
         }
     });
     Ok(sender)
-}
-
-pub(crate) struct Proxy {
-    pub(crate) ingress: Arc<Ingress>,
-    pub(crate) scheme: HeaderValue,
 }
 
 /// How long connections under way may take to finish after `shutdown` fires.
@@ -114,6 +130,10 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
         })
         .unzip();
     let peers: Arc<[Peer]> = peers.into();
+    let budget = Arc::new(Budget {
+        open: AtomicUsize::new(0),
+        max: proxy.ingress.config.max_connections,
+    });
     let mut finished = Vec::with_capacity(count);
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let own = match listener.try_clone() {
@@ -124,8 +144,12 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
                 continue;
             }
         };
-        let (proxy, peers_of_worker, shutdown) =
-            (Arc::clone(&proxy), Arc::clone(&peers), shutdown.clone());
+        let (proxy, peers_of_worker, shutdown, budget) = (
+            Arc::clone(&proxy),
+            Arc::clone(&peers),
+            shutdown.clone(),
+            Arc::clone(&budget),
+        );
         let (done, finish) = tokio::sync::oneshot::channel::<()>();
         let started = std::thread::Builder::new()
             .name(format!("slipway-ingress-{index}"))
@@ -141,12 +165,12 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
                         return;
                     }
                 };
-                WORKER.set(index);
                 let me = Worker {
                     index,
                     proxy,
                     peers: peers_of_worker,
                     shutdown,
+                    budget,
                 };
                 runtime.block_on(me.run(own, inbox));
                 drop(done);
@@ -168,7 +192,7 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
 /// What the ingress threads know of each other: where to send a connection, and how many each
 /// has open.
 struct Peer {
-    inbox: tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    inbox: tokio::sync::mpsc::UnboundedSender<Handed>,
     open: AtomicUsize,
 }
 
@@ -185,9 +209,42 @@ struct Worker {
     proxy: Arc<Proxy>,
     peers: Arc<[Peer]>,
     shutdown: CancellationToken,
+    budget: Arc<Budget>,
 }
 
-type Inbox = tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
+/// A connection one ingress thread gives another, with its place in the budget.
+type Handed = (std::net::TcpStream, SocketAddr, Slot);
+type Inbox = tokio::sync::mpsc::UnboundedReceiver<Handed>;
+
+/// The ingress's budget of client connections, shared by its threads.
+struct Budget {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// A client connection's place in the budget, for as long as it lives.
+struct Slot(Arc<Budget>);
+
+impl Slot {
+    /// A place, unless `max` connections are open.
+    fn take(budget: &Arc<Budget>) -> Option<Slot> {
+        let taken = budget
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < budget.max).then_some(n + 1)
+            });
+        taken.ok().map(|_| Slot(Arc::clone(budget)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The longest pause after accepting failed.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// Accepts connections and takes those other threads give it, until shutdown; then waits
@@ -205,28 +262,45 @@ impl Worker {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.proxy.ingress.config.header_timeout)
-            .keep_alive(true);
+            // Used for a connection's last HTTP/1 request (HTTP/1.0, an upgrade, `Connection:
+            // close`): any head after it would reach hyper unchecked.
+            .keep_alive(false);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let connections = tokio_util::task::TaskTracker::new();
+        let mut backoff = Duration::ZERO;
         loop {
-            let (stream, remote) = tokio::select! {
+            let (stream, remote, slot) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
+                        backoff = Duration::ZERO;
+                        // Past the budget, the connection is closed at once: it neither waits
+                        // in the listener's queue nor holds anything.
+                        let Some(slot) = Slot::take(&self.budget) else {
+                            tracing::debug!(%remote, max = self.budget.max, "a client connection is over the ingress's budget and is closed");
+                            drop(stream);
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
-                        match self.give_away(stream, remote) {
-                            Some(stream) => (stream, remote),
+                        match self.give_away(stream, remote, slot) {
+                            Some((stream, slot)) => (stream, remote, slot),
                             None => continue,
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of descriptors or memory, say: wait a little longer each time
+                        // rather than try again at once, and keep accepting afterwards.
+                        backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                        tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accepting a connection failed");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = self.shutdown.cancelled() => break,
+                        }
                         continue;
                     }
                 },
-                Some((stream, remote)) = inbox.recv() => match TcpStream::from_std(stream) {
-                    Ok(stream) => (stream, remote),
+                Some((stream, remote, slot)) = inbox.recv() => match TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, remote, slot),
                     Err(e) => {
                         tracing::warn!(error = %e, "a connection from another ingress thread could not be taken");
                         self.peers[self.index].open.fetch_sub(1, Ordering::Relaxed);
@@ -242,7 +316,7 @@ impl Worker {
                 self.shutdown.clone(),
             );
             connections.spawn(async move {
-                let _open = open;
+                let _open = (open, slot);
                 serve_connection(proxy, &builder, stream, remote, shutdown).await;
             });
         }
@@ -261,7 +335,12 @@ impl Worker {
 
     /// Counts a new connection for the thread with the fewest open, and sends it there when
     /// that is not this one; returns it when it stays here.
-    fn give_away(&self, stream: TcpStream, remote: SocketAddr) -> Option<TcpStream> {
+    fn give_away(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+    ) -> Option<(TcpStream, Slot)> {
         let open: Vec<usize> = self
             .peers
             .iter()
@@ -270,19 +349,22 @@ impl Worker {
         let target = least_loaded(&open, self.index);
         self.peers[target].open.fetch_add(1, Ordering::Relaxed);
         if target == self.index {
-            return Some(stream);
+            return Some((stream, slot));
         }
-        let back = match stream.into_std() {
-            Ok(std) => match self.peers[target].inbox.send((std, remote)) {
+        let (back, slot) = match stream.into_std() {
+            Ok(std) => match self.peers[target].inbox.send((std, remote, slot)) {
                 Ok(()) => return None,
-                Err(unsent) => TcpStream::from_std(unsent.0.0),
+                Err(unsent) => {
+                    let (std, _, slot) = unsent.0;
+                    (TcpStream::from_std(std), slot)
+                }
             },
-            Err(e) => Err(e),
+            Err(e) => (Err(e), slot),
         };
         self.peers[target].open.fetch_sub(1, Ordering::Relaxed);
         self.peers[self.index].open.fetch_add(1, Ordering::Relaxed);
         match back {
-            Ok(stream) => Some(stream),
+            Ok(stream) => Some((stream, slot)),
             Err(e) => {
                 tracing::warn!(error = %e, "a connection could not be given to another ingress thread");
                 self.peers[self.index].open.fetch_sub(1, Ordering::Relaxed);
@@ -317,26 +399,73 @@ async fn serve_connection(
     remote: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let (stream, read) = match h1::serve(&proxy, stream, remote, &shutdown).await {
-        h1::Ended::Closed => return,
-        h1::Ended::HandOff(stream, read) => (stream, read),
-    };
-    let service = hyper::service::service_fn(move |req| {
-        let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
-    });
-    let io = TokioIo::new(h1::Rewound { read, stream });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let config = &proxy.ingress.config;
+    let (write_timeout, header_timeout) = (config.client_write_timeout, config.header_timeout);
+    let upstreams = Arc::new(Upstreams::default());
+    let (mut stream, mut read) = (stream, BytesMut::new());
+    loop {
+        let (taken, rest, request) = match h1::serve(&proxy, stream, remote, &shutdown, read).await
+        {
+            h1::Ended::Closed => return,
+            h1::Ended::HandOff(stream, read, request) => (stream, read, request),
+        };
+        let service = {
+            let (proxy, upstreams) = (Arc::clone(&proxy), Arc::clone(&upstreams));
+            hyper::service::service_fn(move |req| {
+                let (proxy, upstreams) = (Arc::clone(&proxy), Arc::clone(&upstreams));
+                async move { Ok::<_, Infallible>(proxy.handle(req, remote, upstreams).await) }
+            })
+        };
+        let io = h1::Rewound {
+            read: rest,
+            stream: taken,
+            write_timeout,
+            stalled: None,
+        };
+        let request = match request {
+            Some(r) if !r.last => r,
+            // HTTP/2, or the connection's last HTTP/1 request: hyper serves the rest.
+            _ => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, %remote, "client connection ended with an error");
+                }
+                return;
+            }
+        };
+        // One request: hyper reads to its end and no further, answers it, and gives the
+        // connection back for the lean path to check the next head.
+        let one = h1::OneRequest::new(io, &request);
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .half_close(true)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(one), service)
+            .without_shutdown()
+            .await;
+        let parts = match served {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::debug!(error = %e, %remote, "client connection ended with an error");
+                return;
+            }
+        };
+        let one = parts.io.into_inner();
+        if !one.is_done() || shutdown.is_cancelled() {
+            return;
         }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(error = %e, %remote, "client connection ended with an error");
+        let mut next = BytesMut::from(&parts.read_buf[..]);
+        next.extend_from_slice(&one.inner.read);
+        (stream, read) = (one.inner.stream, next);
     }
 }
 
@@ -349,17 +478,6 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     );
     r
 }
-
-/// Headers that describe one connection, not the message: never forwarded, on either path.
-/// Each path adds what its own framing needs: this one drops `Transfer-Encoding` too (hyper
-/// frames each side anew), the lean path keeps it on answers (it relays their bytes as sent).
-pub(crate) const HOP_BY_HOP: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -416,7 +534,12 @@ fn forwarded_for(previous: Option<&HeaderValue>, ip: std::net::IpAddr) -> Option
 }
 
 impl Proxy {
-    async fn handle(&self, mut req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        upstreams: Arc<Upstreams>,
+    ) -> Response<ProxyBody> {
         let host = match req.headers().get(header::HOST) {
             Some(h) => h.clone(),
             None => match req
@@ -545,7 +668,7 @@ impl Proxy {
                     up
                 }
             };
-            let mut conn = match checkout(&backend).await {
+            let mut conn = match checkout(&backend, &upstreams).await {
                 Ok(c) => c,
                 Err(e) => {
                     backend.mark_down();
@@ -610,6 +733,7 @@ impl Proxy {
                         ProxyBody::Upstream(Upstream {
                             inner,
                             conn: Some(conn),
+                            home: upstreams,
                             done: false,
                             guard,
                         })
@@ -711,10 +835,11 @@ impl Body for ProxyBody {
 }
 
 /// A backend's response body. Its request counts as in flight until the body is gone, and its
-/// connection goes back to the backend's pool if the body was read to its end.
+/// connection goes back to its client connection's pool if the body was read to its end.
 pub(crate) struct Upstream {
     inner: Incoming,
     conn: Option<SendRequest<UpstreamBody>>,
+    home: Arc<Upstreams>,
     done: bool,
     guard: InFlight,
 }
@@ -725,7 +850,7 @@ impl Drop for Upstream {
             && (self.done || self.inner.is_end_stream())
             && !conn.is_closed()
         {
-            self.guard.0.connections.push(conn);
+            self.home.push(&self.guard.0, conn);
         }
     }
 }

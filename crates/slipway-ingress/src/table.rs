@@ -11,9 +11,6 @@ use http::StatusCode;
 use slipway_spec::AppSpec;
 use tokio::sync::Notify;
 
-use crate::idle::IdlePool;
-use crate::pipe::Pipes;
-
 /// How the ingress behaves.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
@@ -27,10 +24,16 @@ pub struct IngressConfig {
     /// How long a client connection may take to send a request's headers.
     pub header_timeout: Duration,
     pub max_body_bytes: u64,
-    /// The most plain HTTP/1.1 requests outstanding on one connection to an instance, once a
-    /// thread has several connections to it busy: safe requests without a body are then
-    /// pipelined rather than given yet another connection. 1: one request at a time.
+    /// Not used any more: a connection to an instance belongs to one client connection and
+    /// carries its requests one at a time, so that no request is pipelined behind another
+    /// client's. Kept so that configurations that set it still build.
     pub pipeline_depth: usize,
+    /// How long one write to a client may wait for it to read: a client that reads nothing
+    /// for this long loses its connection.
+    pub client_write_timeout: Duration,
+    /// The most client connections open at once; beyond it, a new connection is closed as
+    /// soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for IngressConfig {
@@ -43,6 +46,8 @@ impl Default for IngressConfig {
             header_timeout: Duration::from_secs(30),
             max_body_bytes: 32 * 1024 * 1024,
             pipeline_depth: 16,
+            client_write_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
         }
     }
 }
@@ -56,10 +61,6 @@ pub(crate) struct Backend {
     pub draining: AtomicBool,
     down_until: Mutex<Option<Instant>>,
     idle: Notify,
-    /// Kept-alive connections to it that wait for a request, driven by hyper.
-    pub connections: IdlePool<hyper::client::conn::http1::SendRequest<crate::proxy::UpstreamBody>>,
-    /// The lean HTTP/1.1 path's connections to it, each driven by a task of its own.
-    pub pipes: Pipes,
 }
 
 impl Backend {
@@ -249,6 +250,12 @@ struct Table {
     names: HashMap<String, String>,
 }
 
+/// The ingress as its servers see it: its table, and the scheme its clients use.
+pub(crate) struct Proxy {
+    pub(crate) ingress: Arc<Ingress>,
+    pub(crate) scheme: http::HeaderValue,
+}
+
 /// The ingress's state: which app is served where, and its ready instances. Cheap to share.
 #[derive(Debug)]
 pub struct Ingress {
@@ -385,8 +392,6 @@ impl Ingress {
             draining: AtomicBool::new(false),
             down_until: Mutex::new(None),
             idle: Notify::new(),
-            connections: IdlePool::default(),
-            pipes: Pipes::default(),
         }));
     }
 

@@ -1,5 +1,6 @@
-//! The ingress's pipelining of requests to an instance, over real HTTP, with instances written
-//! by hand so that what reaches them can be seen.
+//! The ingress's connections to an instance, over real HTTP, with instances written by hand so
+//! that what reaches them can be seen: each client connection has its own, and a connection
+//! to an instance never carries the requests of two clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,16 @@ struct Seen {
     /// Requests that were already there, whole or in part, when the one before them on the
     /// same connection was read: sent before its answer, that is pipelined.
     pipelined: AtomicUsize,
+    /// Connections that carried the requests of more than one client (the first segment of
+    /// a path, after `/big` or `/slow`, names its client).
+    mixed: AtomicUsize,
+}
+
+/// The client a path names: `/<client>/...`, `/big/<client>/...`, `/slow/<client>`.
+fn client_of(path: &str) -> &str {
+    path.split('/')
+        .find(|s| !s.is_empty() && *s != "big" && *s != "slow")
+        .unwrap_or("")
 }
 
 /// How the instance behaves.
@@ -75,6 +86,7 @@ async fn stoppable_instance(kind: Instance) -> (SocketAddr, Arc<Seen>, Cancellat
 
 async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
     let mut answered = 0;
+    let mut client: Option<String> = None;
     let mut read = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -92,6 +104,13 @@ async fn serve(mut stream: TcpStream, kind: Instance, seen: Arc<Seen>) {
             seen.pipelined.fetch_add(1, Ordering::SeqCst);
         }
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        match &client {
+            None => client = Some(client_of(&path).to_string()),
+            Some(c) if c != client_of(&path) => {
+                seen.mixed.fetch_add(1, Ordering::SeqCst);
+            }
+            Some(_) => {}
+        }
         if path.starts_with("/slow") {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -179,36 +198,45 @@ async fn load(addr: SocketAddr, clients: usize, count: usize, big: bool) -> Dura
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_clients_share_a_few_connections_and_each_gets_its_own_answer() {
+async fn many_clients_each_get_their_own_answers_on_connections_of_their_own() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
     let (addr, seen) = instance(Instance::Echo).await;
     s.ingress.add("app1", "web", "i1", addr);
-    // Requests are pipelined to an instance once a connection to it has carried two answers.
     load(s.addr, 1, 3, false).await;
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     load(s.addr, 48, 60, true).await;
-    let (connections, requests, pipelined) = (
+    let (connections, requests, mixed) = (
         seen.connections.load(Ordering::SeqCst),
         seen.requests.load(Ordering::SeqCst),
-        seen.pipelined.load(Ordering::SeqCst),
+        seen.mixed.load(Ordering::SeqCst),
     );
     assert_eq!(requests, 3 + 48 * 60);
-    assert!(
-        pipelined > 0,
-        "no request was sent before the answer to the one before it ({connections} connections)"
+    assert_eq!(
+        mixed, 0,
+        "a connection to the instance carried two clients' requests"
     );
-    assert!(
-        connections < 48,
-        "48 clients at once took {connections} connections to the instance"
+    // A client connection keeps its connection to the instance from one request to the next.
+    assert_eq!(
+        connections,
+        1 + 48,
+        "49 kept-alive clients took {connections} connections to the instance"
     );
 
-    // With pipelining off, the same load: every request waits for a connection of its own.
-    let s = setup(1).await;
-    let (addr, seen) = instance(Instance::Echo).await;
-    s.ingress.add("app1", "web", "i1", addr);
-    load(s.addr, 48, 60, true).await;
-    assert_eq!(seen.requests.load(Ordering::SeqCst), 48 * 60);
-    assert_eq!(seen.pipelined.load(Ordering::SeqCst), 0);
+    // A client that pipelines its own requests gets every answer, in order, on its one
+    // connection to the instance.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let batch: String = (0..10)
+        .map(|i| format!("GET /p/{i} HTTP/1.1\r\nHost: shop.localhost\r\n\r\n"))
+        .collect();
+    conn.write_all(batch.as_bytes()).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            read_answer(&mut conn).await,
+            ("200".into(), format!("/p/{i}"))
+        );
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1 + 48 + 1);
+    assert_eq!(seen.mixed.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,10 +244,9 @@ async fn no_request_waits_behind_a_slow_answer() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
     let (addr, _) = instance(Instance::Echo).await;
     s.ingress.add("app1", "web", "i1", addr);
-    // A connection carries two answers first: from then on the instance is pipelined to.
     load(s.addr, 1, 3, false).await;
-    // Slow requests on every connection the ingress would pipeline on, then, once they have
-    // waited a moment, a burst of quick ones: none may be queued behind a slow answer.
+    // Slow requests, then, once they have waited a moment, a burst of quick ones from other
+    // clients: none may be queued behind a slow answer.
     let slow: Vec<_> = (0..4)
         .map(|i| {
             let addr = s.addr;
@@ -250,29 +277,20 @@ async fn an_instance_that_closes_each_connection_after_an_answer_is_never_pipeli
     load(s.addr, 24, 20, true).await;
     assert_eq!(seen.requests.load(Ordering::SeqCst), 24 * 20);
     assert_eq!(seen.pipelined.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.mixed.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_pipelined_on_a_connection_the_instance_closes_are_sent_again_and_it_is_pipelined_to_no_more()
- {
+async fn requests_on_a_connection_the_instance_closes_are_sent_again_on_the_clients_own_next() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
     let (addr, seen) = instance(Instance::ClosesAfter(3)).await;
     s.ingress.add("app1", "web", "i1", addr);
-    // The requests behind the third on a connection are lost with it; each is sent again on
-    // a connection of its own and answered.
+    // A request given to a connection as the instance closes it is sent again on a new one.
     load(s.addr, 24, 20, false).await;
-    let (requests, pipelined) = (
-        seen.requests.load(Ordering::SeqCst),
-        seen.pipelined.load(Ordering::SeqCst),
-    );
+    let requests = seen.requests.load(Ordering::SeqCst);
     assert!(requests >= 24 * 20, "{requests}");
-    assert!(
-        pipelined > 0,
-        "nothing was pipelined: the test proves nothing"
-    );
-    // Once it has closed a connection with requests pipelined on it, none are.
-    load(s.addr, 24, 20, false).await;
-    assert_eq!(seen.pipelined.load(Ordering::SeqCst), pipelined);
+    assert_eq!(seen.pipelined.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.mixed.load(Ordering::SeqCst), 0);
 }
 
 /// One client as [`client`], for as long as `go` is set: the count of its requests.
@@ -290,7 +308,7 @@ async fn client_until(addr: SocketAddr, id: usize, go: Arc<AtomicBool>) -> usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_drained_and_stopped_under_pipelined_load_fail_no_request() {
+async fn instances_drained_and_stopped_under_load_fail_no_request() {
     let s = setup(IngressConfig::default().pipeline_depth).await;
     let (a, seen_a, stop_a) = stoppable_instance(Instance::Echo).await;
     s.ingress.add("app1", "web", "a", a);
@@ -318,10 +336,9 @@ async fn instances_drained_and_stopped_under_pipelined_load_fail_no_request() {
     }
     stop_c.cancel();
     assert!(answered > 32 * 10, "the load ran: {answered} requests");
-    let pipelined =
-        seen_a.pipelined.load(Ordering::SeqCst) + seen_b.pipelined.load(Ordering::SeqCst);
-    assert!(
-        pipelined > 0,
-        "nothing was pipelined: the test proves nothing"
+    let mixed = seen_a.mixed.load(Ordering::SeqCst) + seen_b.mixed.load(Ordering::SeqCst);
+    assert_eq!(
+        mixed, 0,
+        "a connection to an instance carried two clients' requests"
     );
 }

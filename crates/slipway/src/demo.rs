@@ -67,6 +67,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         registry: None,
         publish_on: crate::serve::PublishArg::Gateway,
         ingress_pipeline_depth: slipway_ingress::IngressConfig::default().pipeline_depth as u16,
+        ingress_max_connections: slipway_ingress::IngressConfig::default().max_connections as u32,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

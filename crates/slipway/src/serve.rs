@@ -66,16 +66,26 @@ pub(crate) struct ServeArgs {
     /// this host's own processes reach them, through Docker's slower port proxy.
     #[arg(long, env = "SLIPWAY_PUBLISH_ON", value_enum, default_value_t = PublishArg::Gateway)]
     pub publish_on: PublishArg,
-    /// The most requests the ingress sends at once on one connection to an instance: once
-    /// each ingress thread has 4 connections to an instance busy, safe requests without a
-    /// body (GET, HEAD) are pipelined on them rather than given more connections. 1: never.
+    /// No longer has any effect (kept so that existing command lines still start): the
+    /// ingress gives each client connection connections of its own to instances, one request
+    /// at a time, and never pipelines one client's requests behind another's.
     #[arg(
         long,
+        hide = true,
         env = "SLIPWAY_INGRESS_PIPELINE_DEPTH",
         default_value_t = IngressConfig::default().pipeline_depth as u16,
         value_parser = clap::value_parser!(u16).range(1..=256),
     )]
     pub ingress_pipeline_depth: u16,
+    /// The most client connections the ingress keeps open at once; beyond it, a new
+    /// connection is closed as soon as it is accepted.
+    #[arg(
+        long,
+        env = "SLIPWAY_INGRESS_MAX_CONNECTIONS",
+        default_value_t = IngressConfig::default().max_connections as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub ingress_max_connections: u32,
 }
 
 /// Where instance ports are published.
@@ -161,6 +171,7 @@ impl Daemon {
             base_domain: args.base_domain.clone(),
             public_port: Some(ingress_addr.port()),
             pipeline_depth: usize::from(args.ingress_pipeline_depth),
+            max_connections: args.ingress_max_connections as usize,
             ..IngressConfig::default()
         };
         config.swarm = match (args.runtime, &args.registry) {
