@@ -182,6 +182,8 @@ impl Daemon {
         args: &ServeArgs,
         daemon_id: Option<String>,
     ) -> anyhow::Result<Daemon> {
+        // The credentials' scopes and files are checked before anything is started.
+        let git_credentials = git_credentials(args)?;
         let data_dir = args
             .data_dir
             .clone()
@@ -205,7 +207,7 @@ impl Daemon {
         let ingress_addr = ingress_listener.local_addr()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
-        config.git_credentials = git_credentials(args)?;
+        config.git_credentials = git_credentials;
         config.git_ca_cert = args.git_ca_cert.clone();
         config.allow_local_sources = args.allow_local_sources;
         config.publish = args.publish_on.into();
