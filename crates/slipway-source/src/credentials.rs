@@ -241,6 +241,20 @@ pub(crate) enum Offer {
     Refuse(String),
 }
 
+impl Offer {
+    /// For a credential: the host it goes to, and where it comes from.
+    pub(crate) fn given(&self) -> Option<(String, String)> {
+        match self {
+            Offer::Token { origin, from, .. } => Some((origin.clone(), from.clone())),
+            Offer::SshKey { origin, key, .. } => Some((
+                origin.clone(),
+                format!("{SSH_KEY_FLAG} {origin}={}", key.display()),
+            )),
+            Offer::Username(_) | Offer::Refuse(_) => None,
+        }
+    }
+}
+
 /// Decides what to offer `asking` (the URL of the server that asks, as libgit2 gives it) for
 /// a fetch of `own` (the app's `repo_clone_url`). Pure: tested without a network.
 pub(crate) fn decide(

@@ -382,15 +382,8 @@ fn install_credentials(callbacks: &mut RemoteCallbacks<'_>, url: &str, policy: P
         let refuse = |message: String| git2::Error::new(ErrorCode::Auth, ErrorClass::Http, message);
         let offer = decide(asking, &own, username, allowed, &operator, &app);
         let key = format!("{asking}|{}", allowed.bits());
-        if matches!(offer, Offer::Token { .. } | Offer::SshKey { .. }) {
+        if let Some((origin, from)) = offer.given() {
             if offered.contains(&key) {
-                let (origin, from) = match &offer {
-                    Offer::Token { origin, from, .. } => (origin.clone(), from.clone()),
-                    Offer::SshKey { origin, key, .. } => {
-                        (origin.clone(), format!("the SSH key {}", key.display()))
-                    }
-                    _ => unreachable!("matched above"),
-                };
                 return Err(refuse(format!(
                     "authentication refused: {origin} refused the credential of {from}"
                 )));
