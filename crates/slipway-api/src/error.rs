@@ -56,6 +56,9 @@ impl From<SpecError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
+        if let EngineError::InvalidSpec(spec) = e {
+            return ApiError::from(spec);
+        }
         match &e {
             EngineError::NotFound { .. } => ApiError::not_found(e.to_string()),
             EngineError::UnknownComponents { .. }

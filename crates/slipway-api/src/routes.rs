@@ -409,6 +409,7 @@ async fn cancel_deployment(
 async fn propose(AxumState(state): S, body: Body) -> Result<Json<Value>, ApiError> {
     let body: SpecBody = parse(body)?;
     let parsed = parse_spec_value(body.spec)?;
+    state.engine.check_spec(&parsed.spec)?;
     let taken = state
         .engine
         .store()

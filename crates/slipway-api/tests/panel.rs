@@ -28,6 +28,7 @@ async fn server(tls: bool) -> Option<Server> {
     let tag = format!("slipway-panel-test:{daemon_id}");
     let data = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(data.path());
+    config.allow_local_sources = true;
     config.daemon_id = daemon_id.clone();
     let engine = Engine::start(config, docker.clone()).await.unwrap();
     if !tls {

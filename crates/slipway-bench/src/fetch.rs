@@ -51,7 +51,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Figures> {
     let files = bench.settings.fetch_files;
     make_repository(&origin, files).await?;
     let url = origin.display().to_string();
-    let cache = SourceCache::new(dir.path().join("cache"));
+    let cache = SourceCache::new(dir.path().join("cache")).allow_local_sources(true);
     let cancel = CancellationToken::new();
     let mirror = dir.path().join("mirror.git");
 

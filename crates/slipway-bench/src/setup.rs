@@ -138,6 +138,8 @@ impl Bench {
             .tempdir()
             .context("cannot make a data directory")?;
         let mut config = EngineConfig::new(data.path());
+        // The benchmarks build from repositories they make in temporary directories.
+        config.allow_local_sources = true;
         config.daemon_id = id.clone();
         let engine = Engine::start(config, docker.clone())
             .await

@@ -25,6 +25,11 @@ pub enum EngineError {
         "a SECRET env cannot be decrypted: the data directory's secret.key is not the one it was sealed with"
     )]
     Secret,
+    /// A spec this daemon refuses (each problem names its field path).
+    #[error("{0}")]
+    InvalidSpec(slipway_spec::SpecError),
+    #[error("cannot set up the source fetcher")]
+    Sources(#[source] slipway_source::SourceError),
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error(

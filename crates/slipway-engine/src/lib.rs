@@ -48,6 +48,7 @@ use tokio_util::task::TaskTracker;
 pub use error::EngineError;
 pub use reconcile::Reconciled;
 pub use slipway_rollout::Publish;
+pub use slipway_source::GitCredentials;
 pub use slipway_store::{LogKind, LogLine};
 pub use swarm::SwarmConfig;
 
@@ -68,11 +69,14 @@ pub struct EngineConfig {
     /// How many of each component's most recent built images are kept (so that an older
     /// deployment can be deployed again); older ones are removed unless a container uses them.
     pub image_retention: usize,
-    /// A token for private `https://` remotes, when the spec's `SLIPWAY_GIT_TOKEN` env gives
-    /// none.
-    pub git_token: Option<String>,
-    /// A private key for `ssh://` remotes; without it, the SSH agent.
-    pub git_ssh_key: Option<PathBuf>,
+    /// The operator's git credentials, each scoped to a host (and path prefix): offered only
+    /// to the remotes their scopes cover, tokens only over `https://`.
+    pub git_credentials: GitCredentials,
+    /// Certificate authorities (PEM) trusted for `https://` remotes besides the system's.
+    pub git_ca_cert: Option<PathBuf>,
+    /// Whether a spec's `repo_clone_url` may name a path on this host or a `file://` URL
+    /// (which reads whatever the daemon can read). Off unless the operator says so.
+    pub allow_local_sources: bool,
     /// How often the reconciler converges every app to its active deployment (it also runs
     /// at start-up and after each deployment).
     pub reconcile_interval: Duration,
@@ -94,8 +98,9 @@ impl EngineConfig {
             worker_min_ready: Duration::from_secs(1),
             ingress: IngressConfig::default(),
             image_retention: 5,
-            git_token: None,
-            git_ssh_key: None,
+            git_credentials: GitCredentials::default(),
+            git_ca_cert: None,
+            allow_local_sources: false,
             reconcile_interval: Duration::from_secs(30),
             swarm: None,
             publish: Publish::default(),
@@ -218,8 +223,13 @@ impl Engine {
             }
         };
         let store = Store::open(&config.data_dir.join("slipway.db")).await?;
-        let sources =
-            SourceCache::new(config.data_dir.join("git")).with_timeout(config.fetch_timeout);
+        let mut sources = SourceCache::new(config.data_dir.join("git"))
+            .with_timeout(config.fetch_timeout)
+            .with_credentials(config.git_credentials.clone())
+            .allow_local_sources(config.allow_local_sources);
+        if let Some(ca) = &config.git_ca_cert {
+            sources = sources.with_ca_certs(ca).map_err(EngineError::Sources)?;
+        }
         let builder = ImageBuilder::new(docker.clone()).with_timeout(config.build_timeout);
         let (updates, _) = broadcast::channel(1024);
         let ingress = Ingress::new(config.ingress.clone());
@@ -517,11 +527,21 @@ impl Engine {
         })
     }
 
+    /// What this daemon refuses in a spec that passed validation: a repository on the
+    /// daemon's own disk, unless `allow_local_sources`.
+    pub fn check_spec(&self, spec: &AppSpec) -> Result<(), EngineError> {
+        if self.inner.config.allow_local_sources {
+            return Ok(());
+        }
+        slipway_spec::check_local_sources(spec).map_err(EngineError::InvalidSpec)
+    }
+
     /// Creates an app and starts its first deployment.
     pub async fn create_app(
         &self,
         mut spec: AppSpec,
     ) -> Result<(AppRecord, Deployment), EngineError> {
+        self.check_spec(&spec)?;
         self.inner.secrets.seal_spec(&mut spec);
         let at = now();
         let record = AppRecord {
@@ -548,6 +568,7 @@ impl Engine {
         id: &str,
         spec: AppSpec,
     ) -> Result<(AppRecord, Deployment), EngineError> {
+        self.check_spec(&spec)?;
         let mut record = self.app(id).await?;
         record.name = spec.name.clone();
         let mut spec = spec;

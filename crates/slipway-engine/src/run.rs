@@ -543,12 +543,10 @@ impl Run {
                 ))
             }
             Source::Git { url, branch } => {
+                // The app's own token; the operator's credentials are the source cache's,
+                // each offered only within its scope.
                 let credentials = slipway_source::Credentials {
-                    token: d
-                        .spec
-                        .git_token(c)
-                        .or_else(|| inner.config.git_token.clone()),
-                    ssh_key: inner.config.git_ssh_key.clone(),
+                    token: d.spec.git_token(c),
                 };
                 let fetched = inner
                     .sources

@@ -191,6 +191,7 @@ async fn only_the_most_recent_images_are_kept() {
     let _janitor = Janitor::new(&daemon_id);
     let data = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(data.path());
+    config.allow_local_sources = true;
     config.daemon_id = daemon_id.clone();
     config.image_retention = 2;
     let engine = Engine::start(config, docker.clone()).await.unwrap();

@@ -255,6 +255,7 @@ async fn a_build_that_never_ends_is_stopped_at_its_timeout() {
     let _janitor = Janitor::new(&daemon_id);
     let data = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(data.path());
+    config.allow_local_sources = true;
     config.daemon_id = daemon_id;
     config.build_timeout = Duration::from_secs(3);
     let engine = Engine::start(config, docker).await.unwrap();
@@ -316,6 +317,7 @@ async fn a_data_directory_serves_one_daemon_at_a_time() {
 /// Starts an engine on an existing data dir and daemon ID.
 async fn engine_on(data: &std::path::Path, daemon_id: &str, docker: bollard::Docker) -> Engine {
     let mut config = EngineConfig::new(data);
+    config.allow_local_sources = true;
     config.daemon_id = daemon_id.to_string();
     Engine::start(config, docker).await.unwrap()
 }

@@ -88,6 +88,7 @@ async fn world_with(read_only: bool, configure: impl FnOnce(&mut EngineConfig)) 
     local.clean_up(&daemon_id);
     let data = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(data.path());
+    config.allow_local_sources = true;
     config.daemon_id = daemon_id.clone();
     let mut swarm = SwarmConfig::new(&registry.addr);
     swarm.update_timeout = UPDATE_TIMEOUT;

@@ -6,6 +6,14 @@ use std::path::PathBuf;
 pub enum SourceError {
     #[error("repository {url} is unreachable: {message}")]
     Unreachable { url: String, message: String },
+    #[error(
+        "repository {url} is a path on the daemon's host; local repositories are refused unless the daemon runs with --allow-local-sources"
+    )]
+    LocalSource { url: String },
+    #[error("the credential scope \"{scope}\" is invalid: {reason}")]
+    InvalidScope { scope: String, reason: String },
+    #[error("cannot use the CA certificates in {path}: {message}")]
+    CaCerts { path: PathBuf, message: String },
     #[error("repository {url} refused authentication: {message}")]
     AuthRefused { url: String, message: String },
     #[error("branch \"{branch}\" does not exist in repository {url}")]

@@ -1,14 +1,25 @@
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use git2::{AutotagOption, ErrorCode, FetchOptions, RemoteCallbacks, Repository};
+use git2::{
+    AutotagOption, CertificateCheckStatus, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks,
+    RemoteRedirect, Repository,
+};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
+use slipway_spec::remote::{RemoteKind, parse_remote};
 use tokio_util::sync::CancellationToken;
 
 use crate::SourceError;
 use crate::context::{self, BuildContext};
+use crate::credentials::{Credentials, GitCredentials, Offer, decide};
 
 /// The mirrors of every repository Slipway builds from.
 ///
@@ -19,64 +30,15 @@ use crate::context::{self, BuildContext};
 pub struct SourceCache {
     root: PathBuf,
     fetch_timeout: Duration,
+    /// The operator's credentials, each for its scope.
+    credentials: GitCredentials,
+    /// Certificate authorities trusted for `https://` remotes besides the system's.
+    extra_trust: Option<ExtraTrust>,
+    /// Whether a repository may be a path on this machine or a `file://` URL.
+    allow_local: bool,
     /// Per mirror: held while a fetch writes to it; true once this process has swept the
     /// lock files an earlier process left in it.
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<bool>>>>,
-}
-
-/// What the fetcher may present to a private remote.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    /// For `https://` remotes: a token, sent as the password (with the URL's user name, else
-    /// `x-access-token`, which GitHub, GitLab and Gitea accept).
-    pub token: Option<String>,
-    /// For `ssh://` and scp-style remotes: a private key file; without it, the SSH agent.
-    pub ssh_key: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("token", &self.token.as_ref().map(|_| "[secret]"))
-            .field("ssh_key", &self.ssh_key)
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// The credential to offer for what the remote allows.
-    fn offer(
-        &self,
-        username: Option<&str>,
-        allowed: git2::CredentialType,
-    ) -> Result<git2::Cred, git2::Error> {
-        if allowed.contains(git2::CredentialType::SSH_KEY) {
-            let user = username.unwrap_or("git");
-            return match &self.ssh_key {
-                Some(key) => git2::Cred::ssh_key(user, None, key, None),
-                None => git2::Cred::ssh_key_from_agent(user),
-            };
-        }
-        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-            return match &self.token {
-                Some(token) => {
-                    git2::Cred::userpass_plaintext(username.unwrap_or("x-access-token"), token)
-                }
-                None => Err(git2::Error::from_str(
-                    "authentication required: the remote asks for credentials and no token is configured",
-                )),
-            };
-        }
-        if allowed.contains(git2::CredentialType::USERNAME) {
-            return git2::Cred::username(username.unwrap_or("git"));
-        }
-        if allowed.contains(git2::CredentialType::DEFAULT) {
-            return git2::Cred::default();
-        }
-        Err(git2::Error::from_str(
-            "authentication required: the remote asks for credentials of a kind Slipway cannot offer",
-        ))
-    }
 }
 
 /// A branch head fetched into a mirror.
@@ -96,12 +58,36 @@ impl SourceCache {
         SourceCache {
             root: root.into(),
             fetch_timeout: Duration::from_secs(600),
+            credentials: GitCredentials::default(),
+            extra_trust: None,
+            allow_local: false,
             locks: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout;
+        self
+    }
+
+    /// The operator's credentials; each is offered only to the remotes its scope covers.
+    pub fn with_credentials(mut self, credentials: GitCredentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Trusts the certificate authorities in a PEM file for `https://` remotes, besides the
+    /// system's (a self-hosted server with a private CA). A server's certificate must be
+    /// signed by one of them (an intermediate CA counts when it is in the file).
+    pub fn with_ca_certs(mut self, pem_file: &Path) -> Result<Self, SourceError> {
+        self.extra_trust = Some(ExtraTrust::load(pem_file)?);
+        Ok(self)
+    }
+
+    /// Lets repositories be paths on this machine or `file://` URLs, which read whatever this
+    /// process can read. Off by default.
+    pub fn allow_local_sources(mut self, allow: bool) -> Self {
+        self.allow_local = allow;
         self
     }
 
@@ -136,7 +122,8 @@ impl SourceCache {
             .await
     }
 
-    /// [`SourceCache::fetch`] with credentials for private remotes.
+    /// [`SourceCache::fetch`] with the app's own credentials for its private repository (the
+    /// operator's are the cache's: [`SourceCache::with_credentials`]).
     ///
     /// The deadline and the cancellation hold even when the remote hangs without sending a
     /// byte: the fetch is abandoned (its worker ends when the connection does) and the mirror
@@ -149,6 +136,9 @@ impl SourceCache {
         credentials: &Credentials,
         cancel: &CancellationToken,
     ) -> Result<Fetched, SourceError> {
+        if !self.allow_local && parse_remote(url).kind == RemoteKind::Local {
+            return Err(SourceError::LocalSource { url: url.into() });
+        }
         let mirror = self.mirror_path(url);
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,7 +157,12 @@ impl SourceCache {
         };
         let (url_owned, branch_owned, mirror_owned) =
             (url.to_string(), branch.to_string(), mirror.clone());
-        let (worker_cancel, credentials) = (cancel.clone(), credentials.clone());
+        let worker_cancel = cancel.clone();
+        let policy = Policy {
+            operator: self.credentials.clone(),
+            app: credentials.clone(),
+            extra_trust: self.extra_trust.clone(),
+        };
         let started = Instant::now();
         let worker = tokio::task::spawn_blocking(move || {
             let mut swept = guard;
@@ -177,7 +172,7 @@ impl SourceCache {
                 &branch_owned,
                 &mirror_owned,
                 timeout,
-                &credentials,
+                policy,
                 &worker_cancel,
             )
         });
@@ -290,7 +285,7 @@ fn fetch_blocking(
     branch: &str,
     mirror: &Path,
     timeout: Duration,
-    credentials: &Credentials,
+    policy: Policy,
     cancel: &CancellationToken,
 ) -> Result<String, SourceError> {
     if cancel.is_cancelled() {
@@ -310,19 +305,13 @@ fn fetch_blocking(
     let mut callbacks = RemoteCallbacks::new();
     callbacks.transfer_progress(move |_| go_on());
     callbacks.sideband_progress(move |_| go_on());
-    let mut attempts = 0;
-    callbacks.credentials(move |_url, username, allowed| {
-        attempts += 1;
-        if attempts > 3 {
-            return Err(git2::Error::from_str(
-                "authentication refused: the remote refused every credential offered",
-            ));
-        }
-        credentials.offer(username, allowed)
-    });
+    install_credentials(&mut callbacks, url, policy);
     let mut options = FetchOptions::new();
+    // Off-site redirects only on the first request, as git does by default; a credential is
+    // offered to the server a redirect leads to only when its scope covers that server.
     options
         .remote_callbacks(callbacks)
+        .follow_redirects(RemoteRedirect::Initial)
         .download_tags(AutotagOption::None)
         .prune(git2::FetchPrune::Off);
     let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
@@ -366,5 +355,142 @@ fn classify(url: &str, branch: &str, e: git2::Error) -> SourceError {
     SourceError::Unreachable {
         url: url.into(),
         message,
+    }
+}
+
+/// What a fetch may present, and to whom.
+#[derive(Debug)]
+struct Policy {
+    operator: GitCredentials,
+    app: Credentials,
+    extra_trust: Option<ExtraTrust>,
+}
+
+/// Answers the remote's requests for credentials by the scopes of [`crate::credentials`], and
+/// refuses a TLS connection to another host once a credential has been handed to one.
+fn install_credentials(callbacks: &mut RemoteCallbacks<'_>, url: &str, policy: Policy) {
+    let own = parse_remote(url);
+    let handed: Rc<RefCell<Option<String>>> = Rc::default();
+    let handed_to = Rc::clone(&handed);
+    let Policy {
+        operator,
+        app,
+        extra_trust,
+    } = policy;
+    let mut offered: Vec<String> = Vec::new();
+    callbacks.credentials(move |asking, username, allowed| {
+        let refuse = |message: String| git2::Error::new(ErrorCode::Auth, ErrorClass::Http, message);
+        let offer = decide(asking, &own, username, allowed, &operator, &app);
+        let key = format!("{asking}|{}", allowed.bits());
+        if let Some((origin, from)) = offer.given() {
+            if offered.contains(&key) {
+                return Err(refuse(format!(
+                    "authentication refused: {origin} refused the credential of {from}"
+                )));
+            }
+            offered.push(key);
+            *handed_to.borrow_mut() = parse_remote(asking).host;
+        }
+        match offer {
+            Offer::Token {
+                user,
+                token,
+                origin,
+                from,
+            } => {
+                tracing::debug!(%origin, %from, "offering a token");
+                git2::Cred::userpass_plaintext(&user, &token)
+            }
+            Offer::SshKey { user, key, origin } => {
+                tracing::debug!(%origin, key = %key.display(), "offering an SSH key");
+                git2::Cred::ssh_key(&user, None, &key, None)
+            }
+            Offer::Username(user) => git2::Cred::username(&user),
+            Offer::Refuse(message) => Err(refuse(format!("authentication required: {message}"))),
+        }
+    });
+    callbacks.certificate_check(move |cert, host| {
+        let host = host.to_ascii_lowercase();
+        if let Some(to) = handed.borrow().as_deref()
+            && to != host
+        {
+            return Err(git2::Error::new(
+                ErrorCode::Certificate,
+                ErrorClass::Http,
+                format!(
+                    "redirected to {host} after a credential was given to {to}: the connection is refused so that the credential cannot follow"
+                ),
+            ));
+        }
+        if let (Some(trust), Some(x509)) = (&extra_trust, cert.as_x509())
+            && trust.verifies(x509.data(), &host)
+        {
+            return Ok(CertificateCheckStatus::CertificateOk);
+        }
+        Ok(CertificateCheckStatus::CertificatePassthrough)
+    });
+}
+
+/// Certificate authorities trusted besides the system's.
+#[derive(Clone)]
+struct ExtraTrust {
+    path: PathBuf,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl std::fmt::Debug for ExtraTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraTrust")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl ExtraTrust {
+    fn load(path: &Path) -> Result<ExtraTrust, SourceError> {
+        let err = |message: String| SourceError::CaCerts {
+            path: path.to_path_buf(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| err(format!("not a PEM certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(err("it holds no PEM certificate".into()));
+        }
+        let verifier = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+        Ok(ExtraTrust {
+            path: path.to_path_buf(),
+            verifier,
+        })
+    }
+
+    /// Whether a server's certificate (DER) is signed by one of these authorities and valid
+    /// now for `host`.
+    fn verifies(&self, der: &[u8], host: &str) -> bool {
+        let Ok(name) = ServerName::try_from(host.to_string()) else {
+            return false;
+        };
+        let cert = CertificateDer::from(der.to_vec());
+        match self
+            .verifier
+            .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(%host, ca = %self.path.display(), error = %e, "not signed by the extra CA");
+                false
+            }
+        }
     }
 }

@@ -11,6 +11,11 @@
 //!   `!` exceptions included), with file modes and symlinks kept and timestamps set to the
 //!   commit's time, so identical trees give identical contexts. It is made from git objects
 //!   directly: nothing is checked out.
+//! - A credential goes only where its scope says ([`credentials`]): tokens over `https://`
+//!   to their host (and path prefix), SSH keys to their hosts, an app's own token to its own
+//!   repository's host; never over plain `http://`, never to another host after a redirect.
+//! - A repository that is a path on this machine (or `file://`) is refused unless
+//!   [`SourceCache::allow_local_sources`] says otherwise.
 //! - Fetches of one repository are serialized; fetches of different repositories run in
 //!   parallel. A fetch stops at its deadline or when its cancellation token fires.
 //!
@@ -18,11 +23,13 @@
 //! dropping them leaves the mirror consistent (git2 writes refs atomically).
 
 mod context;
+pub mod credentials;
 mod dockerignore;
 mod error;
 mod fetch;
 
 pub use context::BuildContext;
+pub use credentials::{Credentials, GitCredentials, Scope};
 pub use dockerignore::DockerIgnore;
 pub use error::SourceError;
-pub use fetch::{Credentials, Fetched, SourceCache};
+pub use fetch::{Fetched, SourceCache};

@@ -104,7 +104,7 @@ async fn fetches_incrementally_and_builds_contexts_from_the_commit_only() {
     let first = repo.commit("one");
 
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = SourceCache::new(cache_dir.path());
+    let cache = SourceCache::new(cache_dir.path()).allow_local_sources(true);
     let cancel = CancellationToken::new();
     let fetched = cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
     assert_eq!(fetched.commit, first);
@@ -169,7 +169,7 @@ async fn a_fetch_killed_half_way_does_not_wedge_the_mirror() {
     repo.write("Dockerfile", "FROM scratch\n");
     repo.commit("one");
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = SourceCache::new(cache_dir.path());
+    let cache = SourceCache::new(cache_dir.path()).allow_local_sources(true);
     let cancel = CancellationToken::new();
     let fetched = cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
 
@@ -183,7 +183,7 @@ async fn a_fetch_killed_half_way_does_not_wedge_the_mirror() {
     // The daemon that comes back is a new process with a cache of its own on the same
     // directory.
     drop(cache);
-    let cache = SourceCache::new(cache_dir.path());
+    let cache = SourceCache::new(cache_dir.path()).allow_local_sources(true);
     let again = cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
     assert_eq!(again.commit, second);
     for stale in ["refs/heads/main.lock", "packed-refs.lock", "config.lock"] {
@@ -202,7 +202,7 @@ async fn each_failure_says_plainly_what_is_wrong() {
     repo.symlink("Dockerfile", "Linked.Dockerfile");
     repo.commit("one");
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = SourceCache::new(cache_dir.path());
+    let cache = SourceCache::new(cache_dir.path()).allow_local_sources(true);
     let cancel = CancellationToken::new();
 
     let err = cache.fetch(&repo.url(), "nope", &cancel).await.unwrap_err();
@@ -343,25 +343,54 @@ async fn a_hanging_remote_times_out_and_refused_credentials_are_named() {
     assert!(matches!(err, SourceError::Unreachable { .. }), "{err}");
 
     const DENY: &str = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    let (url, _) = http_stub(DENY).await;
+    let (url, seen) = http_stub(DENY).await;
     let err = cache.fetch(&url, "main", &cancel).await.unwrap_err();
     assert!(matches!(err, SourceError::AuthRefused { .. }), "{err}");
-    assert!(err.to_string().contains("no token is configured"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("credentials are only sent over https://"),
+        "{err}"
+    );
 
-    let (url, seen) = http_stub(DENY).await;
+    // The app's own token is not sent over plain http:// either.
+    let (url, seen_app) = http_stub(DENY).await;
     let creds = slipway_source::Credentials {
         token: Some("tok-123".into()),
-        ssh_key: None,
     };
     let err = cache
         .fetch_with(&url, "main", &creds, &cancel)
         .await
         .unwrap_err();
     assert!(matches!(err, SourceError::AuthRefused { .. }), "{err}");
-    // x-access-token:tok-123, base64.
-    let sent = seen.lock().unwrap().join("\n");
+    for sent in [seen, seen_app] {
+        let sent = sent.lock().unwrap().join("\n");
+        assert!(
+            !sent.to_ascii_lowercase().contains("authorization:"),
+            "{sent}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_repository_on_the_daemons_disk_is_refused_unless_allowed() {
+    let repo = Repo::new();
+    repo.write("Dockerfile", "FROM scratch\n");
+    repo.commit("first");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let cache = SourceCache::new(cache_dir.path());
+    for url in [repo.url(), format!("file://{}", repo.url())] {
+        let err = cache.fetch(&url, "main", &cancel).await.unwrap_err();
+        assert!(matches!(err, SourceError::LocalSource { .. }), "{err}");
+        assert!(err.to_string().contains("--allow-local-sources"), "{err}");
+    }
     assert!(
-        sent.contains("Authorization: Basic eC1hY2Nlc3MtdG9rZW46dG9rLTEyMw=="),
-        "{sent}"
+        std::fs::read_dir(cache_dir.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing was fetched"
     );
+    let cache = cache.allow_local_sources(true);
+    cache.fetch(&repo.url(), "main", &cancel).await.unwrap();
 }

@@ -10,6 +10,8 @@
 //! - the deployment model ([`Deployment`], [`Phase`], [`Progress`], [`Step`]) as the API
 //!   serializes it;
 //! - the Docker labels every Slipway object carries ([`labels`]);
+//! - how a repository URL is read ([`remote`]): which transport, host, port and path, and
+//!   whether it names the daemon's own disk ([`check_local_sources`]);
 //! - [`error_chain`], the one way an error and its causes become a step's or a log's words.
 //!
 //! Everything serialized here uses `BTreeMap` or `Vec`, so output order is stable.
@@ -19,13 +21,15 @@ mod parse;
 mod spec;
 
 pub mod labels;
+pub mod remote;
 
 pub use model::{
     App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentKind, Phase, Progress,
     Step, StepReason, StepStatus, new_id, now,
 };
 pub use parse::{
-    ParsedSpec, Problem, SpecError, component_kind, parse_document, parse_spec, parse_spec_value,
+    ALLOW_LOCAL_SOURCES_FLAG, ParsedSpec, Problem, SpecError, check_local_sources, component_kind,
+    parse_document, parse_spec, parse_spec_value,
 };
 pub use spec::{
     Amount, AppSpec, ComponentKind, ComponentRef, DatabaseEngine, DatabaseSpec, EnvScope, EnvType,

@@ -111,6 +111,45 @@ pub fn parse_spec_value(mut value: Value) -> Result<ParsedSpec, SpecError> {
     }
 }
 
+/// The daemon flag that lets specs name repositories on the daemon's own disk.
+pub const ALLOW_LOCAL_SOURCES_FLAG: &str = "--allow-local-sources";
+
+/// Refuses every `git.repo_clone_url` that names a path on the daemon's disk (a path or a
+/// `file://` URL): such a spec would read whatever the daemon's user can read. A daemon
+/// started with `--allow-local-sources` (tests, the demo, a single-user machine) skips this.
+pub fn check_local_sources(spec: &AppSpec) -> Result<(), SpecError> {
+    let lists: [(&str, Vec<ComponentRef<'_>>); 3] = [
+        (
+            "services",
+            spec.services.iter().map(|c| c.common()).collect(),
+        ),
+        ("workers", spec.workers.iter().map(|c| c.common()).collect()),
+        ("jobs", spec.jobs.iter().map(|c| c.common()).collect()),
+    ];
+    let mut problems = Vec::new();
+    for (list, components) in lists {
+        for (i, c) in components.into_iter().enumerate() {
+            if let Some(git) = c.git
+                && crate::remote::parse_remote(&git.repo_clone_url).kind
+                    == crate::remote::RemoteKind::Local
+            {
+                problems.push(Problem::new(
+                    format!("{list}[{i}].git.repo_clone_url"),
+                    format!(
+                        "\"{}\" is a path on the daemon's host; give an https://, ssh:// or git@host:path URL (local repositories are refused unless the daemon runs with {ALLOW_LOCAL_SOURCES_FLAG})",
+                        git.repo_clone_url
+                    ),
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid(problems))
+    }
+}
+
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -248,7 +248,9 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitSource {
-    /// Any URL git understands: a local path, `file://`, `https://`, `ssh://` or scp-style.
+    /// `https://`, `ssh://`, scp-style `git@host:path`, `git://` or `http://` (no credential
+    /// is ever sent over it); a local path or `file://` only on a daemon started with
+    /// `--allow-local-sources`.
     pub repo_clone_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,

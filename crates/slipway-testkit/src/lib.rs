@@ -178,7 +178,8 @@ impl HelloRepo {
         self.dir.path()
     }
 
-    /// The URL Slipway clones from (a local path).
+    /// The URL Slipway clones from (a local path: the daemon or engine must allow local
+    /// sources, `--allow-local-sources` or `EngineConfig::allow_local_sources`).
     pub fn url(&self) -> String {
         self.path().display().to_string()
     }

@@ -58,8 +58,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         token: Some(paths::random_hex(16)),
         ingress: SocketAddr::from(([127, 0, 0, 1], 0)),
         base_domain: "localhost".into(),
-        git_token_file: None,
-        git_ssh_key: None,
+        git_credentials: Vec::new(),
+        git_ssh_keys: Vec::new(),
+        git_ca_cert: None,
+        // The demo builds from a repository it makes in a temporary directory.
+        allow_local_sources: true,
         tls_cert: None,
         tls_key: None,
         tls: None,

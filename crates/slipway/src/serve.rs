@@ -31,13 +31,36 @@ pub(crate) struct ServeArgs {
     /// Apps are served at `<app name>.<base domain>`.
     #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
-    /// A file holding a token for private `https://` git remotes (a spec's
-    /// `SLIPWAY_GIT_TOKEN` env takes precedence).
-    #[arg(long, env = "SLIPWAY_GIT_TOKEN_FILE")]
-    pub git_token_file: Option<PathBuf>,
-    /// A private key for `ssh://` and scp-style git remotes; without it, the SSH agent.
-    #[arg(long, env = "SLIPWAY_GIT_SSH_KEY")]
-    pub git_ssh_key: Option<PathBuf>,
+    /// `HOST[:PORT][/PATH-PREFIX]=FILE`: a token (in FILE) for private `https://` git
+    /// remotes on HOST (its port 443 unless given), under PATH-PREFIX when given. Sent only
+    /// over https:// to remotes the scope covers, after any redirect. Repeatable; in the
+    /// environment, comma-separated.
+    #[arg(
+        long = "git-credential",
+        value_name = "HOST[:PORT][/PATH-PREFIX]=FILE",
+        env = "SLIPWAY_GIT_CREDENTIALS",
+        value_delimiter = ','
+    )]
+    pub git_credentials: Vec<String>,
+    /// `HOST[:PORT]=FILE`: a private key for `ssh://` and scp-style git remotes on HOST (port
+    /// 22 unless given). Offered to no other host. Repeatable; in the environment,
+    /// comma-separated.
+    #[arg(
+        long = "git-ssh-key",
+        value_name = "HOST[:PORT]=FILE",
+        env = "SLIPWAY_GIT_SSH_KEYS",
+        value_delimiter = ','
+    )]
+    pub git_ssh_keys: Vec<String>,
+    /// Certificate authorities (PEM) to trust for `https://` git remotes besides the
+    /// system's: a self-hosted server with a private CA.
+    #[arg(long, env = "SLIPWAY_GIT_CA_CERT", value_name = "FILE")]
+    pub git_ca_cert: Option<PathBuf>,
+    /// Let apps build from repositories on this host (a path or `file://` in
+    /// `repo_clone_url`), which read whatever the daemon's user can read. For tests, the
+    /// demo, and a machine whose API users may read its disk.
+    #[arg(long, env = "SLIPWAY_ALLOW_LOCAL_SOURCES")]
+    pub allow_local_sources: bool,
     /// Serve the API over HTTPS with this certificate (PEM; with --tls-key).
     #[arg(
         long,
@@ -111,6 +134,42 @@ pub(crate) enum RuntimeArg {
     Swarm,
 }
 
+/// The operator's git credentials from `--git-credential` and `--git-ssh-key`.
+fn git_credentials(args: &ServeArgs) -> anyhow::Result<slipway_engine::GitCredentials> {
+    let mut credentials = slipway_engine::GitCredentials::default();
+    for value in &args.git_credentials {
+        let (scope, file) =
+            split_scoped(value, "--git-credential", "HOST[:PORT][/PATH-PREFIX]=FILE")?;
+        let token = std::fs::read_to_string(file).with_context(|| {
+            format!("--git-credential {value}: cannot read the token file {file}")
+        })?;
+        credentials
+            .add_token(scope, token)
+            .with_context(|| format!("--git-credential {value}"))?;
+    }
+    for value in &args.git_ssh_keys {
+        let (host, file) = split_scoped(value, "--git-ssh-key", "HOST[:PORT]=FILE")?;
+        if !std::path::Path::new(file).is_file() {
+            anyhow::bail!("--git-ssh-key {value}: {file} is not a file");
+        }
+        credentials
+            .add_ssh_key(host, file)
+            .with_context(|| format!("--git-ssh-key {value}"))?;
+    }
+    Ok(credentials)
+}
+
+fn split_scoped<'a>(value: &'a str, flag: &str, form: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    match value.split_once('=') {
+        Some((scope, file)) if !scope.trim().is_empty() && !file.trim().is_empty() => {
+            Ok((scope.trim(), file.trim()))
+        }
+        _ => anyhow::bail!(
+            "{flag} {value}: expected {form} (every credential names the host it is for)"
+        ),
+    }
+}
+
 /// A running daemon: the engine and the API server.
 #[derive(Debug)]
 pub(crate) struct Daemon {
@@ -133,6 +192,8 @@ impl Daemon {
         args: &ServeArgs,
         daemon_id: Option<String>,
     ) -> anyhow::Result<Daemon> {
+        // The credentials' scopes and files are checked before anything is started.
+        let git_credentials = git_credentials(args)?;
         let data_dir = args
             .data_dir
             .clone()
@@ -156,16 +217,9 @@ impl Daemon {
         let ingress_addr = ingress_listener.local_addr()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
-        config.git_token = match &args.git_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the git token file {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        config.git_ssh_key = args.git_ssh_key.clone();
+        config.git_credentials = git_credentials;
+        config.git_ca_cert = args.git_ca_cert.clone();
+        config.allow_local_sources = args.allow_local_sources;
         config.publish = args.publish_on.into();
         config.ingress = IngressConfig {
             base_domain: args.base_domain.clone(),

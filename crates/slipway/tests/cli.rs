@@ -330,6 +330,66 @@ fn https_with_a_self_signed_certificate_and_no_plain_http_beyond_loopback() {
     );
 }
 
+#[test]
+fn git_credentials_name_their_scope_or_the_daemon_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret-token\n").unwrap();
+    let token = token.display().to_string();
+    let serve = |args: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ingress",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env_remove("SLIPWAY_GIT_CREDENTIALS")
+            .env_remove("SLIPWAY_GIT_SSH_KEYS")
+            .output()
+            .unwrap()
+    };
+    // One token for every remote is no longer a thing.
+    let out = serve(&["--git-token-file", &token]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = serve(&["--git-credential", &token]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("expected HOST[:PORT][/PATH-PREFIX]=FILE"),
+        "{}",
+        stderr(&out)
+    );
+    let out = serve(&["--git-credential", &format!("https://github.com={token}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("give the host without a scheme"),
+        "{}",
+        stderr(&out)
+    );
+    let out = serve(&["--git-ssh-key", &format!("github.com/acme={token}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("scoped to a host"),
+        "{}",
+        stderr(&out)
+    );
+    let out = serve(&["--git-credential", "github.com/acme=/no/such/file"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read the token file /no/such/file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was started before the flags were checked"
+    );
+}
+
 /// The Python interpreter of a virtualenv with pydo, made on first use. Outside CI, a machine
 /// that cannot install it skips the test (saying why); in CI that fails.
 fn pydo_python() -> Option<std::path::PathBuf> {

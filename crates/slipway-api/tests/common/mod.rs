@@ -13,13 +13,20 @@ pub struct Served {
     _janitor: Janitor,
 }
 
-/// `None` (with a printed reason) outside CI when no Docker engine is reachable.
+/// `None` (with a printed reason) outside CI when no Docker engine is reachable. The engine
+/// allows local sources (the tests build from repositories in temp dirs).
 pub async fn serve(prefix: &str, token: &str) -> Option<Served> {
+    serve_with(prefix, token, true).await
+}
+
+/// [`serve`], saying whether the engine allows local sources.
+pub async fn serve_with(prefix: &str, token: &str, allow_local_sources: bool) -> Option<Served> {
     let docker = slipway_testkit::docker().await?;
     let daemon_id = unique(prefix);
     let janitor = Janitor::new(&daemon_id);
     let data = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(data.path());
+    config.allow_local_sources = allow_local_sources;
     config.daemon_id = daemon_id.clone();
     let engine = Engine::start(config, docker.clone()).await.unwrap();
     let router = slipway_api::router(engine, slipway_api::Auth::token(token));

@@ -22,6 +22,7 @@ pub async fn env() -> Option<Env> {
     let janitor = Janitor::new(&daemon_id);
     let data = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(data.path());
+    config.allow_local_sources = true;
     config.daemon_id = daemon_id.clone();
     config.worker_min_ready = Duration::from_millis(300);
     let engine = Engine::start(config, docker.clone()).await.unwrap();

@@ -71,6 +71,7 @@ impl Daemon {
                 &format!("127.0.0.1:{}", self.port),
                 "--ingress",
                 "127.0.0.1:0",
+                "--allow-local-sources",
                 "--data-dir",
             ])
             .arg(self.data.path())
