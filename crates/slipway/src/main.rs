@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: the API, the engine and the store.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Deploy, restart and force-rebuild the example app on a throwaway daemon, then clean up.
     Demo(demo::DemoArgs),
     /// Manage apps and their deployments (like `doctl apps`).
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await.map(|()| Outcome::Ok),
+            Command::Serve(args) => serve::run(*args).await.map(|()| Outcome::Ok),
             Command::Demo(args) => demo::run(args).await.map(|()| Outcome::Ok),
             Command::Apps(cmd) => apps::run(cmd).await,
             Command::Tokens(cmd) => tokens::run(cmd).await.map(|()| Outcome::Ok),
