@@ -8,22 +8,22 @@
 //!   accepted and wait in the kernel's listen backlog (where they cost the daemon no file
 //!   descriptor) until a connection ends; when the backlog is full too, the kernel drops
 //!   their SYNs and clients retry;
-//! - a TLS handshake must end within [`ServerConfig::header_timeout`];
-//! - on HTTP/1, a request's headers must arrive within [`ServerConfig::header_timeout`],
-//!   counted from the connection's start or, on a kept-alive connection, from the end of the
-//!   previous answer: a client that sends a byte now and then is closed;
-//! - a connection (HTTP/1 or HTTP/2) with no request in flight and no byte read or written for
-//!   [`ServerConfig::idle_timeout`] is closed (gracefully: HTTP/2 gets a GOAWAY);
+//! - a connection's first request must have arrived (TLS handshake and headers) within
+//!   [`ServerConfig::header_timeout`] of its accept, over HTTP/1 and HTTP/2: a client that
+//!   sends nothing, or a byte now and then, is closed;
+//! - on HTTP/1, every later request's headers must arrive within the same time, counted from
+//!   the end of the previous answer (hyper's header timer);
+//! - a connection (HTTP/1 or HTTP/2) with no request in flight and none begun for
+//!   [`ServerConfig::idle_timeout`] is closed (gracefully: HTTP/2 gets a GOAWAY); bytes that
+//!   make no request (pings, a trickled preface) do not count. A request in flight — a
+//!   followed log, an event stream — is never idle;
 //! - on shutdown, no connection is accepted any more; open ones are asked to close once their
 //!   requests are answered, and are dropped after [`DRAIN`].
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -32,7 +32,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -49,9 +49,11 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 pub struct ServerConfig {
     /// The most connections open at once.
     pub max_connections: usize,
-    /// The time a client has to finish a TLS handshake, and to send a request's headers.
+    /// The time a connection has, from its accept, to finish its TLS handshake and send its
+    /// first request's headers; on HTTP/1, also the time to send a request's headers after
+    /// the previous answer.
     pub header_timeout: Duration,
-    /// A connection with no request in flight and no traffic for this long is closed.
+    /// A connection with no request in flight and none begun for this long is closed.
     pub idle_timeout: Duration,
 }
 
@@ -156,10 +158,6 @@ async fn connection(
     shutdown: &CancellationToken,
 ) {
     let activity = Arc::new(Activity::new());
-    let stream = Watched {
-        inner: stream,
-        activity: Arc::clone(&activity),
-    };
     match tls {
         Some(acceptor) => {
             match tokio::time::timeout(config.header_timeout, acceptor.accept(stream)).await {
@@ -203,7 +201,7 @@ async fn serve_connection<I>(
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut check = tokio::time::interval(config.idle_timeout.min(Duration::from_secs(1)));
+    let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining: Option<Instant> = None;
     loop {
@@ -219,6 +217,11 @@ async fn serve_connection<I>(
                 draining = Some(Instant::now() + DRAIN);
             }
             _ = check.tick(), if draining.is_none() => {
+                if !activity.begun() && activity.age() >= config.header_timeout {
+                    // Nothing to finish: a client that never made a request.
+                    tracing::debug!(%remote, "no request within the header timeout; closing the API connection");
+                    return;
+                }
                 if activity.idle_for() >= config.idle_timeout {
                     tracing::debug!(%remote, "closing an idle API connection");
                     conn.as_mut().graceful_shutdown();
@@ -234,6 +237,9 @@ async fn serve_connection<I>(
     }
 }
 
+/// How often a connection's clocks are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -241,11 +247,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// When a connection last moved a byte, and how many of its requests are in flight.
+/// When a connection last began or ended a request, and how many are in flight.
 #[derive(Debug)]
 struct Activity {
     start: Instant,
-    /// Milliseconds from `start` to the last byte read or written.
+    /// Milliseconds from `start` to the last request's start or end; `u64::MAX` before the
+    /// first request.
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -254,22 +261,36 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ms: AtomicU64::new(u64::MAX),
             in_flight: AtomicUsize::new(0),
         }
     }
 
     fn touch(&self) {
         self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Release);
     }
 
-    /// How long the connection has been idle: zero while a request is in flight.
+    /// How long since the connection was accepted.
+    fn age(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Whether a request has begun on the connection.
+    fn begun(&self) -> bool {
+        self.last_ms.load(Ordering::Acquire) != u64::MAX
+    }
+
+    /// How long the connection has been idle: zero while a request is in flight, else the
+    /// time since the last request began or ended (or since the accept).
     fn idle_for(&self) -> Duration {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        let last = match self.last_ms.load(Ordering::Acquire) {
+            u64::MAX => Duration::ZERO,
+            ms => Duration::from_millis(ms),
+        };
         self.start.elapsed().saturating_sub(last)
     }
 }
@@ -281,6 +302,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn enter(activity: &Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
         InFlight(Arc::clone(activity))
     }
 }
@@ -289,65 +311,5 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A stream that notes in its [`Activity`] every time it moves bytes.
-#[derive(Debug)]
-struct Watched<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
