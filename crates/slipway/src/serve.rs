@@ -88,9 +88,9 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000),
     )]
     pub api_max_connections: u32,
-    /// Seconds an API client has to finish its TLS handshake, and to send a request's headers
-    /// (HTTP/1: counted from the connection's start, or from the previous answer on a
-    /// kept-alive connection).
+    /// Seconds an API connection has, from its accept, to finish its TLS handshake and send
+    /// its first request's headers (HTTP/1: also each later request's, from the previous
+    /// answer).
     #[arg(
         long,
         env = "SLIPWAY_API_HEADER_TIMEOUT_SECONDS",
@@ -98,7 +98,7 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600),
     )]
     pub api_header_timeout_seconds: u64,
-    /// Seconds an API connection may stay open with no request in flight and no traffic.
+    /// Seconds an API connection may stay open with no request in flight and none begun.
     #[arg(
         long,
         env = "SLIPWAY_API_IDLE_TIMEOUT_SECONDS",
