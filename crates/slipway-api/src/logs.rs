@@ -5,26 +5,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use slipway_spec::{Deployment, Phase, Step, StepStatus};
 use slipway_store::LogKind;
 
-use crate::State;
 use crate::doc::{ErrorBody, LogUrls};
 use crate::error::ApiError;
+use crate::{Caller, State};
 
 type S = AxumState<Arc<State>>;
-
-/// How long a signed log URL stays valid.
-const SIGNED_FOR_SECONDS: i64 = 15 * 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -90,6 +87,7 @@ fn base_url(headers: &HeaderMap) -> String {
 
 async fn urls(
     state: &State,
+    caller: Option<&Caller>,
     headers: &HeaderMap,
     app: &str,
     dep: Option<&str>,
@@ -97,6 +95,12 @@ async fn urls(
     q: &LogsQuery,
 ) -> Result<Json<Value>, ApiError> {
     let kind = Kind::parse(q.kind.as_deref())?;
+    // A URL is signed for the token that asked for it, and dies with it.
+    let Some(caller) = caller else {
+        return Err(ApiError::unauthorized(
+            "log URLs are signed for a token: ask with Authorization: Bearer <token>",
+        ));
+    };
     let record = state.engine.app(app).await?;
     let d = match dep {
         Some(dep) => state.engine.deployment(&record.id, dep).await?,
@@ -118,7 +122,6 @@ async fn urls(
             d.id
         )));
     }
-    let exp = jiff::Timestamp::now().as_second() + SIGNED_FOR_SECONDS;
     let url = |mode: &str| {
         let mut pq = format!(
             "/v2/apps/{}/deployments/{}/logs/{mode}?type={}",
@@ -129,8 +132,7 @@ async fn urls(
         if let Some(c) = component {
             pq.push_str(&format!("&component={c}"));
         }
-        let sig = state.auth.sign(&pq, exp);
-        format!("{}{pq}&exp={exp}&sig={sig}", base_url(headers))
+        format!("{}{}", base_url(headers), state.auth.sign(caller, &pq))
     };
     let _ = q.follow;
     Ok(Json(json!({
@@ -145,9 +147,19 @@ pub(crate) async fn deployment_logs(
     Path((app, dep)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<Value>, ApiError> {
     let component = q.component.clone();
-    urls(&state, &headers, &app, Some(&dep), component.as_deref(), &q).await
+    urls(
+        &state,
+        caller.as_deref(),
+        &headers,
+        &app,
+        Some(&dep),
+        component.as_deref(),
+        &q,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/apps/{app}/deployments/{dep}/components/{component}/logs", tag = "logs", params(("app" = String, Path), ("dep" = String, Path), ("component" = String, Path), ("type" = Option<String>, Query, description = "BUILD, DEPLOY or RUN (the default)"), ("follow" = Option<bool>, Query), ("tail" = Option<usize>, Query, description = "RUN only: the last N lines of each instance")), responses((status = 200, body = LogUrls), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -156,8 +168,18 @@ pub(crate) async fn component_logs(
     Path((app, dep, component)): Path<(String, String, String)>,
     Query(q): Query<LogsQuery>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<Value>, ApiError> {
-    urls(&state, &headers, &app, Some(&dep), Some(&component), &q).await
+    urls(
+        &state,
+        caller.as_deref(),
+        &headers,
+        &app,
+        Some(&dep),
+        Some(&component),
+        &q,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/apps/{app}/logs", tag = "logs", params(("app" = String, Path), ("type" = Option<String>, Query, description = "BUILD, DEPLOY or RUN (the default)"), ("follow" = Option<bool>, Query), ("tail" = Option<usize>, Query, description = "RUN only: the last N lines of each instance"), ("component" = Option<String>, Query)), responses((status = 200, body = LogUrls, description = "The logs of the active deployment"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -166,9 +188,19 @@ pub(crate) async fn active_logs(
     Path(app): Path<String>,
     Query(q): Query<LogsQuery>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<Value>, ApiError> {
     let component = q.component.clone();
-    urls(&state, &headers, &app, None, component.as_deref(), &q).await
+    urls(
+        &state,
+        caller.as_deref(),
+        &headers,
+        &app,
+        None,
+        component.as_deref(),
+        &q,
+    )
+    .await
 }
 
 fn text_response(body: Body) -> Response {

@@ -87,9 +87,21 @@ async fn not_found() -> ApiError {
 /// cookie. With the cookie, a request that changes something must also carry
 /// `X-Slipway-Panel: 1` (see [`panel`]): another site's page cannot add that header, so it
 /// cannot make a signed-in browser act.
-async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Response {
-    if signed(&state, &request) {
-        return next.run(request).await;
+async fn authenticate(AxumState(state): S, mut request: Request, next: Next) -> Response {
+    let uri = (request.method() == axum::http::Method::GET).then(|| request.uri().clone());
+    match signed(&state, uri).await {
+        Signed::No => {}
+        Signed::Valid => return next.run(request).await,
+        // A URL that carries a signature and no token: say why the signature is refused.
+        Signed::Refused(why)
+            if !request
+                .headers()
+                .contains_key(axum::http::header::AUTHORIZATION)
+                && panel::cookie_token(request.headers()).is_none() =>
+        {
+            return ApiError::unauthorized(why.to_string()).into_response();
+        }
+        Signed::Refused(_) => {}
     }
     let presented = request
         .headers()
@@ -117,7 +129,8 @@ async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Resp
             }
         },
     };
-    match state.auth.scope(&token).await {
+    let caller = state.auth.identify(&token).await;
+    match caller.as_ref().map(|c| c.scope) {
         None => ApiError::unauthorized("the token is not valid (or was revoked)").into_response(),
         Some(crate::Scope::ReadOnly)
             if !matches!(
@@ -132,32 +145,50 @@ async fn authenticate(AxumState(state): S, request: Request, next: Next) -> Resp
             )
             .into_response()
         }
-        Some(_) => next.run(request).await,
+        Some(_) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            next.run(request).await
+        }
     }
 }
 
-/// Whether the request is a GET of a URL the API signed (a log URL it handed out).
-fn signed(state: &State, request: &Request) -> bool {
-    if request.method() != axum::http::Method::GET {
-        return false;
-    }
-    let Some(query) = request.uri().query() else {
-        return false;
+/// Whether a request is a GET of a URL the API signed (a log URL it handed out).
+enum Signed {
+    /// It carries no signature.
+    No,
+    Valid,
+    Refused(crate::SignedUrlError),
+}
+
+/// `uri`: the URI of a GET, `None` for other methods.
+async fn signed(state: &State, uri: Option<axum::http::Uri>) -> Signed {
+    let Some(uri) = uri else {
+        return Signed::No;
+    };
+    let Some(query) = uri.query() else {
+        return Signed::No;
     };
     // The signature covers the full path (with /v2) and the query before `&exp=`.
     let Some((signed_query, rest)) = query.split_once("&exp=") else {
-        return false;
+        return Signed::No;
     };
     let Some((exp, sig)) = rest.split_once("&sig=") else {
-        return false;
+        return Signed::No;
     };
     let Ok(exp) = exp.parse::<i64>() else {
-        return false;
+        return Signed::Refused(crate::SignedUrlError::Invalid);
     };
-    let path = format!("/v2{}", request.uri().path());
-    state
+    let path = format!("/v2{}", uri.path());
+    match state
         .auth
         .verify(&format!("{path}?{signed_query}"), exp, sig)
+        .await
+    {
+        Ok(()) => Signed::Valid,
+        Err(why) => Signed::Refused(why),
+    }
 }
 
 /// Parses a JSON body; a problem names the field path. An empty body is `{}`.

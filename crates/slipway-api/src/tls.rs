@@ -1,21 +1,15 @@
 //! HTTPS for the API: a certificate given by the operator, or one generated for the daemon's
-//! addresses and kept in its data directory.
+//! addresses and kept in its data directory. [`crate::server::serve`] serves the API with the
+//! acceptor made here.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -47,7 +41,8 @@ pub struct TlsFiles {
 }
 
 /// The self-signed certificate in `dir` (`cert.pem`, `key.pem`), generated for `names` on
-/// first use and kept: clients trust it once (`SLIPWAY_CA_CERT`).
+/// first use and kept: clients trust it once (`SLIPWAY_CA_CERT`). The directory is made 0700
+/// and the key 0600.
 pub fn self_signed(dir: &Path, names: &[String]) -> Result<TlsFiles, TlsError> {
     let files = TlsFiles {
         cert: dir.join("cert.pem"),
@@ -56,10 +51,14 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<TlsFiles, TlsError> {
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     let generated =
         rcgen::generate_simple_self_signed(names.to_vec()).map_err(TlsError::Generate)?;
     write(
@@ -118,49 +117,4 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves `router` over TLS until `shutdown` fires.
-pub async fn serve_tls(
-    listener: TcpListener,
-    router: Router,
-    acceptor: TlsAcceptor,
-    shutdown: CancellationToken,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    // Requests say that they came over HTTPS, so that the panel's cookie is `Secure`.
-    let router = router.layer(axum::Extension(crate::panel::Https));
-    loop {
-        let (stream, remote) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let (acceptor, router, builder) = (acceptor.clone(), router.clone(), Arc::clone(&builder));
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = TowerToHyperService::new(router);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }

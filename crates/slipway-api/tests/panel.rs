@@ -59,10 +59,11 @@ async fn server(tls: bool) -> Option<Server> {
         )
         .unwrap();
         let acceptor = slipway_api::tls::acceptor(&files).unwrap();
-        tokio::spawn(slipway_api::tls::serve_tls(
+        tokio::spawn(slipway_api::server::serve(
             listener,
             router,
-            acceptor,
+            Some(acceptor),
+            slipway_api::server::ServerConfig::default(),
             tokio_util::sync::CancellationToken::new(),
         ));
         let pem = std::fs::read(&files.cert).unwrap();

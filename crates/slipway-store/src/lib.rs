@@ -26,6 +26,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot make the store file {path} and its WAL files private (mode 0600)")]
+    Mode {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("an app named \"{0}\" already exists")]
     NameTaken(String),
     /// The disk (or the store's size cap) is full; nothing of the failed write was kept.
@@ -57,6 +63,36 @@ fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Sql { action, source },
     }
+}
+
+/// Creates the store file with mode 0600 when it is missing, and takes group and other
+/// permissions off it and its `-wal` and `-shm` files when they have them.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(e);
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        let mode = match std::fs::metadata(&file) {
+            Ok(m) => m.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+            tracing::warn!(path = %file.display(), was = format!("{mode:04o}"), "the store file was readable by other users; its mode is now 0600");
+        }
+    }
+    Ok(())
 }
 
 /// An app as stored: its spec and times. Deployments are stored apart.
@@ -147,7 +183,9 @@ CREATE TABLE IF NOT EXISTS tokens (
 ";
 
 impl Store {
-    /// Opens (creating if needed) the store file at `path`.
+    /// Opens (creating if needed) the store file at `path`. The file, and the WAL and
+    /// shared-memory files SQLite makes beside it, are the user's alone (mode 0600), whatever
+    /// the umask: SQLite gives those two the mode of the store file.
     pub async fn open(path: &Path) -> Result<Store> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -155,6 +193,10 @@ impl Store {
                 path: path.display().to_string(),
                 source,
             };
+            make_private(&path).map_err(|source| StoreError::Mode {
+                path: path.display().to_string(),
+                source,
+            })?;
             let conn = Connection::open(&path).map_err(open_err)?;
             conn.busy_timeout(std::time::Duration::from_secs(5))
                 .map_err(open_err)?;

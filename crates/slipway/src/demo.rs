@@ -71,6 +71,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         publish_on: crate::serve::PublishArg::Gateway,
         ingress_pipeline_depth: slipway_ingress::IngressConfig::default().pipeline_depth as u16,
         ingress_max_connections: slipway_ingress::IngressConfig::default().max_connections as u32,
+        api_max_connections: slipway_api::server::ServerConfig::default().max_connections as u32,
+        api_header_timeout_seconds: slipway_api::server::ServerConfig::default()
+            .header_timeout
+            .as_secs(),
+        api_idle_timeout_seconds: slipway_api::server::ServerConfig::default()
+            .idle_timeout
+            .as_secs(),
+        log_url_seconds: slipway_api::SIGNED_URL_SECONDS as u64,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use slipway_api::server::ServerConfig as ApiServerConfig;
 use slipway_engine::{Engine, EngineConfig, Publish, SwarmConfig};
 use slipway_ingress::IngressConfig;
 use tokio::net::TcpListener;
@@ -109,6 +111,53 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..),
     )]
     pub ingress_max_connections: u32,
+    /// The most connections the API keeps open at once (HTTP and HTTPS); beyond it, new
+    /// connections wait in the kernel's listen backlog until one ends. It bounds the file
+    /// descriptors API clients can take from the ingress, which runs in the same process.
+    #[arg(
+        long,
+        env = "SLIPWAY_API_MAX_CONNECTIONS",
+        default_value_t = ApiServerConfig::default().max_connections as u32,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+    )]
+    pub api_max_connections: u32,
+    /// Seconds an API connection has, from its accept, to finish its TLS handshake and send
+    /// its first request's headers (HTTP/1: also each later request's, from the previous
+    /// answer).
+    #[arg(
+        long,
+        env = "SLIPWAY_API_HEADER_TIMEOUT_SECONDS",
+        default_value_t = ApiServerConfig::default().header_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+    )]
+    pub api_header_timeout_seconds: u64,
+    /// Seconds an API connection may stay open with no request in flight and none begun.
+    #[arg(
+        long,
+        env = "SLIPWAY_API_IDLE_TIMEOUT_SECONDS",
+        default_value_t = ApiServerConfig::default().idle_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+    )]
+    pub api_idle_timeout_seconds: u64,
+    /// Seconds a pre-signed log URL stays valid (it also dies with the token that asked for
+    /// it).
+    #[arg(
+        long,
+        env = "SLIPWAY_LOG_URL_SECONDS",
+        default_value_t = slipway_api::SIGNED_URL_SECONDS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=604_800),
+    )]
+    pub log_url_seconds: u64,
+}
+
+impl ServeArgs {
+    fn api_server(&self) -> ApiServerConfig {
+        ApiServerConfig {
+            max_connections: self.api_max_connections as usize,
+            header_timeout: Duration::from_secs(self.api_header_timeout_seconds),
+            idle_timeout: Duration::from_secs(self.api_idle_timeout_seconds),
+        }
+    }
 }
 
 /// Where instance ports are published.
@@ -140,6 +189,7 @@ fn git_credentials(args: &ServeArgs) -> anyhow::Result<slipway_engine::GitCreden
     for value in &args.git_credentials {
         let (scope, file) =
             split_scoped(value, "--git-credential", "HOST[:PORT][/PATH-PREFIX]=FILE")?;
+        paths::check_private(std::path::Path::new(file), "the --git-credential file")?;
         let token = std::fs::read_to_string(file).with_context(|| {
             format!("--git-credential {value}: cannot read the token file {file}")
         })?;
@@ -152,6 +202,7 @@ fn git_credentials(args: &ServeArgs) -> anyhow::Result<slipway_engine::GitCreden
         if !std::path::Path::new(file).is_file() {
             anyhow::bail!("--git-ssh-key {value}: {file} is not a file");
         }
+        paths::check_private(std::path::Path::new(file), "the --git-ssh-key file")?;
         credentials
             .add_ssh_key(host, file)
             .with_context(|| format!("--git-ssh-key {value}"))?;
@@ -181,7 +232,7 @@ pub(crate) struct Daemon {
     stop: CancellationToken,
     /// The certificate clients must trust, when the API is served over HTTPS.
     pub tls: Option<slipway_api::tls::TlsFiles>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     ingress_stop: CancellationToken,
     ingress: JoinHandle<()>,
 }
@@ -198,8 +249,19 @@ impl Daemon {
             .data_dir
             .clone()
             .unwrap_or_else(paths::default_data_dir);
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        // Nobody but the daemon's user may look into its data: the store holds the apps'
+        // logs and specs, the mirrors their code, the token and keys the rest.
+        paths::private_dir(&data_dir)?;
+        paths::private_dir(&data_dir.join("git"))?;
+        // Secrets the daemon reads must not be readable by others: a wider mode is refused
+        // (the secret may have leaked already; tightening it in silence would hide that).
+        paths::check_private(&data_dir.join("secret.key"), "the secret key file")?;
+        if args.token.as_deref().is_none_or(str::is_empty) {
+            paths::check_private(&data_dir.join("token"), "the token file")?;
+        }
+        if let Some(path) = &args.tls_key {
+            paths::check_private(path, "the --tls-key file")?;
+        }
         let token = match &args.token {
             Some(t) if !t.is_empty() => t.clone(),
             _ => paths::read_or_create(&data_dir.join("token"), || paths::random_hex(32))?,
@@ -277,21 +339,18 @@ impl Daemon {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
 
-        let auth = slipway_api::Auth::token(&token).with_store(engine.store().clone());
+        let auth = slipway_api::Auth::token(&token)
+            .with_store(engine.store().clone())
+            .signed_urls_for(i64::try_from(args.log_url_seconds).unwrap_or(i64::MAX));
         let router = slipway_api::router(engine.clone(), auth);
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let server = match acceptor {
-            Some(acceptor) => tokio::spawn(async move {
-                slipway_api::tls::serve_tls(listener, router, acceptor, stopped).await;
-                Ok(())
-            }),
-            None => tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stopped.cancelled().await })
-                    .await
-            }),
-        };
+        let server = tokio::spawn(slipway_api::server::serve(
+            listener,
+            router,
+            acceptor,
+            args.api_server(),
+            stop.clone(),
+        ));
         Ok(Daemon {
             tls,
             engine,
@@ -314,7 +373,7 @@ impl Daemon {
     /// Stops taking requests, lets running deployments end, and returns.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        self.server.await.context("the API server task failed")??;
+        self.server.await.context("the API server task failed")?;
         self.engine.shutdown().await;
         // The ingress goes last: it serves the apps until the engine has stopped.
         self.ingress_stop.cancel();
@@ -331,6 +390,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Whatever the umask it was started with, what the daemon creates is its user's alone.
+    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    tracing::debug!(
+        previous = format!("{:04o}", umask.as_raw_mode()),
+        "umask set to 0077"
+    );
+    let open_files = raise_open_files_limit();
+    if let Some(limit) = open_files
+        && u64::from(args.api_max_connections) > limit / 2
+    {
+        tracing::warn!(
+            open_files = limit,
+            api_max_connections = args.api_max_connections,
+            "--api-max-connections is more than half the open files limit: API clients could leave the ingress without file descriptors"
+        );
+    }
     let daemon = Daemon::start(&args, None).await?;
     tracing::info!(
         url = %daemon.url(),
@@ -345,6 +420,43 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("stopping: no new deployment starts; running ones are canceled cleanly");
     daemon.stop().await
+}
+
+/// Raises the soft limit on open files to the hard one (connections are files: the ingress
+/// and the API hold one per client, the ingress one more per request in flight) and logs it.
+/// Returns the limit in force, `None` when unlimited.
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let mut now = before.current;
+    if let (Some(current), Some(maximum)) = (before.current, before.maximum)
+        && current < maximum
+    {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            },
+        ) {
+            Ok(()) => now = Some(maximum),
+            Err(e) => tracing::warn!(
+                soft = current,
+                hard = maximum,
+                error = %e,
+                "cannot raise the open files limit to its hard limit"
+            ),
+        }
+    }
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |v| v.to_string());
+    tracing::info!(
+        open_files = %show(now),
+        was = %show(before.current),
+        hard = %show(before.maximum),
+        "open files limit (RLIMIT_NOFILE): {}",
+        show(now)
+    );
+    now
 }
 
 async fn shutdown_signal() {

@@ -335,6 +335,7 @@ fn git_credentials_name_their_scope_or_the_daemon_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "secret-token\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let token = token.display().to_string();
     let serve = |args: &[&str]| {
         Command::new(BIN)
