@@ -18,6 +18,7 @@
 //! with a step that says why, and the previous deployment stays ACTIVE. When a deployment
 //! becomes ACTIVE, the previous ACTIVE one becomes SUPERSEDED in the same transaction.
 
+mod build_key;
 mod error;
 mod liveness;
 mod reconcile;
@@ -45,6 +46,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use build_key::BuildKeySecret;
 pub use error::EngineError;
 pub use reconcile::Reconciled;
 pub use slipway_rollout::Publish;
@@ -81,6 +83,9 @@ pub struct EngineConfig {
     pub swarm: Option<SwarmConfig>,
     /// Where instance ports are published on this host (the ingress reaches them there).
     pub publish: Publish,
+    /// The key of the build keys on image labels (HMAC-SHA256): the daemon keeps it in the
+    /// data directory (`build.key`); [`EngineConfig::new`] makes a random one.
+    pub build_key_secret: BuildKeySecret,
 }
 
 impl EngineConfig {
@@ -99,6 +104,7 @@ impl EngineConfig {
             reconcile_interval: Duration::from_secs(30),
             swarm: None,
             publish: Publish::default(),
+            build_key_secret: BuildKeySecret::random(),
         }
     }
 }

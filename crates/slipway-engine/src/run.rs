@@ -561,7 +561,12 @@ impl Run {
                 let source_dir = c.source_dir();
                 let dockerfile = c.dockerfile_path();
                 let args = d.spec.build_args(c);
-                let key = templates::build_key(&fetched.commit, &source_dir, &dockerfile, &args);
+                let key = inner.config.build_key_secret.build_key(
+                    &fetched.commit,
+                    &source_dir,
+                    &dockerfile,
+                    &args,
+                );
                 let short: String = fetched.commit.chars().take(7).collect();
                 if !d.force_build
                     && let Some(prev) = previous.and_then(|p| p.component(c.name))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use slipway_engine::{Engine, EngineConfig, Publish, SwarmConfig};
+use slipway_engine::{BuildKeySecret, Engine, EngineConfig, Publish, SwarmConfig};
 use slipway_ingress::IngressConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -146,6 +146,7 @@ impl Daemon {
         let ingress_addr = ingress_listener.local_addr()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
+        config.build_key_secret = BuildKeySecret::load_or_create(&data_dir.join("build.key"))?;
         config.git_token = match &args.git_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
