@@ -53,6 +53,11 @@ pub use slipway_rollout::Publish;
 pub use slipway_store::{LogKind, LogLine};
 pub use swarm::SwarmConfig;
 
+/// Log targets whose debug output quotes Docker requests whole: their URLs and bodies carry
+/// build arguments and container environments, SECRET values among them. A subscriber keeps
+/// them at `info` whatever it is asked (`slipway serve` does).
+pub const QUIET_TARGETS: &[&str] = &["bollard"];
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -226,7 +231,20 @@ impl Engine {
         let store = Store::open(&config.data_dir.join("slipway.db")).await?;
         let sources =
             SourceCache::new(config.data_dir.join("git")).with_timeout(config.fetch_timeout);
-        let builder = ImageBuilder::new(docker.clone()).with_timeout(config.build_timeout);
+        // Where images with SECRET build arguments are written again; what a stopped daemon
+        // left there (an export naming such values) is removed.
+        let scratch = config.data_dir.join("scratch");
+        if let Err(e) = std::fs::remove_dir_all(&scratch)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(EngineError::DataDir {
+                path: scratch,
+                source: e,
+            });
+        }
+        let builder = ImageBuilder::new(docker.clone())
+            .with_timeout(config.build_timeout)
+            .with_scratch_dir(scratch);
         let (updates, _) = broadcast::channel(1024);
         let ingress = Ingress::new(config.ingress.clone());
         let secrets = secrets::Secrets::load_or_create(&config.data_dir.join("secret.key"))?;

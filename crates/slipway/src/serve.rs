@@ -262,8 +262,14 @@ impl Daemon {
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            slipway_engine::QUIET_TARGETS.iter().fold(
+                tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                |filter, target| {
+                    filter
+                        .add_directive(format!("{target}=info").parse().expect("a valid directive"))
+                },
+            ),
         )
         .with_writer(std::io::stderr)
         .init();
