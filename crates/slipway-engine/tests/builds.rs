@@ -703,6 +703,14 @@ async fn images_beyond_retention_and_of_deleted_apps_are_removed() {
     let engine = Engine::start(config, docker.clone()).await.unwrap();
     let repo = HelloRepo::new("v1").unwrap();
     let name = unique("retained");
+    // Layers of this test's own (no other build's cache can stand on them), so that every
+    // layer its builds committed can be expected gone with the app.
+    repo.write(
+        "Dockerfile",
+        &format!("FROM scratch\nENV STAMP_TEST={name}\nCOPY hello /hello\nCOPY VERSION /VERSION\nCMD [\"/hello\"]\n"),
+    )
+    .unwrap();
+    repo.commit("layers of its own").unwrap();
     let spec_with = |fail: bool| {
         parse_spec(&format!(
             "name: {}\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{}\", branch: main}}\n    health_check: {{http_path: /healthz, period_seconds: 0.2, failure_threshold: 3}}\n    envs:\n      - {{key: HEALTHZ_FAIL, value: \"{}\", scope: RUN_TIME}}\n",
