@@ -547,12 +547,13 @@ fn captured_tracing() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
                 .fold(tracing_subscriber::EnvFilter::new("debug"), |f, t| {
                     f.add_directive(format!("{t}=info").parse().unwrap())
                 });
-            let subscriber = tracing_subscriber::fmt()
+            // As the daemon's: `log` records (the Docker client's) are taken in too.
+            tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(move || sink.clone())
                 .with_ansi(false)
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).unwrap();
+                .try_init()
+                .unwrap();
             buffer
         })
         .clone()
