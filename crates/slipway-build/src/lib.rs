@@ -12,16 +12,26 @@
 //! - A build that fails because a layer it took from the cache was removed under it (by
 //!   another build's clean-up on the same engine) is run once more, and the log says so.
 //!
+//! - A build whose build arguments include SECRET values uses no layer cache and leaves none:
+//!   the classic builder writes the build arguments a `RUN` step sees into the image's history
+//!   (`docker history --no-trunc`) and into the intermediate images of each step, so the image
+//!   is written again without them (see [`scrub`]'s note) and the original image and its
+//!   intermediate images are removed. Its history, its configuration's record of the build,
+//!   its labels and the build log then name no SECRET value.
+//!
 //! Images carry the labels the caller gives (Slipway's `slipway.*` labels), so that they can be
 //! found and removed with the app.
 
+mod scrub;
+
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +49,10 @@ pub enum BuildError {
     /// The engine does not have the image and could not pull it.
     #[error("image {image} is not on this Docker engine and could not be pulled: {message}")]
     Missing { image: String, message: String },
+    /// The image of a build with SECRET build arguments could not be written again without
+    /// them; it was removed.
+    #[error("writing {tag} again without its SECRET build arguments failed: {message}")]
+    Scrub { tag: String, message: String },
     #[error("Docker could not {action} {image}")]
     Docker {
         action: &'static str,
@@ -75,6 +89,18 @@ pub struct BuildSpec {
     pub secrets: Vec<String>,
 }
 
+impl BuildSpec {
+    /// `line` with every SECRET value replaced by `[secret]`.
+    pub fn redact(&self, line: &str) -> String {
+        self.secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .fold(line.to_string(), |l, s| {
+                l.replace(s.as_str(), scrub::PLACEHOLDER)
+            })
+    }
+}
+
 /// An image a build produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltImage {
@@ -88,6 +114,9 @@ pub struct BuiltImage {
 pub struct ImageBuilder {
     docker: Docker,
     timeout: Duration,
+    /// Where images with SECRET build arguments are written again (the system's temporary
+    /// directory unless [`ImageBuilder::with_scratch_dir`] says otherwise).
+    scratch_dir: Option<PathBuf>,
 }
 
 impl ImageBuilder {
@@ -96,7 +125,16 @@ impl ImageBuilder {
         ImageBuilder {
             docker,
             timeout: Duration::from_secs(1800),
+            scratch_dir: None,
         }
+    }
+
+    /// Where an image with SECRET build arguments is exported and written again: a private
+    /// directory of this one is made for each such build and removed after it. The export
+    /// holds the image's layers, so the directory needs room for about twice the image.
+    pub fn with_scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch_dir = Some(dir.into());
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
@@ -111,6 +149,9 @@ impl ImageBuilder {
     /// build's clean-up (of the layers a failed build made, or of an app's old images) may
     /// remove it then. Docker then fails the build with "No such image". Such a build is run
     /// once more, within the same timeout: the layer is gone, so the second run makes its own.
+    ///
+    /// A build whose build arguments include SECRET values is built without the layer cache,
+    /// and its image is then written again without them (see the crate's note).
     #[tracing::instrument(skip_all, fields(tag = %spec.tag, no_cache = spec.no_cache))]
     pub async fn build(
         &self,
@@ -118,10 +159,59 @@ impl ImageBuilder {
         cancel: &CancellationToken,
         mut log: impl FnMut(&str) + Send,
     ) -> Result<BuiltImage, BuildError> {
+        let secret_args: Vec<String> = spec
+            .build_args
+            .iter()
+            .filter(|(_, v)| !v.is_empty() && spec.secrets.contains(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !secret_args.is_empty() {
+            log(&format!(
+                "SECRET build-time envs ({}): built without the layer cache, and the image is written again without their values",
+                secret_args.join(", ")
+            ));
+            spec.no_cache = true;
+        }
+        let built = self
+            .build_once_more_if_needed(&mut spec, cancel, &mut log)
+            .await?;
+        if secret_args.is_empty() {
+            return Ok(built);
+        }
+        match self.scrub(&built, &spec, &mut log).await {
+            Ok(built) => Ok(built),
+            Err(message) => {
+                // The image still names the values: it does not stay.
+                for reference in [built.tag.as_str(), built.id.as_str()] {
+                    let options = RemoveImageOptionsBuilder::default().force(true).build();
+                    if let Err(e) = self
+                        .docker
+                        .remove_image(reference, Some(options), None)
+                        .await
+                    {
+                        tracing::debug!(image = %reference, error = %e, "removing an image that could not be written again failed");
+                    }
+                }
+                let message = spec.redact(&message);
+                log(&message);
+                Err(BuildError::Scrub {
+                    tag: built.tag,
+                    message,
+                })
+            }
+        }
+    }
+
+    async fn build_once_more_if_needed(
+        &self,
+        spec: &mut BuildSpec,
+        cancel: &CancellationToken,
+        mut log: &mut (impl FnMut(&str) + Send),
+    ) -> Result<BuiltImage, BuildError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let context = bytes::Bytes::from(std::mem::take(&mut spec.context));
         match self
-            .attempt(&spec, context.clone(), deadline, cancel, &mut log)
+            .attempt(spec, context.clone(), deadline, cancel, &mut log)
             .await
         {
             Err(BuildError::Failed { message, .. }) if cached_layer_vanished(&message) => {
@@ -130,7 +220,7 @@ impl ImageBuilder {
                     "A layer this build took from the cache was removed while it ran \
                      (most likely by another build's clean-up); building again",
                 );
-                self.attempt(&spec, context, deadline, cancel, &mut log)
+                self.attempt(spec, context, deadline, cancel, &mut log)
                     .await
             }
             result => result,
@@ -157,12 +247,7 @@ impl ImageBuilder {
             .buildargs(&args)
             .labels(&labels)
             .build();
-        let redact = |line: &str| {
-            spec.secrets
-                .iter()
-                .filter(|s| !s.is_empty())
-                .fold(line.to_string(), |l, s| l.replace(s.as_str(), "[secret]"))
-        };
+        let redact = |line: &str| spec.redact(line);
         let body = bollard::body_full(context);
         let mut stream = self.docker.build_image(options, None, Some(body));
         let deadline = tokio::time::sleep_until(deadline);
@@ -245,6 +330,164 @@ impl ImageBuilder {
             })?,
         };
         Ok(BuiltImage { id, tag })
+    }
+
+    /// Writes the image `built` again without the SECRET values of `spec` in its history and
+    /// build record (`docker save`, then `docker load` of the rewritten archive under the same
+    /// tag), and removes the original image with its intermediate images. Returns the new
+    /// image; on failure, why (the original image is then still there, tagged or not).
+    async fn scrub(
+        &self,
+        built: &BuiltImage,
+        spec: &BuildSpec,
+        log: &mut (impl FnMut(&str) + Send),
+    ) -> Result<BuiltImage, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let scratch = match &self.scratch_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                tempfile::Builder::new().prefix("scrub-").tempdir_in(dir)
+            }
+            None => tempfile::Builder::new().prefix("slipway-scrub-").tempdir(),
+        }
+        .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let saved_path = scratch.path().join("saved.tar");
+        let load_path = scratch.path().join("load.tar");
+        let mut saved = tokio::fs::File::create(&saved_path)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", saved_path.display()))?;
+        let mut export = self.docker.export_image(&built.id);
+        while let Some(chunk) = export.next().await {
+            let chunk = chunk.map_err(|e| format!("Docker could not export {}: {e}", built.id))?;
+            saved
+                .write_all(&chunk)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", saved_path.display()))?;
+        }
+        saved
+            .flush()
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", saved_path.display()))?;
+        drop(saved);
+        let values: Vec<String> = spec
+            .secrets
+            .iter()
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .collect();
+        let rewritten = {
+            let (saved_path, load_path, tag, values) = (
+                saved_path.clone(),
+                load_path.clone(),
+                built.tag.clone(),
+                values.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let input = std::io::BufReader::new(std::fs::File::open(&saved_path)?);
+                let output = std::io::BufWriter::new(std::fs::File::create(&load_path)?);
+                scrub::rewrite(input, output, &tag, &values)
+            })
+            .await
+            .map_err(|e| format!("rewriting the saved image failed: {e}"))?
+            .map_err(|e| format!("rewriting the saved image failed: {e}"))?
+        };
+        let _ = std::fs::remove_file(&saved_path);
+        if !rewritten.still_in_config.is_empty() {
+            let keys: Vec<&str> = spec
+                .build_args
+                .iter()
+                .filter(|(_, v)| {
+                    rewritten
+                        .still_in_config
+                        .iter()
+                        .any(|&i| values.get(i) == Some(v))
+                })
+                .map(|(k, _)| k.as_str())
+                .collect();
+            let line = format!(
+                "warning: the Dockerfile puts the value of SECRET build-time env {} into the image's configuration (an ENV, LABEL, WORKDIR, USER... made of it), where whoever can inspect the image reads it",
+                if keys.is_empty() {
+                    "(a run-time one)".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            );
+            tracing::warn!(tag = %built.tag, "{line}");
+            log(&line);
+        }
+        if !rewritten.changed {
+            return Ok(built.clone());
+        }
+        let file = tokio::fs::File::open(&load_path)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", load_path.display()))?;
+        let body = futures::stream::unfold(file, |mut file| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        let options = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut load = self.docker.import_image_stream(options, body, None);
+        while let Some(item) = load.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(error) = info.error_detail.and_then(|e| e.message) {
+                        return Err(format!(
+                            "Docker could not load the rewritten image: {error}"
+                        ));
+                    }
+                }
+                Err(e) => return Err(format!("Docker could not load the rewritten image: {e}")),
+            }
+        }
+        drop(scratch);
+        let id = self
+            .image_id(&built.tag)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "{} is missing after the rewritten image was loaded",
+                    built.tag
+                )
+            })?;
+        if id == built.id {
+            return Err("the loaded image is the original one".into());
+        }
+        // The original, untagged now, and with it the intermediate images of its steps (its
+        // parents that nothing else stands on).
+        let options = RemoveImageOptionsBuilder::default().noprune(false).build();
+        match self
+            .docker
+            .remove_image(&built.id, Some(options), None)
+            .await
+        {
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => {
+                return Err(format!(
+                    "Docker could not remove the original image {}: {e}",
+                    built.id
+                ));
+            }
+        }
+        log(
+            "the image was written again without the values of SECRET build-time envs in its history; the original and its intermediate images were removed",
+        );
+        tracing::info!(tag = %built.tag, original = %built.id, image = %id, "wrote the image again without its SECRET build arguments");
+        Ok(BuiltImage {
+            id,
+            tag: built.tag.clone(),
+        })
     }
 
     /// The ID of a local image, or `None` when Docker has no image by that reference.

@@ -37,6 +37,11 @@ pub enum EngineError {
         holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
     )]
     DataDirInUse { path: PathBuf, holder: Option<u32> },
+    #[error(
+        "{path} has mode {mode:o}, which lets other users read or change it: a key file must be readable by its owner only (chmod 600 {path})",
+        path = .path.display()
+    )]
+    KeyFileMode { path: PathBuf, mode: u32 },
     #[error("cannot use the data directory {path}")]
     DataDir {
         path: PathBuf,

@@ -18,6 +18,7 @@
 //! with a step that says why, and the previous deployment stays ACTIVE. When a deployment
 //! becomes ACTIVE, the previous ACTIVE one becomes SUPERSEDED in the same transaction.
 
+mod build_key;
 mod error;
 mod liveness;
 mod reconcile;
@@ -45,12 +46,18 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use build_key::BuildKeySecret;
 pub use error::EngineError;
 pub use reconcile::Reconciled;
 pub use slipway_rollout::Publish;
 pub use slipway_source::GitCredentials;
 pub use slipway_store::{LogKind, LogLine};
 pub use swarm::SwarmConfig;
+
+/// Log targets whose debug output quotes Docker requests whole: their URLs and bodies carry
+/// build arguments and container environments, SECRET values among them. A subscriber keeps
+/// them at `info` whatever it is asked (`slipway serve` does).
+pub const QUIET_TARGETS: &[&str] = &["bollard"];
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -85,6 +92,9 @@ pub struct EngineConfig {
     pub swarm: Option<SwarmConfig>,
     /// Where instance ports are published on this host (the ingress reaches them there).
     pub publish: Publish,
+    /// The key of the build keys on image labels (HMAC-SHA256): the daemon keeps it in the
+    /// data directory (`build.key`); [`EngineConfig::new`] makes a random one.
+    pub build_key_secret: BuildKeySecret,
 }
 
 impl EngineConfig {
@@ -104,6 +114,7 @@ impl EngineConfig {
             reconcile_interval: Duration::from_secs(30),
             swarm: None,
             publish: Publish::default(),
+            build_key_secret: BuildKeySecret::random(),
         }
     }
 }
@@ -230,7 +241,20 @@ impl Engine {
         if let Some(ca) = &config.git_ca_cert {
             sources = sources.with_ca_certs(ca).map_err(EngineError::Sources)?;
         }
-        let builder = ImageBuilder::new(docker.clone()).with_timeout(config.build_timeout);
+        // Where images with SECRET build arguments are written again; what a stopped daemon
+        // left there (an export naming such values) is removed.
+        let scratch = config.data_dir.join("scratch");
+        if let Err(e) = std::fs::remove_dir_all(&scratch)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(EngineError::DataDir {
+                path: scratch,
+                source: e,
+            });
+        }
+        let builder = ImageBuilder::new(docker.clone())
+            .with_timeout(config.build_timeout)
+            .with_scratch_dir(scratch);
         let (updates, _) = broadcast::channel(1024);
         let ingress = Ingress::new(config.ingress.clone());
         let secrets = secrets::Secrets::load_or_create(&config.data_dir.join("secret.key"))?;

@@ -333,18 +333,31 @@ impl Run {
                     d.set_phase(phase);
                 })
                 .await;
+                // A failed deployment's image counts towards the retention as any other: the
+                // images it pushed out of it go now, not at the next success.
+                let app_id = self.dep.lock().await.app_id.clone();
+                self.prune_images(&app_id).await;
             }
         }
     }
 
     /// Removes the app's built images beyond the most recent `image_retention` of each
-    /// component; an image a container still uses is never removed.
+    /// component (whatever the deployments that built them became); the active deployment's
+    /// images and an image a container still uses are never removed.
     async fn prune_images(&self, app_id: &str) {
         let inner = &self.engine.inner;
         let keep_per_component = inner.config.image_retention.max(1);
         let Ok((recent, _)) = inner.store.deployments(app_id, 0, 200).await else {
             return;
         };
+        let Ok(active) = inner.store.active_deployment(app_id).await else {
+            return;
+        };
+        let active: BTreeSet<String> = active
+            .iter()
+            .flat_map(|d| d.services.iter().chain(&d.workers).chain(&d.jobs))
+            .filter_map(|c| c.image.as_ref().map(|i| i.id.clone()))
+            .collect();
         let mut kept: HashMap<String, Vec<String>> = HashMap::new();
         // On a swarm: where each image was pushed, to delete it there too.
         let mut pushed: HashMap<String, BTreeSet<String>> = HashMap::new();
@@ -384,7 +397,7 @@ impl Run {
                 .get(labels::COMPONENT)
                 .cloned()
                 .unwrap_or_default();
-            if kept.get(&component).is_some_and(|k| k.contains(&id)) {
+            if active.contains(&id) || kept.get(&component).is_some_and(|k| k.contains(&id)) {
                 continue;
             }
             let pushed = pushed.get(&id).into_iter().flatten();
@@ -512,7 +525,23 @@ impl Run {
     ) -> Result<(ComponentKind, DeploymentComponent), Failure> {
         let path = ["build", c.name];
         self.start_step(&path).await;
-        let fail = |code, message: String| Failure::new(&path, code, message);
+        // Docker's and git's own words can quote a SECRET value (a failing step's command, a
+        // remote's URL): no failure names one.
+        let secrets: Vec<String> = d
+            .spec
+            .envs
+            .iter()
+            .chain(c.envs)
+            .filter(|e| e.kind == Some(EnvType::Secret))
+            .filter_map(|e| e.value.clone())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let redact = |message: String| {
+            secrets
+                .iter()
+                .fold(message, |m, s| m.replace(s.as_str(), "[secret]"))
+        };
+        let fail = |code, message: String| Failure::new(&path, code, redact(message));
         let Some(source) = c.source() else {
             return Err(fail("InvalidSpec", format!("{} has no source", c.name)));
         };
@@ -559,7 +588,12 @@ impl Run {
                 let source_dir = c.source_dir();
                 let dockerfile = c.dockerfile_path();
                 let args = d.spec.build_args(c);
-                let key = templates::build_key(&fetched.commit, &source_dir, &dockerfile, &args);
+                let key = inner.config.build_key_secret.build_key(
+                    &fetched.commit,
+                    &source_dir,
+                    &dockerfile,
+                    &args,
+                );
                 let short: String = fetched.commit.chars().take(7).collect();
                 if !d.force_build
                     && let Some(prev) = previous.and_then(|p| p.component(c.name))
@@ -602,14 +636,6 @@ impl Run {
                 image_labels.insert(labels::COMPONENT.into(), c.name.into());
                 image_labels.insert(labels::COMMIT.into(), fetched.commit.clone());
                 image_labels.insert(labels::BUILD_KEY.into(), key.clone());
-                let secrets = d
-                    .spec
-                    .envs
-                    .iter()
-                    .chain(c.envs)
-                    .filter(|e| e.kind == Some(EnvType::Secret))
-                    .filter_map(|e| e.value.clone())
-                    .collect();
                 let spec = BuildSpec {
                     tag: tag.clone(),
                     context: context.tar,
@@ -617,7 +643,7 @@ impl Run {
                     build_args: args,
                     labels: image_labels,
                     no_cache: d.clear_build_cache,
-                    secrets,
+                    secrets: secrets.clone(),
                 };
                 self.log(
                     LogKind::Build,

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use slipway_rollout::{Bounds, InstanceSpec, Probe, Readiness};
 use slipway_spec::{
     AppSpec, ComponentKind, Deployment, HealthCheck, RolloutSpec, Termination, labels,
@@ -25,27 +24,6 @@ pub(crate) fn volume_name(app_id: &str, database: &str) -> String {
 pub(crate) fn image_tag(app_id: &str, component: &str, commit: &str) -> String {
     let commit: String = commit.chars().take(12).collect();
     format!("slipway/{}-{component}:{commit}", short_id(app_id))
-}
-
-/// A digest of everything that goes into a build: when it is unchanged, so is the image.
-pub(crate) fn build_key(
-    commit: &str,
-    source_dir: &str,
-    dockerfile: &str,
-    args: &BTreeMap<String, String>,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [commit, source_dir, dockerfile] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    for (k, v) in args {
-        h.update(k.as_bytes());
-        h.update([b'=']);
-        h.update(v.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The labels every object of the daemon carries, besides the per-object ones.

@@ -488,3 +488,368 @@ async fn secrets_are_sealed_at_rest_and_open_only_in_the_container() {
         assert!(e.contains(&"API_KEY=plain-secret-77".to_string()));
     }
 }
+
+/// Every image on the engine (`docker images -a`), as what `docker image inspect` and
+/// `docker history --no-trunc` show of it.
+async fn every_image(docker: &bollard::Docker) -> Vec<(String, String)> {
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .all(true)
+        .build();
+    let mut out = Vec::new();
+    for image in docker.list_images(Some(options)).await.unwrap() {
+        // Another test's image can go between the listing and the inspection.
+        let Ok(inspect) = docker.inspect_image(&image.id).await else {
+            continue;
+        };
+        let Ok(history) = docker.image_history(&image.id).await else {
+            continue;
+        };
+        let text = format!(
+            "{}\n{}",
+            serde_json::to_string(&inspect).unwrap(),
+            serde_json::to_string(&history).unwrap()
+        );
+        out.push((image.id, text));
+    }
+    out
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the engine's tracing says, for the test below to search.
+fn captured_tracing() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static BUFFER: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    BUFFER
+        .get_or_init(|| {
+            let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            #[derive(Clone)]
+            struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+            impl std::io::Write for Sink {
+                fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.0.lock().unwrap().extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let sink = Sink(buffer.clone());
+            // What the daemon's subscriber lets through at its most verbose.
+            let filter = slipway_engine::QUIET_TARGETS
+                .iter()
+                .fold(tracing_subscriber::EnvFilter::new("debug"), |f, t| {
+                    f.add_directive(format!("{t}=info").parse().unwrap())
+                });
+            // As the daemon's: `log` records (the Docker client's) are taken in too.
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(move || sink.clone())
+                .with_ansi(false)
+                .try_init()
+                .unwrap();
+            buffer
+        })
+        .clone()
+}
+
+/// An app with a SECRET build-time env: its value reaches the build (a `RUN` step checks it),
+/// and neither it, its plain SHA-256, nor a plain digest of the build's inputs (the build key
+/// as it was, which a short value can be found from by trying values) is in any image's labels,
+/// configuration or history (the intermediate images of the build's steps included), the build
+/// log, the deployment and the app as the API returns them, or the engine's tracing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_build_args_are_in_no_image_history_label_log_or_api_answer() {
+    let tracing = captured_tracing();
+    let Some(env) = common::env().await else {
+        return;
+    };
+    let token = unique("tok");
+    let repo = HelloRepo::new("v1").unwrap();
+    repo.write(
+        "Dockerfile",
+        &format!(
+            "FROM scratch\nENV STAMP_TEST={}\nCOPY hello /hello\nARG TOKEN\nRUN [\"/hello\", \"has-env\", \"TOKEN\"]\nRUN [\"/hello\", \"stamp\", \"/built-at\"]\nCOPY VERSION /VERSION\nCMD [\"/hello\"]\n",
+            unique("secret-args")
+        ),
+    )
+    .unwrap();
+    let commit = repo.commit("a build argument").unwrap();
+    let name = unique("secret-args");
+    let spec: AppSpec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    {}\n    {}\n    envs:\n      - {{key: TOKEN, value: {token}, scope: BUILD_TIME, type: SECRET}}\n",
+        common::git(&repo),
+        common::HEALTH,
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = env.engine.create_app(spec).await.unwrap();
+    let first = wait_ok(&env, &d).await;
+    let d = env
+        .engine
+        .create_deployment(&app.id, true, false)
+        .await
+        .unwrap();
+    let forced = wait_ok(&env, &d).await;
+    assert!(!web(&forced).build_reused);
+    let d = env
+        .engine
+        .create_deployment(&app.id, false, false)
+        .await
+        .unwrap();
+    let reused = wait_ok(&env, &d).await;
+    assert!(
+        web(&reused).build_reused,
+        "the rewritten image is found by its build key"
+    );
+    assert_eq!(web(&reused).image, web(&forced).image);
+
+    let needles = [
+        ("the value", token.clone()),
+        ("its SHA-256", sha256_hex(&[token.as_bytes()])),
+        (
+            "an unkeyed digest of the build's inputs",
+            sha256_hex(&[
+                commit.as_bytes(),
+                b"\0",
+                b"",
+                b"\0",
+                b"Dockerfile",
+                b"\0",
+                format!("TOKEN={token}").as_bytes(),
+                b"\0",
+            ]),
+        ),
+    ];
+    let mut haystacks: Vec<(String, String)> = Vec::new();
+    let mut intermediate = 0;
+    for d in [&first, &forced, &reused] {
+        let log = env
+            .engine
+            .store()
+            .read_log(&d.id, LogKind::Build, None, 0)
+            .await
+            .unwrap();
+        let text: String = log.iter().map(|l| l.line.clone() + "\n").collect();
+        // The layers the builder committed for each step.
+        intermediate += text
+            .lines()
+            .filter(|l| l.trim().starts_with("---> ") && l.trim().len() == 17)
+            .count();
+        haystacks.push((format!("the build log of {}", d.id), text));
+        let saved = env.engine.deployment(&app.id, &d.id).await.unwrap();
+        haystacks.push((
+            format!("deployment {} as the API returns it", d.id),
+            serde_json::to_string(&saved).unwrap(),
+        ));
+    }
+    assert!(
+        intermediate >= 8,
+        "the builds committed their steps' layers"
+    );
+    let record = env.engine.app(&app.id).await.unwrap();
+    haystacks.push((
+        "the app as the API returns it".into(),
+        serde_json::to_string(&env.engine.app_view(&record).await.unwrap()).unwrap(),
+    ));
+    for (id, text) in every_image(&env.docker).await {
+        haystacks.push((format!("image {id}"), text));
+    }
+    // Another test's tracing may be written into the buffer at the same time.
+    let logged = String::from_utf8_lossy(&tracing.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains(&app.id),
+        "the engine's tracing was captured"
+    );
+    haystacks.push(("the engine's tracing".into(), logged));
+    let built: Vec<&(String, String)> = haystacks
+        .iter()
+        .filter(|(_, text)| text.contains(&format!("slipway.app\":\"{}", app.id)))
+        .collect();
+    assert!(!built.is_empty(), "the app's image was inspected");
+    for (what, text) in &haystacks {
+        for (name, needle) in &needles {
+            assert!(
+                !text.contains(needle.as_str()),
+                "{name} is in {what}: {text}"
+            );
+        }
+    }
+    // The RUN step that needed the value ran: its build log says so, redacted.
+    let log = &haystacks[0].1;
+    assert!(log.contains(r#""has-env", "TOKEN""#), "{log}");
+    assert!(log.contains("written again"), "{log}");
+}
+
+/// Images beyond the retention go when any deployment ends (a failed one too), the active
+/// deployment's never, and an app's deletion leaves none of its images, tagged or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_beyond_retention_and_of_deleted_apps_are_removed() {
+    let Some(docker) = slipway_testkit::docker().await else {
+        return;
+    };
+    let daemon_id = unique("retain");
+    let _janitor = Janitor::new(&daemon_id);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(data.path());
+    config.daemon_id = daemon_id.clone();
+    config.image_retention = 1;
+    config.worker_min_ready = Duration::from_millis(300);
+    let engine = Engine::start(config, docker.clone()).await.unwrap();
+    let repo = HelloRepo::new("v1").unwrap();
+    let name = unique("retained");
+    // Layers of this test's own (no other build's cache can stand on them), so that every
+    // layer its builds committed can be expected gone with the app.
+    repo.write(
+        "Dockerfile",
+        &format!("FROM scratch\nENV STAMP_TEST={name}\nCOPY hello /hello\nCOPY VERSION /VERSION\nCMD [\"/hello\"]\n"),
+    )
+    .unwrap();
+    repo.commit("layers of its own").unwrap();
+    let spec_with = |fail: bool| {
+        parse_spec(&format!(
+            "name: {}\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{}\", branch: main}}\n    health_check: {{http_path: /healthz, period_seconds: 0.2, failure_threshold: 3}}\n    envs:\n      - {{key: HEALTHZ_FAIL, value: \"{}\", scope: RUN_TIME}}\n",
+            name,
+            repo.url(),
+            if fail { "1" } else { "0" }
+        ))
+        .unwrap()
+        .spec
+    };
+    let labelled = {
+        let (docker, daemon_id) = (docker.clone(), daemon_id.clone());
+        move |app: String| {
+            let docker = docker.clone();
+            let daemon_id = daemon_id.clone();
+            async move {
+                let filters = std::collections::HashMap::from([(
+                    "label".to_string(),
+                    vec![
+                        format!("{}={app}", slipway_spec::labels::APP),
+                        format!("{}={daemon_id}", slipway_spec::labels::DAEMON),
+                    ],
+                )]);
+                let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let mut ids: Vec<String> = docker
+                    .list_images(Some(options))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|i| i.id)
+                    .collect();
+                ids.sort();
+                ids
+            }
+        }
+    };
+    // Old images are removed just after a deployment has ended: waits until the app's
+    // labelled images are `want`, and returns what they are then.
+    let settled = |app: String, want: Vec<String>| {
+        let labelled = labelled.clone();
+        async move {
+            let mut now = Vec::new();
+            for _ in 0..100 {
+                now = labelled(app.clone()).await;
+                if now == want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            now
+        }
+    };
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<String>>()
+    };
+    let image_of = |d: &Deployment| web(d).image.clone().unwrap().id;
+    let wait = |app: String, id: String| {
+        let engine = engine.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), engine.wait(&app, &id))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    // The layers a deployment's build committed, from its build log.
+    let layers = |id: String| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .store()
+                .read_log(&id, LogKind::Build, None, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .scan(false, |from_cache, l| {
+                    let line = l.line.trim().to_string();
+                    // A layer another build made, found in the cache, is not this build's.
+                    let id = line
+                        .strip_prefix("---> ")
+                        .filter(|id| id.len() == 12 && !*from_cache)
+                        .map(str::to_string);
+                    *from_cache = line == "---> Using cache";
+                    Some(id)
+                })
+                .flatten()
+                .collect::<Vec<String>>()
+        }
+    };
+
+    let (app, d) = engine.create_app(spec_with(false)).await.unwrap();
+    let d1 = wait(app.id.clone(), d.id.clone()).await;
+    assert_eq!(d1.phase, slipway_spec::Phase::Active);
+    let mut built_layers = layers(d1.id.clone()).await;
+    assert_eq!(labelled(app.id.clone()).await, vec![image_of(&d1)]);
+
+    // Two new versions whose instances never become ready: each deployment fails, after its
+    // image was built. The active deployment's image stays, and of the others only the newest.
+    let mut failed = Vec::new();
+    for v in ["v2", "v3"] {
+        repo.commit_version(v).unwrap();
+        let (_, d) = engine.update_app(&app.id, spec_with(true)).await.unwrap();
+        let d = wait(app.id.clone(), d.id.clone()).await;
+        assert_eq!(d.phase, slipway_spec::Phase::Error, "{v} is not ready");
+        built_layers.extend(layers(d.id.clone()).await);
+        failed.push(d);
+    }
+    let want = sorted(vec![&image_of(&d1), &image_of(&failed[1])]);
+    assert_eq!(
+        settled(app.id.clone(), want.clone()).await,
+        want,
+        "the active deployment's image and the newest one (retention 1)"
+    );
+
+    repo.commit_version("v4").unwrap();
+    let (_, d) = engine.update_app(&app.id, spec_with(false)).await.unwrap();
+    let d4 = wait(app.id.clone(), d.id.clone()).await;
+    assert_eq!(d4.phase, slipway_spec::Phase::Active);
+    built_layers.extend(layers(d4.id.clone()).await);
+    assert_eq!(
+        settled(app.id.clone(), vec![image_of(&d4)]).await,
+        vec![image_of(&d4)]
+    );
+
+    engine.delete_app(&app.id, true).await.unwrap();
+    assert_eq!(labelled(app.id.clone()).await, Vec::<String>::new());
+    // The intermediate images of its builds (untagged, without labels) went with them.
+    assert!(built_layers.len() >= 8, "{built_layers:?}");
+    for layer in &built_layers {
+        assert!(
+            docker.inspect_image(layer).await.is_err(),
+            "layer {layer} of a deleted app's build is still there"
+        );
+    }
+    engine.shutdown().await;
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use slipway_api::server::ServerConfig as ApiServerConfig;
-use slipway_engine::{Engine, EngineConfig, Publish, SwarmConfig};
+use slipway_engine::{BuildKeySecret, Engine, EngineConfig, Publish, SwarmConfig};
 use slipway_ingress::IngressConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -279,6 +279,7 @@ impl Daemon {
         let ingress_addr = ingress_listener.local_addr()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
+        config.build_key_secret = BuildKeySecret::load_or_create(&data_dir.join("build.key"))?;
         config.git_credentials = git_credentials;
         config.git_ca_cert = args.git_ca_cert.clone();
         config.allow_local_sources = args.allow_local_sources;
@@ -385,8 +386,14 @@ impl Daemon {
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            slipway_engine::QUIET_TARGETS.iter().fold(
+                tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                |filter, target| {
+                    filter
+                        .add_directive(format!("{target}=info").parse().expect("a valid directive"))
+                },
+            ),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -17,6 +17,7 @@ fn main() {
     match env::args().nth(1).as_deref() {
         Some("check") => process::exit(check()),
         Some("stamp") => process::exit(stamp(env::args().nth(2))),
+        Some("has-env") => process::exit(has_env(env::args().nth(2))),
         _ => {}
     }
     let role = env::var("ROLE").unwrap_or_else(|_| "web".into());
@@ -97,6 +98,21 @@ fn stamp(file: Option<String>) -> i32 {
             eprintln!("cannot write {file}: {e}");
             1
         }
+    }
+}
+
+/// `hello has-env KEY`: exits 0 when KEY is set and not empty, 1 otherwise, without printing
+/// its value; a `RUN` step for images without a shell that needs a build argument.
+fn has_env(key: Option<String>) -> i32 {
+    let Some(key) = key else {
+        eprintln!("usage: hello has-env KEY");
+        return 2;
+    };
+    if env::var_os(&key).is_some_and(|v| !v.is_empty()) {
+        0
+    } else {
+        eprintln!("{key} is not set");
+        1
     }
 }
 
