@@ -48,6 +48,8 @@ fn serve(prelude: &str, data: &Path, log: &Path, extra: &[&str]) -> Result<Serve
             &format!("127.0.0.1:{port}"),
             "--ingress",
             &format!("127.0.0.1:{ingress_port}"),
+            // The test's repositories are bare repositories in temp dirs.
+            "--allow-local-sources",
             "--data-dir",
         ])
         .arg(data)
