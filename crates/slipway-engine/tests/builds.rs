@@ -701,6 +701,7 @@ async fn images_beyond_retention_and_of_deleted_apps_are_removed() {
     let mut config = EngineConfig::new(data.path());
     config.daemon_id = daemon_id.clone();
     config.image_retention = 1;
+    config.allow_local_sources = true;
     config.worker_min_ready = Duration::from_millis(300);
     let engine = Engine::start(config, docker.clone()).await.unwrap();
     let repo = HelloRepo::new("v1").unwrap();
