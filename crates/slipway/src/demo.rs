@@ -67,6 +67,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         registry: None,
         publish_on: crate::serve::PublishArg::Gateway,
         ingress_pipeline_depth: slipway_ingress::IngressConfig::default().pipeline_depth as u16,
+        log_buffer_bytes: slipway_engine::EngineConfig::new(data.path()).log_buffer_bytes,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;
