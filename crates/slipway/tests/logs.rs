@@ -93,13 +93,13 @@ fn follow(url: String, stop: Arc<AtomicBool>, start: Instant) -> Seen {
         }
         seen.lines += 1;
         seen.last_line_at = start.elapsed().as_secs_f64();
-        if line.starts_with("... ") {
+        if let Some(marker) = line.strip_prefix("... ") {
             assert!(
                 line.contains("skipped: the reader was too slow ..."),
                 "{line}"
             );
             seen.skip_markers += 1;
-            seen.skipped += line[4..]
+            seen.skipped += marker
                 .split(' ')
                 .next()
                 .and_then(|n| n.parse::<u64>().ok())
