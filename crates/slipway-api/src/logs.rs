@@ -246,13 +246,13 @@ pub(crate) async fn historic(
                 .collect::<String>()
         }
         None => {
-            let lines: Vec<String> = state
+            // Streamed from Docker as it is read: a long log is never held here whole.
+            let chunks = state
                 .engine
                 .run_logs(&record.id, component, false, q.tail)
                 .await?
-                .collect()
-                .await;
-            lines.into_iter().map(|l| l + "\n").collect()
+                .map(Ok::<_, Infallible>);
+            return Ok(text_response(Body::from_stream(chunks)));
         }
     };
     Ok(text_response(Body::from(text)))
@@ -275,7 +275,7 @@ pub(crate) async fn live(
             .engine
             .run_logs(&record.id, component.as_deref(), true, q.tail.or(Some(100)))
             .await?
-            .map(|l| Ok::<_, Infallible>(l + "\n"));
+            .map(Ok::<_, Infallible>);
         return Ok(text_response(Body::from_stream(stream)));
     };
     let engine = state.engine.clone();

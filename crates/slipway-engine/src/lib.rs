@@ -23,6 +23,7 @@ mod error;
 mod liveness;
 mod reconcile;
 mod run;
+pub mod runlog;
 mod secrets;
 mod swarm;
 mod templates;
@@ -95,6 +96,10 @@ pub struct EngineConfig {
     /// The key of the build keys on image labels (HMAC-SHA256): the daemon keeps it in the
     /// data directory (`build.key`); [`EngineConfig::new`] makes a random one.
     pub build_key_secret: BuildKeySecret,
+    /// The most bytes of each followed instance's RUN log held in memory for its followers
+    /// (at least [`runlog::MIN_BUFFER_BYTES`]); a follower that falls further behind skips
+    /// lines, with a line saying so. See [`runlog`].
+    pub log_buffer_bytes: usize,
 }
 
 impl EngineConfig {
@@ -115,6 +120,7 @@ impl EngineConfig {
             swarm: None,
             publish: Publish::default(),
             build_key_secret: BuildKeySecret::random(),
+            log_buffer_bytes: 1 << 20,
         }
     }
 }
@@ -178,6 +184,8 @@ struct Inner {
     secrets: secrets::Secrets,
     ingress: Arc<Ingress>,
     slots: Mutex<HashMap<String, Arc<AppSlot>>>,
+    /// The RUN logs being followed.
+    taps: runlog::Taps,
     updates: broadcast::Sender<DeploymentUpdate>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -275,6 +283,7 @@ impl Engine {
                 swarm,
                 ingress,
                 secrets,
+                taps: runlog::Taps::new(config.log_buffer_bytes),
                 config,
                 store,
                 builder,
@@ -913,8 +922,11 @@ impl Engine {
     }
 
     /// The RUN log of an app: what its service, worker and job containers write, each line
-    /// prefixed with its instance, merged in time order. With `follow`, it goes on with what
-    /// they write next until the stream is dropped.
+    /// prefixed with its instance, as chunks of whole lines (each ending with `\n`): without
+    /// `follow`, Docker's log of each instance (its last `tail` lines, or all) merged in time
+    /// order as it is read; with `follow`, the last `tail` lines each instance's buffer holds
+    /// (default none), then what they write next, until the stream is dropped, a slow reader
+    /// skipping lines with a line saying so (see [`runlog`]).
     pub async fn run_logs(
         &self,
         app_id: &str,
@@ -937,26 +949,28 @@ impl Engine {
             })
             .map(|(_, _, i)| i)
             .collect();
-        let format = |r: slipway_rollout::LogRecord| format!("{} {}", r.instance, r.line);
         if follow {
             let streams: Vec<_> = instances
                 .iter()
-                .map(|i| self.inner.runtime.log_records(i, true, tail))
+                .map(|i| {
+                    self.inner
+                        .taps
+                        .follow(&self.inner.runtime, i, tail.unwrap_or(0))
+                })
                 .collect();
-            return Ok(futures::stream::select_all(streams).map(format).boxed());
+            return Ok(futures::stream::select_all(streams).boxed());
         }
-        let mut records = Vec::new();
-        for i in &instances {
-            records.extend(
+        let streams: Vec<_> = instances
+            .iter()
+            .map(|i| {
                 self.inner
                     .runtime
                     .log_records(i, false, tail)
-                    .collect::<Vec<_>>()
-                    .await,
-            );
-        }
-        records.sort_by(|a, b| a.at.cmp(&b.at));
-        Ok(futures::stream::iter(records.into_iter().map(format)).boxed())
+                    .map(|r| (r.at.clone(), runlog::format_record(&r)))
+                    .boxed()
+            })
+            .collect();
+        Ok(runlog::chunked(runlog::merge_by_time(streams)))
     }
 
     /// Saves a new deployment and starts its task.

@@ -21,6 +21,14 @@ use tracing::Instrument;
 use crate::Engine;
 use crate::templates::{self, daemon_labels};
 
+/// The most bytes of one component's build output a deployment's BUILD log keeps (its first
+/// ones): the store is not a place for a build that prints without end.
+const BUILD_LOG_BYTES: usize = 16 << 20;
+
+/// The most lines of build output waiting to be saved; a build that writes faster than the
+/// store saves has the lines beyond dropped, and counted in a line of the log.
+const BUILD_LOG_QUEUE: usize = 8192;
+
 /// Why a deployment stopped: where in the step tree, a code and one sentence.
 #[derive(Debug)]
 struct Failure {
@@ -658,7 +666,9 @@ impl Run {
                     )],
                 )
                 .await;
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                // Bounded on both sides: lines wait here at most BUILD_LOG_QUEUE deep (more
+                // are dropped and counted), and the store keeps at most BUILD_LOG_BYTES.
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(BUILD_LOG_QUEUE);
                 let store = inner.store.clone();
                 let (dep_id, component) = (d.id.clone(), c.name.to_string());
                 let writer = tokio::spawn(async move {
@@ -673,14 +683,36 @@ impl Run {
                         }
                     }
                 });
+                let (mut kept_bytes, mut over, mut too_fast) = (0usize, 0u64, 0u64);
                 let built = inner
                     .builder
                     .build(spec, &self.cancel, |line| {
-                        let _ = tx.send(line.to_string());
+                        if kept_bytes + line.len() > BUILD_LOG_BYTES {
+                            over += 1;
+                        } else if tx.try_send(line.to_string()).is_ok() {
+                            kept_bytes += line.len();
+                        } else {
+                            too_fast += 1;
+                        }
                     })
                     .await;
                 drop(tx);
                 let _ = writer.await;
+                let mut dropped = Vec::new();
+                if too_fast > 0 {
+                    dropped.push(format!(
+                        "... {too_fast} lines of the build's output not kept: it wrote them faster than they could be saved ..."
+                    ));
+                }
+                if over > 0 {
+                    dropped.push(format!(
+                        "... {over} lines of the build's output not kept: the BUILD log keeps its first {} MiB ...",
+                        BUILD_LOG_BYTES >> 20
+                    ));
+                }
+                if !dropped.is_empty() {
+                    self.log(LogKind::Build, c.name, dropped).await;
+                }
                 let built = built.map_err(|e| match e {
                     slipway_build::BuildError::Canceled { .. } => Failure::canceled(&path),
                     e => fail("BuildFailed", error_chain(&e)),

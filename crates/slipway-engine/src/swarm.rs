@@ -258,8 +258,8 @@ impl SwarmMode {
 
 impl Engine {
     /// The RUN log of an app on a swarm: what the tasks of its services and workers write, on
-    /// every node, each line prefixed with its component, merged in time order (with
-    /// `follow`, as it comes).
+    /// every node, each line prefixed with its component, merged in time order as it is read
+    /// (with `follow`, as it comes), as chunks of whole lines.
     pub(crate) async fn run_logs_on_swarm(
         &self,
         mode: &SwarmMode,
@@ -289,16 +289,16 @@ impl Engine {
                     .map(move |(at, line)| (at, format!("{c} {line}")))
             })
             .collect();
-        let format = |(_, line): (String, String)| line;
         if follow {
-            return Ok(futures::stream::select_all(streams).map(format).boxed());
+            // Each follower has Docker's stream of its own, read only as fast as its
+            // connection takes it (nothing is queued for it here).
+            let lines = futures::stream::select_all(streams).map(|(_, line)| line);
+            return Ok(crate::runlog::chunked(lines.boxed()));
         }
-        let mut lines = Vec::new();
-        for s in streams {
-            lines.extend(s.collect::<Vec<_>>().await);
-        }
-        lines.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(futures::stream::iter(lines.into_iter().map(format)).boxed())
+        let streams = streams.into_iter().map(StreamExt::boxed).collect();
+        Ok(crate::runlog::chunked(crate::runlog::merge_by_time(
+            streams,
+        )))
     }
 
     /// Converges an app's Swarm services to its active deployment: a service that is missing

@@ -80,6 +80,10 @@ fn is_status(e: &DockerError, codes: &[u16]) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
 
+/// The most bytes of a job's output [`DockerRuntime::run_job`] returns (its last ones): what
+/// a deployment's DEPLOY log keeps of it.
+pub const JOB_OUTPUT_BYTES: usize = 1 << 20;
+
 /// One line a container wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
@@ -487,7 +491,7 @@ impl DockerRuntime {
                 return Err(RuntimeError::Other(format!("job {} was canceled", spec.component)));
             }
         };
-        let output = self.logs(&instance.id, None).await;
+        let output = self.last_output(&instance.id, JOB_OUTPUT_BYTES).await;
         Ok(JobOutcome {
             container_id: instance.id,
             container_name: instance.name,
@@ -509,6 +513,40 @@ impl DockerRuntime {
         while let Some(Ok(chunk)) = stream.next().await {
             out.push_str(&chunk.to_string());
         }
+        out
+    }
+
+    /// A container's stdout and stderr, its last `max_bytes` at most (whole writes), after a
+    /// line saying how many earlier ones were left out, if any: read as it comes, so that a
+    /// container that printed without end costs no more than `max_bytes` here.
+    pub async fn last_output(&self, id: &str, max_bytes: usize) -> String {
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("all")
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let (mut bytes, mut left_out) = (0usize, 0u64);
+        while let Some(Ok(chunk)) = stream.next().await {
+            let text = chunk.to_string();
+            bytes += text.len();
+            kept.push_back(text);
+            while bytes > max_bytes && kept.len() > 1 {
+                if let Some(old) = kept.pop_front() {
+                    bytes -= old.len();
+                    left_out += 1;
+                }
+            }
+        }
+        let mut out = String::with_capacity(bytes + 100);
+        if left_out > 0 {
+            out.push_str(&format!(
+                "... {left_out} earlier lines not kept: only the last {} KiB of the output are ...\n",
+                max_bytes >> 10
+            ));
+        }
+        out.extend(kept);
         out
     }
 
@@ -551,6 +589,45 @@ impl DockerRuntime {
                             .collect::<Vec<_>>(),
                     ))
                 }
+            })
+            .flatten()
+            .boxed()
+    }
+
+    /// A container's log as lines of text, each prefixed with the instance's name and a
+    /// space (what a RUN log shows): [`DockerRuntime::log_records`] without the timestamps,
+    /// for a reader that keeps up with a busy container.
+    pub fn log_lines(
+        &self,
+        instance: &Instance,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> futures::stream::BoxStream<'static, String> {
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        let name = instance.name.clone();
+        self.docker
+            .logs(&instance.id, Some(options))
+            .filter_map(move |chunk| {
+                let lines = chunk.ok().map(|chunk| {
+                    let bytes = chunk.into_bytes();
+                    String::from_utf8_lossy(&bytes)
+                        .lines()
+                        .map(|l| {
+                            let mut line = String::with_capacity(name.len() + 1 + l.len());
+                            line.push_str(&name);
+                            line.push(' ');
+                            line.push_str(l);
+                            line
+                        })
+                        .collect::<Vec<_>>()
+                });
+                futures::future::ready(lines.map(futures::stream::iter))
             })
             .flatten()
             .boxed()

@@ -26,7 +26,7 @@ mod runtime;
 #[cfg(test)]
 mod fake;
 
-pub use docker::{DockerRuntime, JobOutcome, LogRecord, Publish, connect};
+pub use docker::{DockerRuntime, JOB_OUTPUT_BYTES, JobOutcome, LogRecord, Publish, connect};
 pub use execute::{ComponentPlan, Event, NoTraffic, Observer, RolloutError, roll};
 pub use plan::Bounds;
 pub use readiness::{NotReady, Readiness};

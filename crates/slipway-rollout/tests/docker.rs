@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use slipway_rollout::{
-    Bounds, ComponentPlan, DockerRuntime, Instance, InstanceSpec, NoTraffic, Probe, ProbeResult,
-    Publish, Readiness, Runtime, roll,
+    Bounds, ComponentPlan, DockerRuntime, Instance, InstanceSpec, JOB_OUTPUT_BYTES, NoTraffic,
+    Probe, ProbeResult, Publish, Readiness, Runtime, roll,
 };
 use slipway_spec::labels;
 use slipway_testkit::{Janitor, build_hello_image, unique};
@@ -334,4 +334,42 @@ async fn a_three_instance_rollout_keeps_its_bounds_as_docker_sees_them() {
     let now = env.rt.list(&[(labels::APP, &env.app_id)]).await.unwrap();
     assert_eq!(now.len(), 3, "the failed instance is gone");
     assert!(now.iter().all(|i| old.iter().any(|o| o.id == i.id)));
+}
+
+/// A job that prints far more than a DEPLOY log keeps (about 10 MB a second for 2 s): its
+/// outcome holds only the last `JOB_OUTPUT_BYTES` of its output, after a line saying how many
+/// lines were left out, and the daemon never held the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_jobs_output_is_kept_to_its_last_mebibyte() {
+    let Some(env) = env().await else { return };
+    let mut spec = env.spec(&[
+        ("ROLE", "job"),
+        ("JOB_DURATION_MS", "2000"),
+        ("LOG_BYTES_PER_SEC", "10000000"),
+    ]);
+    spec.component = "migrate".into();
+    spec.kind = Some(slipway_spec::ComponentKind::Job);
+    spec.ports = Vec::new();
+    let outcome = env
+        .rt
+        .run_job(&spec, Duration::from_secs(60), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    let output = &outcome.output;
+    assert!(
+        output.len() <= JOB_OUTPUT_BYTES + 200,
+        "{} bytes of output kept",
+        output.len()
+    );
+    let first = output.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("... ")
+            && first.contains(" earlier lines not kept: only the last 1024 KiB"),
+        "{first}"
+    );
+    assert!(
+        output.contains("job done, exit code 0"),
+        "its own last lines are kept"
+    );
 }

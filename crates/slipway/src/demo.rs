@@ -79,6 +79,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .idle_timeout
             .as_secs(),
         log_url_seconds: slipway_api::SIGNED_URL_SECONDS as u64,
+        log_buffer_bytes: slipway_engine::EngineConfig::new(data.path()).log_buffer_bytes,
     };
     say("Starting an embedded daemon on a temporary data directory");
     let daemon = Daemon::start(&serve, Some(daemon_id)).await?;

@@ -148,6 +148,16 @@ pub(crate) struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=604_800),
     )]
     pub log_url_seconds: u64,
+    /// The most bytes of each followed instance's RUN log kept in memory for its followers
+    /// (the live log URL, `slipway apps logs --follow`, the panel): a follower that falls
+    /// further behind skips lines and reads a line saying how many. At least 65536.
+    #[arg(
+        long,
+        env = "SLIPWAY_LOG_BUFFER_BYTES",
+        default_value_t = 1 << 20,
+        value_parser = log_buffer_bytes,
+    )]
+    pub log_buffer_bytes: usize,
 }
 
 impl ServeArgs {
@@ -158,6 +168,19 @@ impl ServeArgs {
             idle_timeout: Duration::from_secs(self.api_idle_timeout_seconds),
         }
     }
+}
+
+fn log_buffer_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a number of bytes"))?;
+    if n < slipway_engine::runlog::MIN_BUFFER_BYTES {
+        return Err(format!(
+            "{n} is too small: at least {} bytes, so that Docker's longest lines (16 KiB) fit",
+            slipway_engine::runlog::MIN_BUFFER_BYTES
+        ));
+    }
+    Ok(n)
 }
 
 /// Where instance ports are published.
@@ -284,6 +307,7 @@ impl Daemon {
         config.git_ca_cert = args.git_ca_cert.clone();
         config.allow_local_sources = args.allow_local_sources;
         config.publish = args.publish_on.into();
+        config.log_buffer_bytes = args.log_buffer_bytes;
         config.ingress = IngressConfig {
             base_domain: args.base_domain.clone(),
             public_port: Some(ingress_addr.port()),

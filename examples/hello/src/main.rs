@@ -29,6 +29,13 @@ fn main() {
             process::exit(1);
         });
     }
+    if let Some(rate) = env::var("LOG_BYTES_PER_SEC")
+        .ok()
+        .and_then(|r| r.parse::<u64>().ok())
+        .filter(|r| *r > 0)
+    {
+        thread::spawn(move || flood(rate));
+    }
     match role.as_str() {
         "job" => {
             let code: i32 = env::var("JOB_EXIT_CODE")
@@ -124,6 +131,39 @@ fn idle(role: &str) -> ! {
         n += 1;
         if n.is_multiple_of(10) {
             println!("{role} still working ({n}s)");
+        }
+    }
+}
+
+/// Writes numbered lines of about 100 bytes to stdout at `rate` bytes a second
+/// (`LOG_BYTES_PER_SEC`): a chatty app, for the tests of how the daemon copes with its log.
+/// It writes through a descriptor of its own, not Rust's `Stdout`, whose lock it would
+/// otherwise hold nearly all the time and starve the program's own lines (and its exit, which
+/// flushes `Stdout`); each write is at most 4 KiB of whole lines, which a pipe keeps whole.
+fn flood(rate: u64) {
+    let mut out: Box<dyn Write> = match fs::OpenOptions::new().write(true).open("/proc/self/fd/1") {
+        Ok(f) => Box::new(f),
+        Err(_) => Box::new(std::io::stdout()),
+    };
+    let filler = "x".repeat(80);
+    let start = std::time::Instant::now();
+    let (mut n, mut written) = (0u64, 0u64);
+    let mut batch = String::with_capacity(4096);
+    loop {
+        // Sleep while ahead of the rate.
+        let due = rate.saturating_mul(start.elapsed().as_millis() as u64) / 1000;
+        if written > due {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        batch.clear();
+        for _ in 0..40 {
+            n += 1;
+            batch.push_str(&format!("flood {n:012} {filler}\n"));
+        }
+        written += batch.len() as u64;
+        if out.write_all(batch.as_bytes()).is_err() {
+            return;
         }
     }
 }

@@ -105,6 +105,11 @@ impl Daemon {
         self.child.take().expect("the daemon is running")
     }
 
+    /// The process ID of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
