@@ -6,10 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use slipway_ingress::{Ingress, IngressConfig};
-use slipway_spec::parse_spec;
-use tokio_util::sync::CancellationToken;
-
 use crate::cpu;
 use crate::load::{self, LoadReport, LoadSpec, Target};
 use crate::nginx;
@@ -142,8 +138,6 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
         anyhow::bail!("the app has no instance");
     };
     let own = own_address(bench, container).await;
-    let spec = web_spec(&name, &image_source(repository, tag), 1, 0);
-    let (one_at_a_time, _stop_it) = unpipelined_ingress(bench, &spec, *direct).await?;
     let (nginx, nginx_version) = match start_nginx(*direct).await {
         Ok((n, v)) => (Ok(n), v),
         Err(e) => (Err(format!("{e:#}")), String::new()),
@@ -162,11 +156,6 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
         Path::new(
             "through Slipway's ingress",
             Ok(Target::local(bench.ingress.port(), &bench.host(&name))),
-            Meter::BenchThreads,
-        ),
-        Path::new(
-            "through Slipway's ingress, one request at a time",
-            Ok(Target::local(one_at_a_time.port(), &bench.host(&name))),
             Meter::BenchThreads,
         ),
         Path::new(
@@ -194,29 +183,6 @@ async fn measure(bench: &Bench) -> anyhow::Result<(Vec<Path>, String)> {
     }
     result?;
     Ok((paths, nginx_version))
-}
-
-/// A second ingress, with pipelining off (`pipeline_depth: 1`), routing the app's host to
-/// `instance`: the ingress as it was before it pipelined, beside the engine's own.
-async fn unpipelined_ingress(
-    bench: &Bench,
-    spec: &str,
-    instance: SocketAddr,
-) -> anyhow::Result<(SocketAddr, tokio_util::sync::DropGuard)> {
-    let ingress = Ingress::new(IngressConfig {
-        pipeline_depth: 1,
-        ..bench.engine.ingress().config().clone()
-    });
-    let spec = parse_spec(spec)
-        .map_err(|e| anyhow::anyhow!("the bench's own spec: {e}"))?
-        .spec;
-    ingress.set_app("one-at-a-time", &spec);
-    ingress.add("one-at-a-time", "web", "instance", instance);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    tokio::spawn(slipway_ingress::serve(ingress, listener, stop.clone()));
-    Ok((addr, stop.drop_guard()))
 }
 
 /// The instance's port at the container's own address on Docker's bridge, past Docker's port
@@ -321,24 +287,21 @@ async fn rounds(
 
 fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Verdict>) {
     let s = &bench.settings;
-    let [direct, ingress, one_at_a_time, nginx, own] = paths else {
-        unreachable!("five paths are measured")
+    let [direct, ingress, nginx, own] = paths else {
+        unreachable!("four paths are measured")
     };
     let mut sec = Section::new("2b. What the ingress costs");
     sec.text(format!(
         "First a heavy load: {c} clients, each on its own kept-alive HTTP/1.1 connection, send \
          `GET /` one after \
          another for {d} s to one instance of the example app, {r} round(s), each round \
-         loading the five paths one after another in a rotating order (each load's first \
+         loading the four paths one after another in a rotating order (each load's first \
          {w} ms, while it connects, is not recorded; each is bounded at {maxr} requests): \
          **direct** — the instance's port as Slipway publishes it, on its app network's \
          gateway ({direct_addr}), which Docker's NAT rules forward to the container; \
          **Slipway's ingress** — `slipway_ingress::serve` on 127.0.0.1 routing by `Host` to \
-         that same published port, pipelining plain GETs on its connections to the instance \
-         once each of its threads has {pc} busy (at most {depth} requests outstanding on one); \
-         **Slipway's ingress, one request at a time** — a second ingress in the same process \
-         with pipelining off (`pipeline_depth: 1`), so that every request has a connection \
-         to the instance to itself, as nginx's do; **nginx** {nv}— Debian's \
+         that same published port, each client connection with connections of its own to the \
+         instance, kept alive, that carry one request at a time; **nginx** {nv}— Debian's \
          package, 2 worker processes, `proxy_pass` to the same port through an upstream with \
          `keepalive 64`, `proxy_http_version 1.1` and an empty `Connection` header, no access \
          log; **the container's own address** — the same instance at its address on the app's \
@@ -361,8 +324,6 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
             .map(|t| t.addr.to_string())
             .unwrap_or_default(),
         d = s.proxy_duration.as_secs(),
-        pc = slipway_ingress::PIPELINE_CONNECTIONS,
-        depth = IngressConfig::default().pipeline_depth,
         r = s.proxy_rounds,
         cores = cpu::cores(),
         w = WARM_UP.as_millis(),
@@ -433,45 +394,43 @@ fn write(bench: &Bench, paths: &[Path], nginx_version: &str) -> (Section, Vec<Ve
         share * 100.0,
         if added_met { "met" } else { "missed" },
     ));
-    if nginx.measured() && one_at_a_time.measured() {
+    if nginx.measured() {
         // What one request costs the whole machine on each path: its cores over the requests
         // it answered per second.
         let cores = cpu::cores() as f64;
         let machine = |p: &Path| cores * 1e6 / p.throughput();
         let direct_cost = machine(direct);
         let added = |p: &Path| machine(p) - direct_cost;
+        let needed = direct_cost * (1.0 / MIN_SHARE - 1.0);
+        let within = match (added(ingress) < needed, added(nginx) < needed) {
+            (true, true) => "both do",
+            (true, false) => "the ingress does, nginx does not",
+            (false, true) => "nginx does, the ingress does not",
+            (false, false) => "neither does",
+        };
         sec.text(format!(
             "Under the heavy load the machine is bound by CPU: the load generator, the proxy \
              and the app share {cores:.0} cores, so a proxy keeps D / (D + A) of the direct \
              throughput, where D is what a request costs the machine directly and A what the \
              proxy adds to it. Directly a request costs about {direct_cost:.0} µs of CPU \
-             ({cores:.0} cores over {direct_rps:.0} req/s); through nginx {cn:.0} µs \
-             ({an:+.0}); through the ingress one request at a time {co:.0} µs ({ao:+.0}). A proxy \
-             that gives every request a connection of its own to the instance adds a second \
-             connection's kernel work to each request (two more sends and two more receives) \
-             and the switches to and from one more process: keeping {goal:.0}% that way \
-             would take a proxy that adds under {needed:.0} µs in all, and neither does. \
-             Through the pipelining ingress a request costs {ci:.0} µs ({ai:+.0}): several \
-             requests go to the instance in one send and its answers come back in one \
-             receive, so the second connection's kernel work is shared by the requests of a \
-             batch, and the instance, which reads and answers them together, spends less on \
-             each than when every client has a connection to it. The ingress's own threads \
-             spend {pi:.1} µs per request pipelining and {po:.1} µs one at a time, nginx's \
-             processes {pn:.1} µs; that includes kernel work the direct path does too, \
-             elsewhere (delivering each request to the app through Docker's NAT rules is done \
-             by whoever writes it: the load generator directly, the proxy otherwise).",
+             ({cores:.0} cores over {direct_rps:.0} req/s); through the ingress {ci:.0} µs \
+             ({ai:+.0}); through nginx {cn:.0} µs ({an:+.0}). Both give every request a \
+             connection to the instance to itself while it is answered, so each adds a second \
+             connection's kernel work to every request (two more sends and two more receives) \
+             and the switches to and from the proxy's own threads: keeping {goal:.0}% that way \
+             would take a proxy that adds under {needed:.0} µs in all, and {within}. The \
+             ingress's own threads spend {pi:.1} µs per request, nginx's processes {pn:.1} µs; \
+             that includes kernel work the direct path does too, elsewhere (delivering each \
+             request to the app through Docker's NAT rules is done by whoever writes it: the \
+             load generator directly, the proxy otherwise).",
             direct_rps = direct.throughput(),
             ci = machine(ingress),
             ai = added(ingress),
-            co = machine(one_at_a_time),
-            ao = added(one_at_a_time),
             cn = machine(nginx),
             an = added(nginx),
             pi = ingress.cpu_per_request_us(),
-            po = one_at_a_time.cpu_per_request_us(),
             pn = nginx.cpu_per_request_us(),
             goal = MIN_SHARE * 100.0,
-            needed = direct_cost * (1.0 / MIN_SHARE - 1.0),
         ));
         if own.measured() {
             let own_cost = machine(own);
