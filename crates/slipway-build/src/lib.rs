@@ -63,11 +63,13 @@ pub enum BuildError {
 }
 
 /// Whether the builder failed because a layer it had taken from the cache is no longer
-/// there. Docker names the layer by its ID ("No such image: sha256:..."), or, when it goes
-/// while being read, says the layer's file is missing. A missing base image is named by its
+/// there. Docker names the layer by its ID ("No such image: sha256:...", or "unknown parent
+/// image ID sha256:..." when it goes before a step's result is committed on it), or, when it
+/// goes while being read, says the layer's file is missing. A missing base image is named by its
 /// reference instead, and is not such a failure.
 fn cached_layer_vanished(message: &str) -> bool {
     message.contains("No such image: sha256:")
+        || message.contains("unknown parent image ID sha256:")
         || (message.contains("failed to get digest sha256:")
             && message.contains("no such file or directory"))
 }
@@ -646,6 +648,10 @@ mod tests {
             "failed to get destination image \"{id}\": No such image: {id}"
         )));
         assert!(cached_layer_vanished(&format!("No such image: {id}")));
+        // And when the layer a step's result is committed on top of goes before the commit.
+        assert!(cached_layer_vanished(&format!(
+            "failed to export image: failed to set parent {id}: unknown parent image ID {id}"
+        )));
         assert!(cached_layer_vanished(&format!(
             "failed to get digest {id}: open /var/lib/docker/image/overlay2/imagedb/content/{}: no such file or directory",
             id.replace(':', "/")

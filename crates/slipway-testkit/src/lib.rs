@@ -290,15 +290,48 @@ pub async fn build_hello_image_with(
         .labels(&labels)
         .build();
     use futures::StreamExt;
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(body.into())));
-    while let Some(item) = stream.next().await {
-        item.map_err(|e| FixtureError::Build(e.to_string()))?;
+    // Tests build and delete images at once on one engine: a cached layer this build takes
+    // can be removed under it by another test's clean-up, which Docker reports by the layer's
+    // ID. Then the build runs again (as the engine's builder does), a few times at most.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut stream = docker.build_image(
+            options.clone(),
+            None,
+            Some(bollard::body_full(body.clone().into())),
+        );
+        let mut failed = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        failed = Some(detail);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => break,
+            Some(message) if attempts < 3 && cached_layer_vanished(&message) => continue,
+            Some(message) => return Err(FixtureError::Build(message)),
+        }
     }
     let inspect = docker
         .inspect_image(tag)
         .await
         .map_err(|e| FixtureError::Build(e.to_string()))?;
     Ok(inspect.id.unwrap_or_default())
+}
+
+/// Whether a build failed because a layer it took from the cache was removed while it ran.
+fn cached_layer_vanished(message: &str) -> bool {
+    message.contains("No such image: sha256:") || message.contains("unknown parent image ID")
 }
 
 /// Removes, when dropped, every container, network, volume and image labelled
