@@ -16,6 +16,7 @@
 //!
 //! Everything serialized here uses `BTreeMap` or `Vec`, so output order is stable.
 
+mod code;
 mod model;
 mod parse;
 mod spec;
@@ -23,9 +24,10 @@ mod spec;
 pub mod labels;
 pub mod remote;
 
+pub use code::FailureCode;
 pub use model::{
-    App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentKind, Phase, Progress,
-    Step, StepReason, StepStatus, new_id, now,
+    App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentError, DeploymentKind,
+    Phase, Progress, Step, StepReason, StepStatus, new_id, now,
 };
 pub use parse::{
     ALLOW_LOCAL_SOURCES_FLAG, ParsedSpec, Problem, SpecError, check_local_sources, component_kind,

@@ -404,6 +404,17 @@ pub struct Deployment {
     /// Slipway's addition: when the deployment reached its final phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
+    /// Slipway's addition: why a deployment ended in ERROR or CANCELED, as a stable code and
+    /// one sentence (the failing step's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<DeploymentError>,
+}
+
+/// Why a deployment failed: a stable [`FailureCode`] and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentError {
+    pub code: crate::FailureCode,
+    pub message: String,
 }
 
 impl Deployment {
@@ -427,6 +438,7 @@ impl Deployment {
             clear_build_cache: false,
             restart_components: Vec::new(),
             ended_at: None,
+            error: None,
         }
     }
 
