@@ -65,7 +65,8 @@ impl From<EngineError> for ApiError {
             | EngineError::NotRestartable { .. }
             | EngineError::NothingToRestart { .. }
             | EngineError::AlreadyEnded { .. } => ApiError::unprocessable(e.to_string()),
-            EngineError::Store(slipway_store::StoreError::NameTaken(_)) => {
+            EngineError::Store(slipway_store::StoreError::NameTaken(_))
+            | EngineError::CancelRefused { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             EngineError::Store(slipway_store::StoreError::Full) => ApiError::new(

@@ -21,6 +21,9 @@ pub enum EngineError {
     NothingToRestart { app: String },
     #[error("deployment {id} has already ended ({phase})")]
     AlreadyEnded { id: String, phase: Phase },
+    /// A cancel that came too late: the deployment is committing its switch-over.
+    #[error("deployment {id} can no longer be canceled: {reason}")]
+    CancelRefused { id: String, reason: String },
     #[error(
         "a SECRET env cannot be decrypted: the data directory's secret.key is not the one it was sealed with"
     )]

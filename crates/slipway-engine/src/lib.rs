@@ -20,6 +20,7 @@
 
 mod build_key;
 mod error;
+mod lifecycle;
 mod liveness;
 mod reconcile;
 mod run;
@@ -204,7 +205,8 @@ struct AppSlot {
     /// several threads, and a newer deployment must never run before an older one.
     serving: tokio::sync::watch::Sender<u64>,
     running: Mutex<Option<String>>,
-    cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// The cancel and commit of each deployment not yet ended.
+    controls: Mutex<HashMap<String, Arc<lifecycle::Control>>>,
 }
 
 impl Default for AppSlot {
@@ -214,7 +216,7 @@ impl Default for AppSlot {
             tickets: std::sync::atomic::AtomicU64::new(0),
             serving: tokio::sync::watch::Sender::new(0),
             running: Mutex::new(None),
-            cancels: Mutex::new(HashMap::new()),
+            controls: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -423,7 +425,6 @@ impl Engine {
         self.inner.updates.subscribe()
     }
 
-    /// Marks deployments a previous daemon left unfinished.
     /// Settles the deployments a previous daemon left unfinished. One whose every new instance
     /// had become ready is completed (it becomes ACTIVE); any other ends in ERROR and the
     /// containers it had started are removed. The reconciler then brings every app back to
@@ -440,39 +441,12 @@ impl Engine {
             ])
             .await?;
         for mut d in open {
-            let at = now();
-            let running: Vec<String> = d.progress.running_path();
-            let was = if running.is_empty() {
-                d.phase.to_string()
-            } else {
-                running.join("/")
-            };
-            if reconcile::proven(&d) {
+            if run::settle_interrupted(&mut d) == run::Settled::Completed {
                 tracing::warn!(deployment.id = %d.id, app = %d.app_id, "completing a deployment the daemon stopped after its new version was ready");
-                d.progress.push(
-                    &[],
-                    slipway_spec::Step::new("recovered").message(format!(
-                        "the daemon stopped during {was}, after every new instance was ready: the rollout was completed when it started again"
-                    )),
-                );
-                d.progress.succeed(&["recovered"], at);
-                d.progress.succeed_finished(at);
                 self.inner.store.activate(&d).await?;
                 continue;
             }
             tracing::warn!(deployment.id = %d.id, app = %d.app_id, "rolling back a deployment the daemon stopped");
-            let message = format!(
-                "the daemon stopped during {was}: the previous version was restored when it started again"
-            );
-            let path: Vec<&str> = running.iter().map(String::as_str).collect();
-            if path.is_empty() {
-                d.progress.push(&[], slipway_spec::Step::new("interrupted"));
-                d.progress
-                    .fail(&["interrupted"], at, "Interrupted", &message);
-            } else {
-                d.progress.fail(&path, at, "Interrupted", &message);
-            }
-            d.set_phase(Phase::Error);
             self.inner.store.save_deployment(&d).await?;
             if self.inner.swarm.is_some() {
                 // Swarm's services are returned to the active deployment by the reconciler.
@@ -725,8 +699,10 @@ impl Engine {
         self.enqueue(d).await
     }
 
-    /// Cancels a deployment that has not ended: a queued one never runs, a running one stops at
-    /// once and its new instances are removed; the previous version keeps serving.
+    /// Cancels a deployment that has not ended, as the cancel table in [`lifecycle`] says: a
+    /// queued one ends CANCELED at once; a running one stops, its new instances are removed and
+    /// the previous version keeps serving (this returns once it has ended); one whose
+    /// switch-over has begun committing is refused.
     pub async fn cancel(
         &self,
         app_id: &str,
@@ -734,43 +710,65 @@ impl Engine {
     ) -> Result<Deployment, EngineError> {
         let record = self.app(app_id).await?;
         let d = self.deployment(&record.id, deployment_id).await?;
+        let ended = |d: &Deployment| EngineError::AlreadyEnded {
+            id: d.id.clone(),
+            phase: d.phase,
+        };
         if d.phase.is_terminal() {
-            return Err(EngineError::AlreadyEnded {
-                id: d.id.clone(),
-                phase: d.phase,
-            });
+            return Err(ended(&d));
         }
-        let slot = self.slot(&record.id);
-        let token = slot
-            .cancels
+        let control = self
+            .slot(&record.id)
+            .controls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(deployment_id)
             .cloned();
-        let started = slot
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_deref()
-            == Some(deployment_id);
-        if !started {
-            // Still waiting for its turn: it ends now, and its task will find it ended.
-            let mut d = d;
-            d.progress.push(&[], slipway_spec::Step::new("canceled"));
-            d.progress.fail(
-                &["canceled"],
-                now(),
-                "Canceled",
-                "canceled before it started",
-            );
-            d.set_phase(Phase::Canceled);
-            self.inner.store.save_deployment(&d).await?;
-            let _ = self.inner.updates.send(DeploymentUpdate { deployment: d });
+        let Some(control) = control else {
+            // Its task has just ended: it is ended, or about to be.
+            let d = self.wait(&record.id, deployment_id).await?;
+            return Err(ended(&d));
+        };
+        let mut canceled = d.clone();
+        canceled
+            .progress
+            .push(&[], slipway_spec::Step::new("canceled"));
+        canceled.progress.fail(
+            &["canceled"],
+            now(),
+            slipway_spec::FailureCode::Canceled.as_str(),
+            "canceled before it started",
+        );
+        canceled.error = Some(slipway_spec::DeploymentError {
+            code: slipway_spec::FailureCode::Canceled,
+            message: "canceled before it started".into(),
+        });
+        let to = lifecycle::next(d.phase, lifecycle::Event::Cancel).map_err(|_| ended(&d))?;
+        canceled.set_phase(to);
+        let store = &self.inner.store;
+        let outcome = control
+            .cancel_queued(store.save_deployment(&canceled))
+            .await?;
+        match outcome {
+            Ok(lifecycle::Canceled::Queued) => {
+                self.announce(canceled.clone());
+                Ok(canceled)
+            }
+            Ok(lifecycle::Canceled::Running) => self.wait(&record.id, deployment_id).await,
+            Err(lifecycle::CancelRefused::Committing) => Err(EngineError::CancelRefused {
+                id: d.id.clone(),
+                reason: "every new instance is ready and the switch-over to them has begun committing; the deployment will end ACTIVE".into(),
+            }),
+            Err(lifecycle::CancelRefused::Ended) => {
+                let d = self.wait(&record.id, deployment_id).await?;
+                Err(ended(&d))
+            }
         }
-        if let Some(token) = token {
-            token.cancel();
-        }
-        self.wait(&record.id, deployment_id).await
+    }
+
+    /// Tells every watcher of a deployment's change: only ever after the change is saved.
+    pub(crate) fn announce(&self, deployment: Deployment) {
+        let _ = self.inner.updates.send(DeploymentUpdate { deployment });
     }
 
     pub async fn deployment(&self, app_id: &str, id: &str) -> Result<Deployment, EngineError> {
@@ -801,13 +799,13 @@ impl Engine {
     pub async fn delete_app(&self, id: &str, purge: bool) -> Result<String, EngineError> {
         let record = self.app(id).await?;
         let slot = self.slot(&record.id);
-        for token in slot
-            .cancels
+        for control in slot
+            .controls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            token.cancel();
+            control.token().cancel();
         }
         let _turn = slot.turn.lock().await;
         if let Some(mode) = &self.inner.swarm {
@@ -979,22 +977,20 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         self.inner.store.save_deployment(&d).await?;
-        let _ = self.inner.updates.send(DeploymentUpdate {
-            deployment: d.clone(),
-        });
-        let token = self.inner.shutdown.child_token();
+        self.announce(d.clone());
+        let control = Arc::new(lifecycle::Control::new(self.inner.shutdown.child_token()));
         let slot = self.slot(&d.app_id);
-        slot.cancels
+        slot.controls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(d.id.clone(), token.clone());
+            .insert(d.id.clone(), Arc::clone(&control));
         let ticket = slot
             .tickets
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let engine = self.clone();
         let (app_id, id) = (d.app_id.clone(), d.id.clone());
         self.inner.tasks.spawn(async move {
-            run::execute(engine, app_id, id, ticket, token).await;
+            run::execute(engine, app_id, id, ticket, control).await;
         });
         Ok(d)
     }

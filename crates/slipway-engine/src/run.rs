@@ -1,5 +1,9 @@
 //! Running one deployment through its phases.
 
+mod drive;
+pub(crate) use drive::{Settled, settle_interrupted};
+#[cfg(test)]
+mod faults;
 mod on_swarm;
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,7 +15,7 @@ use slipway_build::BuildSpec;
 use slipway_rollout::{ComponentPlan, Event, Instance, InstanceSpec, Observer, RolloutError, roll};
 use slipway_spec::{
     ComponentImage, ComponentKind, ComponentRef, Deployment, DeploymentComponent, DeploymentKind,
-    EnvType, JobKind, Phase, Source, Step, StepStatus, error_chain, labels, now,
+    EnvType, FailureCode, JobKind, Phase, Source, Step, StepStatus, error_chain, labels, now,
 };
 use slipway_store::LogKind;
 use tokio::sync::Mutex;
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Engine;
+use crate::lifecycle::{self, Control};
 use crate::templates::{self, daemon_labels};
 
 /// The most bytes of one component's build output a deployment's BUILD log keeps (its first
@@ -31,28 +36,32 @@ const BUILD_LOG_QUEUE: usize = 8192;
 
 /// Why a deployment stopped: where in the step tree, a code and one sentence.
 #[derive(Debug)]
-struct Failure {
-    path: Vec<String>,
-    code: &'static str,
-    message: String,
-    canceled: bool,
+pub(crate) struct Failure {
+    pub path: Vec<String>,
+    pub code: FailureCode,
+    pub message: String,
 }
 
 impl Failure {
-    fn new(path: &[&str], code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(path: &[&str], code: FailureCode, message: impl Into<String>) -> Self {
         Failure {
             path: path.iter().map(|s| s.to_string()).collect(),
             code,
             message: message.into(),
-            canceled: false,
         }
     }
 
-    fn canceled(path: &[&str]) -> Self {
-        Failure {
-            canceled: true,
-            ..Failure::new(path, "Canceled", "the deployment was canceled")
-        }
+    pub fn canceled(path: &[&str]) -> Self {
+        Failure::new(path, FailureCode::Canceled, "the deployment was canceled")
+    }
+
+    /// The store did not take the deployment's move to `phase`.
+    pub fn store(phase: Phase, why: &str) -> Self {
+        Failure::new(
+            &[],
+            FailureCode::StoreFailed,
+            format!("the store did not save the deployment as {phase}: {why}"),
+        )
     }
 }
 
@@ -85,12 +94,14 @@ impl Drop for NextInLine {
     }
 }
 
-/// One deployment being run: the engine, the deployment (saved on every change) and its
-/// cancellation.
+/// One deployment being run: the engine, the deployment (saved on every change), the version
+/// it replaces, and its cancel.
 struct Run {
     engine: Engine,
     app_name: String,
     dep: Mutex<Deployment>,
+    /// The active deployment when this one started (its SECRET values opened).
+    previous: std::sync::OnceLock<Option<Deployment>>,
     cancel: CancellationToken,
 }
 
@@ -101,17 +112,36 @@ pub(crate) async fn execute(
     app_id: String,
     id: String,
     ticket: u64,
-    cancel: CancellationToken,
+    control: Arc<Control>,
 ) {
     let slot = engine.slot(&app_id);
     let (_next, turn) = wait_in_line(&slot, ticket).await;
     let span = tracing::info_span!("deployment", deployment.id = %id, app = %app_id);
+    let cancel = control.token().clone();
     let result = async {
+        let started = control.start().await;
         let Some(d) = engine.inner.store.deployment(&app_id, &id).await? else {
             return Ok::<(), crate::EngineError>(());
         };
         if d.phase.is_terminal() {
             // Canceled while it waited.
+            return Ok(());
+        }
+        if !started {
+            // The engine is stopping: it never ran.
+            let mut d = d;
+            d.progress.push(&[], Step::new("canceled"));
+            d.progress.fail(
+                &["canceled"],
+                now(),
+                FailureCode::Canceled.as_str(),
+                "canceled before it started",
+            );
+            if let Ok(to) = lifecycle::next(d.phase, lifecycle::Event::Cancel) {
+                d.set_phase(to);
+                engine.inner.store.save_deployment(&d).await?;
+                engine.announce(d);
+            }
             return Ok(());
         }
         if let Some(newer) = newer_waiting(&engine, &d).await? {
@@ -123,12 +153,11 @@ pub(crate) async fn execute(
                 )),
             );
             d.progress.succeed(&["superseded"], now());
-            d.set_phase(Phase::Superseded);
-            engine.inner.store.save_deployment(&d).await?;
-            let _ = engine
-                .inner
-                .updates
-                .send(crate::DeploymentUpdate { deployment: d });
+            if let Ok(to) = lifecycle::next(d.phase, lifecycle::Event::Supersede) {
+                d.set_phase(to);
+                engine.inner.store.save_deployment(&d).await?;
+                engine.announce(d);
+            }
             return Ok(());
         }
         let app_name = engine
@@ -142,9 +171,10 @@ pub(crate) async fn execute(
             engine: engine.clone(),
             app_name,
             dep: Mutex::new(d),
+            previous: std::sync::OnceLock::new(),
             cancel: cancel.clone(),
         });
-        run.go().await;
+        drive::drive(&run, &control).await;
         Ok(())
     }
     .instrument(span)
@@ -152,8 +182,9 @@ pub(crate) async fn execute(
     if let Err(e) = result {
         tracing::error!(deployment.id = %id, error = %error_chain(&e), "deployment could not run");
     }
+    control.end().await;
     *slot.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    slot.cancels
+    slot.controls
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
@@ -180,22 +211,177 @@ async fn newer_waiting(
         .map(|other| other.id))
 }
 
+/// What a completed rollout changed, for returning to the previous version.
+enum Rolled {
+    /// Each component's plan and its new instances.
+    Docker(Vec<(ComponentPlan, Vec<Instance>)>),
+    /// Each component's service definition, and whether it was a restart (the same version).
+    Swarm(Vec<slipway_swarm::ServiceDef>, bool),
+}
+
+impl drive::Steps for Arc<Run> {
+    type Rolled = Rolled;
+
+    fn snapshot(&self) -> BoxFuture<'_, Deployment> {
+        Box::pin(async move { self.dep.lock().await.clone() })
+    }
+
+    fn write<'a>(
+        &'a self,
+        change: drive::Change<'a>,
+        keep: bool,
+    ) -> BoxFuture<'a, Result<(), drive::StoreFault>> {
+        Box::pin(async move {
+            let mut d = self.dep.lock().await;
+            let mut next = d.clone();
+            change(&mut next);
+            next.touch();
+            match self.engine.inner.store.save_deployment(&next).await {
+                Ok(()) => {
+                    *d = next;
+                    self.engine.announce(d.clone());
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(deployment.id = %d.id, error = %error_chain(&e), "saving the deployment failed");
+                    if keep {
+                        *d = next;
+                    }
+                    Err(drive::StoreFault::from_error(&e))
+                }
+            }
+        })
+    }
+
+    fn activate(&self) -> BoxFuture<'_, Result<(), drive::StoreFault>> {
+        Box::pin(async move {
+            let mut d = self.dep.lock().await;
+            let mut next = d.clone();
+            next.progress.succeed_finished(now());
+            let to = lifecycle::next(next.phase, lifecycle::Event::Activate)
+                .map_err(|r| drive::StoreFault(r.to_string()))?;
+            next.set_phase(to);
+            let superseded = self
+                .engine
+                .inner
+                .store
+                .activate(&next)
+                .await
+                .map_err(|e| drive::StoreFault::from_error(&e))?;
+            *d = next;
+            tracing::info!(deployment.id = %d.id, superseded = ?superseded, "deployment active");
+            self.engine.announce(d.clone());
+            if let Some(old) = superseded
+                && let Ok(Some(old)) = self.engine.inner.store.deployment(&d.app_id, &old).await
+            {
+                self.engine.announce(old);
+            }
+            Ok(())
+        })
+    }
+
+    fn begin(&self) -> BoxFuture<'_, Result<(), Failure>> {
+        Box::pin(async move {
+            let d = self.snapshot().await;
+            let previous = self
+                .engine
+                .inner
+                .store
+                .active_deployment(&d.app_id)
+                .await
+                .map_err(|e| Failure::new(&[], FailureCode::StoreFailed, error_chain(&e)))?
+                .filter(|p| p.id != d.id)
+                .map(|p| self.engine.opened(&p))
+                .transpose()
+                .map_err(|e| Failure::new(&[], FailureCode::SecretUnreadable, error_chain(&e)))?;
+            let _ = self.previous.set(previous);
+            let steps = step_tree(&d);
+            self.update(|d| d.progress = slipway_spec::Progress::new(steps))
+                .await;
+            Ok(())
+        })
+    }
+
+    fn build(&self) -> BoxFuture<'_, Result<(), Failure>> {
+        Box::pin(self.build_all())
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), Failure>> {
+        Box::pin(self.prepare_deploy())
+    }
+
+    fn roll_out(&self) -> BoxFuture<'_, Result<Rolled, Failure>> {
+        Box::pin(self.roll_out_all())
+    }
+
+    fn undo(&self, rolled: Rolled) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.undo_rollout(rolled))
+    }
+
+    fn post_deploy(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let kind = self.dep.lock().await.kind;
+            self.update(|d| d.progress.succeed(&["deploy"], now()))
+                .await;
+            if kind != DeploymentKind::Build {
+                return;
+            }
+            if let Err(f) = self.run_jobs(JobKind::PostDeploy, "post-deploy").await {
+                // The new version runs and stays: a POST_DEPLOY job's failure is reported, not
+                // rolled back.
+                tracing::warn!(message = %f.message, "post-deploy job failed");
+                self.update(|d| {
+                    let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
+                    d.progress.fail(&path, now(), f.code.as_str(), &f.message);
+                })
+                .await;
+            }
+        })
+    }
+
+    fn failed_deploy(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.run_jobs(JobKind::FailedDeploy, "failed-deploy")
+                .await
+                .ok();
+        })
+    }
+
+    fn settled(&self, active: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let d = self.snapshot().await;
+            if active {
+                self.engine.inner.ingress.set_app(&d.app_id, &d.spec);
+            }
+            // A failed deployment's image counts towards the retention as any other: the
+            // images it pushed out of it go now, not at the next success.
+            self.prune_images(&d.app_id).await;
+        })
+    }
+
+    fn backoff(&self, attempt: u32) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(drive::backoff_delay(attempt)) => true,
+                () = self.engine.inner.shutdown.cancelled() => false,
+            }
+        })
+    }
+}
+
 impl Run {
     fn daemon_id(&self) -> &str {
         &self.engine.inner.config.daemon_id
     }
 
-    /// Changes the deployment, saves it and tells the watchers.
-    async fn update(&self, f: impl FnOnce(&mut Deployment)) {
-        let mut d = self.dep.lock().await;
-        f(&mut d);
-        d.touch();
-        if let Err(e) = self.engine.inner.store.save_deployment(&d).await {
-            tracing::error!(deployment.id = %d.id, error = %error_chain(&e), "saving the deployment failed");
-        }
-        let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
-            deployment: d.clone(),
-        });
+    fn previous(&self) -> Option<&Deployment> {
+        self.previous.get().and_then(Option::as_ref)
+    }
+
+    /// Changes the deployment's steps, saves it and tells the watchers; a change the store
+    /// did not take is told with the next one it takes.
+    async fn update(self: &Arc<Self>, f: impl FnOnce(&mut Deployment) + Send) {
+        let _ = drive::Steps::write(self, Box::new(f), true).await;
     }
 
     async fn snapshot(&self) -> Deployment {
@@ -207,14 +393,10 @@ impl Run {
         let d = self.snapshot().await;
         self.engine
             .opened(&d)
-            .map_err(|e| Failure::new(&[], "SecretUnreadable", error_chain(&e)))
+            .map_err(|e| Failure::new(&[], FailureCode::SecretUnreadable, error_chain(&e)))
     }
 
-    async fn phase(&self, phase: Phase) {
-        self.update(|d| d.set_phase(phase)).await;
-    }
-
-    async fn start_step(&self, path: &[&str]) {
+    async fn start_step(self: &Arc<Self>, path: &[&str]) {
         self.update(|d| d.progress.start(path, now())).await;
     }
 
@@ -228,124 +410,6 @@ impl Run {
             .await
         {
             tracing::warn!(error = %error_chain(&e), "saving log lines failed");
-        }
-    }
-
-    async fn go(self: &Arc<Self>) {
-        let d = self.snapshot().await;
-        if self.cancel.is_cancelled() {
-            self.update(|d| {
-                d.progress.push(&[], Step::new("canceled"));
-                d.progress.fail(
-                    &["canceled"],
-                    now(),
-                    "Canceled",
-                    "canceled before it started",
-                );
-                d.set_phase(Phase::Canceled);
-            })
-            .await;
-            return;
-        }
-        let previous = match self
-            .engine
-            .inner
-            .store
-            .active_deployment(&d.app_id)
-            .await
-            .map(|p| {
-                p.filter(|p| p.id != d.id)
-                    .map(|p| self.engine.opened(&p))
-                    .transpose()
-            }) {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                self.finish(Err(Failure::new(&[], "SecretUnreadable", error_chain(&e))))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                self.finish(Err(Failure::new(&[], "StoreFailed", error_chain(&e))))
-                    .await;
-                return;
-            }
-        };
-        self.plan_steps(&d).await;
-        let result = match d.kind {
-            DeploymentKind::Build => self.build_and_deploy(previous.as_ref()).await,
-            DeploymentKind::Restart => self.restart(previous.as_ref()).await,
-        };
-        if result.is_err() && d.kind == DeploymentKind::Build {
-            self.run_jobs(JobKind::FailedDeploy, "failed-deploy")
-                .await
-                .ok();
-        }
-        self.finish(result).await;
-    }
-
-    /// Lays out the step tree, all PENDING.
-    async fn plan_steps(&self, d: &Deployment) {
-        let steps = step_tree(d);
-        self.update(|d| d.progress = slipway_spec::Progress::new(steps))
-            .await;
-    }
-
-    async fn finish(&self, result: Result<(), Failure>) {
-        match result {
-            Ok(()) => {
-                let mut d = self.dep.lock().await;
-                d.progress.succeed_finished(now());
-                d.set_phase(Phase::Active);
-                match self.engine.inner.store.activate(&d).await {
-                    Ok(superseded) => {
-                        self.engine.inner.ingress.set_app(&d.app_id, &d.spec);
-                        tracing::info!(deployment.id = %d.id, superseded = ?superseded, "deployment active");
-                        if let Some(old) = superseded
-                            && let Ok(Some(old)) =
-                                self.engine.inner.store.deployment(&d.app_id, &old).await
-                        {
-                            let _ = self
-                                .engine
-                                .inner
-                                .updates
-                                .send(crate::DeploymentUpdate { deployment: old });
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %error_chain(&e), "activating the deployment failed")
-                    }
-                }
-                let _ = self.engine.inner.updates.send(crate::DeploymentUpdate {
-                    deployment: d.clone(),
-                });
-                let app_id = d.app_id.clone();
-                drop(d);
-                self.prune_images(&app_id).await;
-            }
-            Err(f) => {
-                tracing::warn!(code = f.code, message = %f.message, "deployment failed");
-                // Whatever failed once the deployment was canceled failed because it was.
-                let phase = if f.canceled || self.cancel.is_cancelled() {
-                    Phase::Canceled
-                } else {
-                    Phase::Error
-                };
-                self.update(|d| {
-                    let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
-                    if path.is_empty() || d.progress.find_mut(&path).is_none() {
-                        d.progress.push(&[], Step::new("error"));
-                        d.progress.fail(&["error"], now(), f.code, &f.message);
-                    } else {
-                        d.progress.fail(&path, now(), f.code, &f.message);
-                    }
-                    d.set_phase(phase);
-                })
-                .await;
-                // A failed deployment's image counts towards the retention as any other: the
-                // images it pushed out of it go now, not at the next success.
-                let app_id = self.dep.lock().await.app_id.clone();
-                self.prune_images(&app_id).await;
-            }
         }
     }
 
@@ -450,11 +514,9 @@ impl Run {
 
     // ---- build ----
 
-    async fn build_and_deploy(
-        self: &Arc<Self>,
-        previous: Option<&Deployment>,
-    ) -> Result<(), Failure> {
-        self.phase(Phase::Building).await;
+    /// Builds (or reuses) every buildable component's image, concurrently.
+    async fn build_all(self: &Arc<Self>) -> Result<(), Failure> {
+        let previous = self.previous();
         self.start_step(&["build"]).await;
         let d = self.opened().await?;
         let builds = d
@@ -488,13 +550,12 @@ impl Run {
             d.progress.succeed(&["build"], now());
         })
         .await;
-        self.phase(Phase::PendingDeploy).await;
-        self.deploy(previous, true).await
+        Ok(())
     }
 
     /// Builds (or reuses) a component's image; on a swarm, also pushes it to the registry.
     async fn build_component(
-        &self,
+        self: &Arc<Self>,
         kind: ComponentKind,
         c: ComponentRef<'_>,
         previous: Option<&Deployment>,
@@ -508,10 +569,9 @@ impl Run {
             return Ok((kind, built));
         };
         if image.pushed.is_none() {
-            let pushed = mode
-                .push(&image.id, &d.app_id, c.name)
-                .await
-                .map_err(|e| Failure::new(&["build", c.name], "PushFailed", error_chain(&e)))?;
+            let pushed = mode.push(&image.id, &d.app_id, c.name).await.map_err(|e| {
+                Failure::new(&["build", c.name], FailureCode::PushFailed, error_chain(&e))
+            })?;
             image.pushed = Some(pushed);
         }
         let pushed = image.pushed.clone().unwrap_or_default();
@@ -525,7 +585,7 @@ impl Run {
     }
 
     async fn build_locally(
-        &self,
+        self: &Arc<Self>,
         kind: ComponentKind,
         c: ComponentRef<'_>,
         previous: Option<&Deployment>,
@@ -551,7 +611,10 @@ impl Run {
         };
         let fail = |code, message: String| Failure::new(&path, code, redact(message));
         let Some(source) = c.source() else {
-            return Err(fail("InvalidSpec", format!("{} has no source", c.name)));
+            return Err(fail(
+                FailureCode::InvalidSpec,
+                format!("{} has no source", c.name),
+            ));
         };
         let inner = &self.engine.inner;
         match source {
@@ -560,7 +623,7 @@ impl Run {
                     .builder
                     .resolve(&reference)
                     .await
-                    .map_err(|e| fail("ImageMissing", error_chain(&e)))?;
+                    .map_err(|e| fail(FailureCode::ImageMissing, error_chain(&e)))?;
                 self.update(|d| {
                     d.progress
                         .succeed_with(&path, now(), &format!("using image {reference}"))
@@ -591,7 +654,7 @@ impl Run {
                     .await
                     .map_err(|e| match e {
                         slipway_source::SourceError::Canceled { .. } => Failure::canceled(&path),
-                        e => fail("SourceFetchFailed", error_chain(&e)),
+                        e => fail(FailureCode::SourceFetchFailed, error_chain(&e)),
                     })?;
                 let source_dir = c.source_dir();
                 let dockerfile = c.dockerfile_path();
@@ -638,7 +701,7 @@ impl Run {
                     .sources
                     .context(&fetched, &source_dir, &dockerfile)
                     .await
-                    .map_err(|e| fail("SourceInvalid", error_chain(&e)))?;
+                    .map_err(|e| fail(FailureCode::SourceInvalid, error_chain(&e)))?;
                 let tag = templates::image_tag(&d.app_id, c.name, &fetched.commit);
                 let mut image_labels = daemon_labels(self.daemon_id(), &d.app_id);
                 image_labels.insert(labels::COMPONENT.into(), c.name.into());
@@ -715,7 +778,7 @@ impl Run {
                 }
                 let built = built.map_err(|e| match e {
                     slipway_build::BuildError::Canceled { .. } => Failure::canceled(&path),
-                    e => fail("BuildFailed", error_chain(&e)),
+                    e => fail(FailureCode::BuildFailed, error_chain(&e)),
                 })?;
                 self.update(|d| {
                     d.progress.succeed_with(
@@ -745,21 +808,11 @@ impl Run {
 
     // ---- deploy ----
 
-    async fn restart(self: &Arc<Self>, previous: Option<&Deployment>) -> Result<(), Failure> {
-        self.deploy(previous, false).await
-    }
-
-    async fn deploy(
-        self: &Arc<Self>,
-        previous: Option<&Deployment>,
-        with_jobs: bool,
-    ) -> Result<(), Failure> {
-        if self.cancel.is_cancelled() {
-            return Err(Failure::canceled(&["deploy"]));
-        }
-        self.phase(Phase::Deploying).await;
+    /// The network, and in a build deployment the databases and the PRE_DEPLOY jobs.
+    async fn prepare_deploy(self: &Arc<Self>) -> Result<(), Failure> {
         self.start_step(&["deploy"]).await;
         let d = self.opened().await?;
+        let with_jobs = d.kind == DeploymentKind::Build;
         let inner = &self.engine.inner;
         if let Some(mode) = &inner.swarm {
             if let Err(e) = mode.swarm.check_nodes(None).await {
@@ -776,7 +829,9 @@ impl Run {
             mode.swarm
                 .ensure_network(&d.app_id, &d.id)
                 .await
-                .map_err(|e| Failure::new(&["deploy"], "SwarmFailed", error_chain(&e)))?;
+                .map_err(|e| {
+                    Failure::new(&["deploy"], FailureCode::RuntimeFailed, error_chain(&e))
+                })?;
         } else {
             // The network belongs to the whole app: its component label is empty.
             let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
@@ -786,61 +841,91 @@ impl Run {
                 .runtime
                 .ensure_network(&templates::network_name(&d.app_id), &net_labels)
                 .await
-                .map_err(|e| Failure::new(&["deploy"], "DockerFailed", error_chain(&e)))?;
+                .map_err(|e| {
+                    Failure::new(&["deploy"], FailureCode::RuntimeFailed, error_chain(&e))
+                })?;
         }
-
         if with_jobs {
             for db in &d.spec.databases {
                 self.ensure_database(&d, db).await?;
             }
             self.run_jobs(JobKind::PreDeploy, "pre-deploy").await?;
         }
-
-        let components = rollout_components(&d);
-        if let Some(mode) = &inner.swarm {
-            self.roll_all_on_swarm(mode, &d, previous, &components)
-                .await?;
-        } else {
-            self.roll_all(&d, previous, &components).await?;
-        }
-
-        if with_jobs {
-            self.update(|d| d.progress.succeed(&["deploy"], now()))
-                .await;
-            if let Err(f) = self.run_jobs(JobKind::PostDeploy, "post-deploy").await {
-                // The new version runs and stays: a POST_DEPLOY job's failure is reported, not
-                // rolled back.
-                tracing::warn!(message = %f.message, "post-deploy job failed");
-                self.update(|d| {
-                    let path: Vec<&str> = f.path.iter().map(String::as_str).collect();
-                    d.progress.fail(&path, now(), f.code, &f.message);
-                })
-                .await;
-            }
-        } else {
-            self.update(|d| d.progress.succeed(&["deploy"], now()))
-                .await;
-        }
         Ok(())
     }
 
+    /// Rolls out every service and worker; on failure they are back on the previous version.
+    async fn roll_out_all(self: &Arc<Self>) -> Result<Rolled, Failure> {
+        if self.cancel.is_cancelled() {
+            return Err(Failure::canceled(&["deploy"]));
+        }
+        let d = self.opened().await?;
+        let previous = self.previous();
+        let components = rollout_components(&d);
+        if let Some(mode) = &self.engine.inner.swarm {
+            let defs = self
+                .roll_all_on_swarm(mode, &d, previous, &components)
+                .await?;
+            Ok(Rolled::Swarm(defs, d.kind == DeploymentKind::Restart))
+        } else {
+            Ok(Rolled::Docker(
+                self.roll_all(&d, previous, &components).await?,
+            ))
+        }
+    }
+
+    /// Returns every component of a completed rollout to the previous version.
+    async fn undo_rollout(self: &Arc<Self>, rolled: Rolled) -> Result<(), String> {
+        let previous = self.previous();
+        let mut notes = Vec::new();
+        match rolled {
+            Rolled::Docker(components) => {
+                for (plan, new) in components {
+                    if let Err(note) = self.roll_back(previous, &plan, new, 0).await {
+                        notes.push(note);
+                    }
+                }
+            }
+            // A restart runs the version that was already active.
+            Rolled::Swarm(_, true) => {}
+            Rolled::Swarm(defs, false) => {
+                let Some(mode) = &self.engine.inner.swarm else {
+                    return Ok(());
+                };
+                for def in &defs {
+                    if let Err(note) = self.restore_service(mode, previous, def).await {
+                        notes.push(note);
+                    }
+                }
+            }
+        }
+        if notes.is_empty() {
+            Ok(())
+        } else {
+            Err(notes.join("; "))
+        }
+    }
+
     async fn ensure_database(
-        &self,
+        self: &Arc<Self>,
         d: &Deployment,
         db: &slipway_spec::DatabaseSpec,
     ) -> Result<(), Failure> {
         let path = ["deploy", db.name.as_str()];
         self.start_step(&path).await;
         let fail = |code, message: String| Failure::new(&path, code, message);
-        let (reference, data_dir) = db
-            .image_and_data_dir()
-            .ok_or_else(|| fail("InvalidSpec", format!("database {} has no image", db.name)))?;
+        let (reference, data_dir) = db.image_and_data_dir().ok_or_else(|| {
+            fail(
+                FailureCode::InvalidSpec,
+                format!("database {} has no image", db.name),
+            )
+        })?;
         let inner = &self.engine.inner;
         let image = inner
             .builder
             .resolve(&reference)
             .await
-            .map_err(|e| fail("ImageMissing", error_chain(&e)))?;
+            .map_err(|e| fail(FailureCode::ImageMissing, error_chain(&e)))?;
         let spec = InstanceSpec {
             app_id: d.app_id.clone(),
             app_name: self.app_name.clone(),
@@ -867,7 +952,7 @@ impl Run {
                 .swarm
                 .service(&name)
                 .await
-                .map_err(|e| fail("DatabaseFailed", error_chain(&e)))?
+                .map_err(|e| fail(FailureCode::DatabaseFailed, error_chain(&e)))?
                 .is_some();
             if exists {
                 name
@@ -875,7 +960,7 @@ impl Run {
                 let pushed = mode
                     .push(&spec.image, &d.app_id, &db.name)
                     .await
-                    .map_err(|e| fail("PushFailed", error_chain(&e)))?;
+                    .map_err(|e| fail(FailureCode::PushFailed, error_chain(&e)))?;
                 let def = slipway_swarm::ServiceDef {
                     daemon_id: self.daemon_id().to_string(),
                     app_id: d.app_id.clone(),
@@ -892,14 +977,14 @@ impl Run {
                 mode.swarm
                     .ensure_database(&def)
                     .await
-                    .map_err(|e| fail("DatabaseFailed", error_chain(&e)))?
+                    .map_err(|e| fail(FailureCode::DatabaseFailed, error_chain(&e)))?
             }
         } else {
             inner
                 .runtime
                 .ensure_database(&spec, &volume, &data_dir)
                 .await
-                .map_err(|e| fail("DatabaseFailed", error_chain(&e)))?
+                .map_err(|e| fail(FailureCode::DatabaseFailed, error_chain(&e)))?
                 .name
         };
         self.update(|d| {
@@ -914,7 +999,7 @@ impl Run {
     }
 
     /// Runs the jobs of one kind, one after another. The first that fails stops the rest.
-    async fn run_jobs(&self, kind: JobKind, step: &str) -> Result<(), Failure> {
+    async fn run_jobs(self: &Arc<Self>, kind: JobKind, step: &str) -> Result<(), Failure> {
         let d = self.opened().await?;
         let jobs: Vec<String> = d
             .spec
@@ -948,7 +1033,7 @@ impl Run {
             else {
                 return Err(Failure::new(
                     &path,
-                    "JobFailed",
+                    FailureCode::JobFailed,
                     format!("job {job} has no image in this deployment"),
                 ));
             };
@@ -966,7 +1051,7 @@ impl Run {
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 return Err(Failure::new(
                     &path,
-                    "JobFailed",
+                    FailureCode::JobFailed,
                     format!(
                         "job {job} exited with code {exit_code}{}",
                         if tail.is_empty() {
@@ -1000,16 +1085,16 @@ impl Run {
                 .runtime
                 .run_job(spec, timeout, cancel)
                 .await
-                .map_err(|e| Failure::new(path, "JobFailed", error_chain(&e)))?;
+                .map_err(|e| Failure::new(path, FailureCode::JobFailed, error_chain(&e)))?;
             return Ok((outcome.output, outcome.container_name, outcome.exit_code));
         };
         let def = mode
             .def(d, job, self.daemon_id())
-            .map_err(|reason| Failure::new(path, "JobFailed", reason))?;
+            .map_err(|reason| Failure::new(path, FailureCode::JobFailed, reason))?;
         let name = slipway_swarm::service_name(&d.app_id, job);
         tokio::select! {
             outcome = mode.swarm.run_job(&def, timeout) => {
-                let outcome = outcome.map_err(|e| Failure::new(path, "JobFailed", error_chain(&e)))?;
+                let outcome = outcome.map_err(|e| Failure::new(path, FailureCode::JobFailed, error_chain(&e)))?;
                 Ok((outcome.logs, format!("Swarm job {name}"), outcome.exit_code))
             }
             () = cancel.cancelled() => {
@@ -1028,7 +1113,7 @@ impl Run {
         d: &Deployment,
         previous: Option<&Deployment>,
         components: &[String],
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<(ComponentPlan, Vec<Instance>)>, Failure> {
         let inner = &self.engine.inner;
         let group = self.cancel.child_token();
         let mut plans = Vec::new();
@@ -1039,7 +1124,7 @@ impl Run {
             else {
                 return Err(Failure::new(
                     &path,
-                    "InvalidSpec",
+                    FailureCode::InvalidSpec,
                     format!("{name} has no image in this deployment"),
                 ));
             };
@@ -1112,7 +1197,11 @@ impl Run {
                 })
                 .await;
             }
-            return Ok(());
+            return Ok(plans
+                .into_iter()
+                .zip(results)
+                .map(|(plan, r)| (plan, r.unwrap_or_default()))
+                .collect());
         }
         // Return every component to the previous version.
         let mut rollback_notes = Vec::new();
@@ -1152,9 +1241,14 @@ impl Run {
                 format!("; its last log lines: {}", tail.join(" | "))
             }
         );
+        let code = if first.unhealthy {
+            FailureCode::HealthCheckFailed
+        } else {
+            FailureCode::RolloutFailed
+        };
         Err(Failure::new(
             &["deploy", first.component.as_str()],
-            "RolloutFailed",
+            code,
             message,
         ))
     }
@@ -1222,7 +1316,13 @@ impl Run {
                 (labels::DAEMON, self.daemon_id()),
             ])
             .await
-            .map_err(|e| Failure::new(&["deploy", component], "DockerFailed", error_chain(&e)))
+            .map_err(|e| {
+                Failure::new(
+                    &["deploy", component],
+                    FailureCode::RuntimeFailed,
+                    error_chain(&e),
+                )
+            })
     }
 }
 

@@ -72,6 +72,11 @@ workers:
         .and_then(|s| Some((s, s.reason.as_ref()?)))
         .expect("the web step says why");
     assert_eq!(top.name, "web");
+    assert_eq!(top_reason.code, "HealthCheckFailed");
+    assert_eq!(
+        d.error.as_ref().map(|e| e.code),
+        Some(slipway_spec::FailureCode::HealthCheckFailed)
+    );
     let message = &top_reason.message;
     assert!(message.contains("web: instance slipway-"), "{message}");
     assert!(message.contains("GET /healthz answered 500"), "{message}");

@@ -96,6 +96,9 @@ pub struct RolloutError {
     pub old_running: Vec<Instance>,
     /// The rollout was canceled rather than failed.
     pub canceled: bool,
+    /// A new instance ran but did not pass its health check (rather than exiting or failing
+    /// to start).
+    pub unhealthy: bool,
 }
 
 enum Finished {
@@ -108,6 +111,7 @@ struct StartFailure {
     reason: String,
     logs: String,
     canceled: bool,
+    unhealthy: bool,
 }
 
 /// Replaces `plan.old` with `plan.bounds.target` new instances made from `plan.template`.
@@ -232,6 +236,7 @@ pub async fn roll<R: Runtime>(
                         reason: format!("a rollout task failed: {join}"),
                         logs: String::new(),
                         canceled: false,
+                        unhealthy: false,
                     });
                     stop_all.cancel();
                 }
@@ -247,6 +252,7 @@ pub async fn roll<R: Runtime>(
             new_ready,
             old_running: old.into_iter().collect(),
             canceled: false,
+            unhealthy: f.unhealthy,
         });
     }
     if cancel.is_cancelled() {
@@ -257,6 +263,7 @@ pub async fn roll<R: Runtime>(
             new_ready,
             old_running: old.into_iter().collect(),
             canceled: true,
+            unhealthy: false,
         });
     }
     if !stop_errors.is_empty() {
@@ -276,6 +283,7 @@ async fn start_one<R: Runtime>(
         reason: format!("could not start: {}", error_chain(&e)),
         logs: String::new(),
         canceled: false,
+        unhealthy: false,
     })?;
     let ready = match wait_ready(rt, &instance, readiness, cancel).await {
         Ok(()) => rt
@@ -302,6 +310,7 @@ async fn start_one<R: Runtime>(
                 reason: why.to_string(),
                 logs,
                 canceled: why == NotReady::Canceled,
+                unhealthy: matches!(why, NotReady::Timeout { .. } | NotReady::Unhealthy { .. }),
             })
         }
     }

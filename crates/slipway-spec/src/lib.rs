@@ -22,6 +22,7 @@ mod parse;
 mod spec;
 
 pub mod labels;
+pub mod lifecycle;
 pub mod remote;
 
 pub use code::FailureCode;

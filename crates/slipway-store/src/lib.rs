@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
+use slipway_spec::lifecycle::Event;
 use slipway_spec::{AppSpec, Deployment, Phase};
 
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +380,9 @@ impl Store {
                         source,
                     }
                 })?;
-                old.set_phase(Phase::Superseded);
+                let to = slipway_spec::lifecycle::next(old.phase, Event::Replace)
+                    .unwrap_or(Phase::Superseded);
+                old.set_phase(to);
                 save(&tx, &old)?;
                 superseded = Some(id);
             }

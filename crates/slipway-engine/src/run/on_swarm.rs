@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use slipway_spec::{Deployment, DeploymentKind, StepStatus, error_chain, now};
+use slipway_spec::{Deployment, DeploymentKind, FailureCode, StepStatus, error_chain, now};
 use slipway_store::LogKind;
 use slipway_swarm::{ServiceDef, SwarmError, TaskEvent, service_name};
 use tokio_util::sync::CancellationToken;
@@ -35,13 +35,13 @@ impl Run {
         d: &Deployment,
         previous: Option<&Deployment>,
         components: &[String],
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<ServiceDef>, Failure> {
         let restart = d.kind == DeploymentKind::Restart;
         let mut defs = Vec::new();
         for name in components {
-            let def = mode
-                .def(d, name, self.daemon_id())
-                .map_err(|reason| Failure::new(&["deploy", name], "InvalidSpec", reason))?;
+            let def = mode.def(d, name, self.daemon_id()).map_err(|reason| {
+                Failure::new(&["deploy", name], FailureCode::InvalidSpec, reason)
+            })?;
             defs.push(def);
         }
         for def in &defs {
@@ -73,7 +73,7 @@ impl Run {
                 })
                 .await;
             }
-            return Ok(());
+            return Ok(defs);
         }
         // Return every component Swarm did not roll back itself to the previous version.
         let mut notes = Vec::new();
@@ -114,7 +114,7 @@ impl Run {
             .unwrap_or_default();
         Err(Failure::new(
             &["deploy", def.component.as_str()],
-            "RolloutFailed",
+            FailureCode::RolloutFailed,
             format!(
                 "{}{task}; the previous version keeps running{note}",
                 error_chain(error)
@@ -172,7 +172,7 @@ impl Run {
 
     /// Returns a component's service to the previous deployment's version and waits for it;
     /// removes it when the component is new in this deployment.
-    async fn restore_service(
+    pub(super) async fn restore_service(
         &self,
         mode: &SwarmMode,
         previous: Option<&Deployment>,
@@ -214,7 +214,7 @@ impl Run {
     /// Reports one task transition in the DEPLOY log and in the component's instance steps;
     /// returns the task's message when a new task failed.
     async fn task_event(
-        &self,
+        self: &Arc<Self>,
         mode: &SwarmMode,
         component: &str,
         e: &TaskEvent,
