@@ -229,6 +229,21 @@ impl Store {
         .map_err(StoreError::Worker)?
     }
 
+    /// Makes the store refuse every write (`true`) or take them again (`false`), reads going
+    /// on: for maintenance of the file, and to see what the engine does when its store
+    /// refuses. A write refused this way fails with [`StoreError::Sql`].
+    pub async fn set_read_only(&self, read_only: bool) -> Result<()> {
+        self.with(move |c| {
+            c.execute_batch(if read_only {
+                "PRAGMA query_only = ON"
+            } else {
+                "PRAGMA query_only = OFF"
+            })
+            .map_err(sql("switch the store's read-only mode"))
+        })
+        .await
+    }
+
     /// Caps the store file at about `bytes`: writes beyond it fail with [`StoreError::Full`],
     /// as they would on a full disk.
     pub async fn cap_size(&self, bytes: u64) -> Result<()> {
