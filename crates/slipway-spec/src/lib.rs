@@ -25,6 +25,8 @@ pub mod labels;
 pub mod remote;
 
 pub use code::FailureCode;
+#[cfg(feature = "docker")]
+pub use code::docker_unreachable;
 pub use model::{
     App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentError, DeploymentKind,
     Phase, Progress, Step, StepReason, StepStatus, new_id, now,
