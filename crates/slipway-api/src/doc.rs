@@ -75,7 +75,6 @@ pub(crate) enum FailureCodeBody {
     Interrupted,
 }
 
-
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct ProblemBody {

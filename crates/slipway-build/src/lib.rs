@@ -34,8 +34,8 @@ use bollard::query_parameters::{
     ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 use slipway_spec::{FailureCode, docker_unreachable};
+use tokio_util::sync::CancellationToken;
 
 /// What went wrong building an image.
 #[derive(Debug, thiserror::Error)]
@@ -661,7 +661,9 @@ mod tests {
     #[tokio::test]
     async fn a_build_on_docker_that_cannot_be_reached_says_so_not_that_the_build_failed() {
         let dir = tempfile::tempdir().unwrap();
+        // A socket file that nothing listens on any more: the connection is refused.
         let socket = dir.path().join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         let docker = bollard::Docker::connect_with_unix(
             socket.to_str().unwrap(),
             5,

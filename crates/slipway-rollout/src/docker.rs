@@ -913,25 +913,27 @@ mod tests {
 
     /// A client for a Docker socket at `path`, which nothing answers.
     fn docker_at(path: &std::path::Path) -> Docker {
-        Docker::connect_with_unix(
-            path.to_str().unwrap(),
-            5,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .unwrap()
+        Docker::connect_with_unix(path.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION).unwrap()
     }
 
     #[tokio::test]
     async fn docker_that_cannot_be_reached_is_told_from_docker_that_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        // No socket at all.
-        let rt = DockerRuntime::new(docker_at(&dir.path().join("missing.sock")));
-        let err = rt.list(&[("x", "y")]).await.unwrap_err();
+        // No socket to connect to: the client refuses to be made.
+        let missing = dir.path().join("missing.sock");
+        let source =
+            Docker::connect_with_unix(missing.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION)
+                .unwrap_err();
+        let err = docker_err("connect to", "the local engine")(source);
         assert_eq!(err.code(), FailureCode::RuntimeUnreachable, "{err:?}");
         // A socket file that nothing listens on any more: the connection is refused.
         let path = dir.path().join("closed.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let rt = DockerRuntime::new(docker_at(&path));
+        let err = rt.list(&[("x", "y")]).await.unwrap_err();
+        assert_eq!(err.code(), FailureCode::RuntimeUnreachable, "{err:?}");
+        // The socket goes away after the client was made.
+        std::fs::remove_file(&path).unwrap();
         let err = rt.list(&[("x", "y")]).await.unwrap_err();
         assert_eq!(err.code(), FailureCode::RuntimeUnreachable, "{err:?}");
         // Docker answered, and refused.

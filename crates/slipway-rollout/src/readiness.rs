@@ -71,9 +71,7 @@ impl NotReady {
     /// (not ready in time, or unhealthy), it exited, or the rollout was canceled.
     pub fn code(&self) -> FailureCode {
         match self {
-            NotReady::Timeout { .. } | NotReady::Unhealthy { .. } => {
-                FailureCode::HealthCheckFailed
-            }
+            NotReady::Timeout { .. } | NotReady::Unhealthy { .. } => FailureCode::HealthCheckFailed,
             NotReady::Exited { .. } => FailureCode::RolloutFailed,
             NotReady::Canceled => FailureCode::Canceled,
         }

@@ -135,9 +135,7 @@ pub fn docker_unreachable(e: &bollard::errors::Error) -> bool {
         // Docker did not answer within the client's timeout.
         Error::RequestTimeoutError => true,
         // The connector could not open a connection (refused, no such socket, DNS).
-        Error::HyperLegacyError { err } => {
-            err.is_connect() || io_chain_unreachable(err)
-        }
+        Error::HyperLegacyError { err } => err.is_connect() || io_chain_unreachable(err),
         // The connection broke while the request or its answer was under way.
         Error::HyperResponseError { err } => {
             err.is_closed() || err.is_incomplete_message() || io_chain_unreachable(err)

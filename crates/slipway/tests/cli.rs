@@ -189,7 +189,10 @@ fn the_cli_drives_a_real_daemon() {
     assert_eq!(v["deployment"]["phase"], "ERROR", "{v}");
     assert_eq!(v["deployment"]["error"]["code"], "BuildFailed", "{v}");
     let message = v["deployment"]["error"]["message"].as_str().unwrap();
-    assert!(message.to_lowercase().contains("unknown instruction"), "{message}");
+    assert!(
+        message.to_lowercase().contains("unknown instruction"),
+        "{message}"
+    );
     let out = daemon.cli(&[
         "apps",
         "list-deployments",
@@ -199,7 +202,13 @@ fn the_cli_drives_a_real_daemon() {
         "--no-header",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let first = stdout(&out).lines().next().unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+    let first = stdout(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert_eq!(first, "ERROR BuildFailed");
 
     let out = daemon.cli(&["apps", "delete", &name, "--purge"]);
@@ -216,7 +225,10 @@ fn the_commands_that_wait_list_the_exit_codes() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        let help = stdout(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+        let help = stdout(&out)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         for code in [
             "0 ACTIVE",
             "3 another deployment failure",
@@ -228,7 +240,10 @@ fn the_commands_that_wait_list_the_exit_codes() {
             "14 store failure",
             "15 timeout",
         ] {
-            assert!(help.contains(code), "apps {command} --help lacks \"{code}\": {help}");
+            assert!(
+                help.contains(code),
+                "apps {command} --help lacks \"{code}\": {help}"
+            );
         }
     }
 }
