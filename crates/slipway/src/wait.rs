@@ -153,14 +153,15 @@ pub(crate) fn summary(d: &Deployment) -> String {
         return format!("{} {} in {}", d.id, d.phase, crate::output::duration(d));
     }
     let step = d.progress.first_error();
+    let failure = failure(d);
     let mut line = format!("{} {}", d.id, d.phase);
-    if let Some(e) = failure(d) {
+    if let Some(e) = &failure {
         line.push_str(&format!(" {}", e.code));
     }
     if let Some((step, _)) = step {
         line.push_str(&format!(" ({})", step.name));
     }
-    let message = failure(d)
+    let message = failure
         .map(|e| e.message)
         .or_else(|| step.map(|(_, r)| r.message.clone()));
     if let Some(message) = message {
