@@ -582,7 +582,7 @@ function deploymentsView(app, deployments, total) {
               h("a", { href: `#/apps/${enc(app.id)}/deployments/${enc(d.id)}` }, d.cause),
               h("div", { class: "muted mono" }, shortId(d.id)),
             ),
-            h("td", {}, phaseBadge(d.phase)),
+            h("td", {}, phaseBadge(d.phase), d.error ? h("div", { class: "muted mono", title: d.error.message }, d.error.code) : null),
             h("td", {}, fmtTime(d.created_at)),
             h("td", {}, TERMINAL.has(d.phase) ? fmtDuration(deploymentDuration(d)) : `${fmtDuration(deploymentDuration(d))} so far`),
           ),
@@ -902,11 +902,15 @@ function failureView(app, d) {
   if (d.phase !== "ERROR" && d.phase !== "CANCELED") return "";
   const f = firstError(d.progress && d.progress.steps);
   const what = d.phase === "CANCELED" ? "This deployment was canceled" : "This deployment failed";
+  // The deployment's error is its stable code and the failing step's reason; a deployment
+  // saved before it had one falls back to the step's own code.
+  const code = d.error ? d.error.code : f && f.reason.code;
+  const message = d.error ? d.error.message : f && f.reason.message;
   return h(
     "div",
     { class: "card failure", role: "status", id: "failure" },
-    h("h2", {}, what),
-    f ? h("p", { id: "failure-reason" }, `At ${f.path}: ${f.reason.message}`) : null,
+    h("h2", {}, what, code ? " " : null, code ? h("code", { id: "failure-code" }, code) : null),
+    message ? h("p", { id: "failure-reason" }, f ? `At ${f.path}: ${message}` : message) : null,
     h("p", { class: "muted" }, app.active_deployment ? "The active deployment keeps serving: nothing of this one was left running." : "Nothing of it was left running."),
   );
 }

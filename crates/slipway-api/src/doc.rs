@@ -35,15 +35,44 @@ impl Modify for BearerAuth {
 }
 
 /// `{"id", "message"}`, App Platform's error body; `problems` names every field path of an
-/// invalid spec.
+/// invalid spec; `code` is the stable failure code when the request failed the way a
+/// deployment can fail.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct ErrorBody {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `request_entity_too_large`, `unprocessable_entity`, `internal_server_error`.
+    /// `request_entity_too_large`, `unprocessable_entity`, `insufficient_storage`,
+    /// `service_unavailable`, `runtime_unreachable`, `store_unavailable`,
+    /// `internal_server_error`.
     id: String,
     message: String,
     problems: Option<Vec<ProblemBody>>,
+    /// Slipway's addition: the failure's stable code (e.g. `RuntimeUnreachable`,
+    /// `StoreFailed`), as in a deployment's `error.code`.
+    code: Option<FailureCodeBody>,
+}
+
+/// Why a deployment (or a request) failed, as a stable code; a code is never renamed.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum FailureCodeBody {
+    BuildFailed,
+    SourceFetchFailed,
+    SourceInvalid,
+    ImageMissing,
+    PushFailed,
+    HealthCheckFailed,
+    RolloutFailed,
+    JobFailed,
+    DatabaseFailed,
+    Canceled,
+    RuntimeUnreachable,
+    RuntimeFailed,
+    StoreFailed,
+    Timeout,
+    InvalidSpec,
+    SecretUnreadable,
+    Interrupted,
 }
 
 #[derive(ToSchema)]
@@ -81,7 +110,8 @@ pub(crate) struct AppsPage {
 /// `{"deployment": {...}}`: App Platform's fields (`id`, `spec`, `cause`, `phase`,
 /// `phase_last_updated_at`, `created_at`, `updated_at`, `progress` with its step tree,
 /// `services[]`, `workers[]`, `jobs[]`) and Slipway's (`app_id`, `kind`, `force_build`,
-/// `clear_build_cache`, `restart_components`, `ended_at`).
+/// `clear_build_cache`, `restart_components`, `ended_at`, and once it ended in ERROR or
+/// CANCELED `error`: `{"code", "message"}`, a `FailureCodeBody` and the failing step's reason).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct DeploymentBody {

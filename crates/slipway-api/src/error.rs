@@ -3,10 +3,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use slipway_engine::EngineError;
-use slipway_spec::{Problem, SpecError, error_chain};
+use slipway_spec::{FailureCode, Problem, SpecError, error_chain};
 
-/// An error as the API answers it: App Platform's `{"id", "message"}` and a status. What the
-/// user sees is separate from what is logged: internal failures say only that they happened.
+/// An error as the API answers it: App Platform's `{"id", "message"}` and a status, and
+/// Slipway's `code` when the request failed the way a deployment can fail (Docker
+/// unreachable, the store failing...). What the user sees is separate from what is logged:
+/// internal failures say only that they happened.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -15,6 +17,9 @@ pub struct ApiError {
     pub message: String,
     /// For an invalid spec: every problem with its field path.
     pub problems: Vec<Problem>,
+    /// The stable code of the failure under the request, if it is one (never for a request
+    /// that is refused as it is).
+    pub code: Option<FailureCode>,
 }
 
 impl ApiError {
@@ -24,7 +29,12 @@ impl ApiError {
             id,
             message: message.into(),
             problems: Vec::new(),
+            code: None,
         }
+    }
+
+    fn with_code(self, code: Option<FailureCode>) -> Self {
+        ApiError { code, ..self }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -59,6 +69,7 @@ impl From<EngineError> for ApiError {
         if let EngineError::InvalidSpec(spec) = e {
             return ApiError::from(spec);
         }
+        let code = e.code();
         match &e {
             EngineError::NotFound { .. } => ApiError::not_found(e.to_string()),
             EngineError::UnknownComponents { .. }
@@ -73,12 +84,31 @@ impl From<EngineError> for ApiError {
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",
                 e.to_string(),
-            ),
+            )
+            .with_code(code),
             EngineError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 e.to_string(),
             ),
+            _ if code == Some(FailureCode::RuntimeUnreachable) => {
+                tracing::error!(error = %error_chain(&e), "request failed: Docker is unreachable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "runtime_unreachable",
+                    "the daemon cannot reach Docker; its log says why",
+                )
+                .with_code(code)
+            }
+            EngineError::Store(_) => {
+                tracing::error!(error = %error_chain(&e), "request failed in the store");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the daemon's store failed; its log says why",
+                )
+                .with_code(code)
+            }
             _ => {
                 tracing::error!(error = %error_chain(&e), "request failed");
                 ApiError::new(
@@ -86,6 +116,7 @@ impl From<EngineError> for ApiError {
                     "internal_server_error",
                     "the request failed inside the daemon; its log says why",
                 )
+                .with_code(code)
             }
         }
     }
@@ -97,6 +128,63 @@ impl IntoResponse for ApiError {
         if !self.problems.is_empty() {
             body["problems"] = serde_json::to_value(&self.problems).unwrap_or_default();
         }
+        if let Some(code) = self.code {
+            body["code"] = code.as_str().into();
+        }
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: EngineError) -> (StatusCode, serde_json::Value) {
+        let response = ApiError::from(e).into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn failures_under_a_request_answer_with_their_status_id_and_code() {
+        let unreachable = EngineError::Runtime(slipway_rollout::RuntimeError::Docker {
+            action: "list",
+            object: "containers".into(),
+            source: bollard::errors::Error::SocketNotFoundError("/var/run/docker.sock".into()),
+        });
+        let (status, body) = answer(unreachable).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["id"], "runtime_unreachable");
+        assert_eq!(body["code"], "RuntimeUnreachable");
+
+        let store = EngineError::Store(slipway_store::StoreError::Mode {
+            path: "/data/slipway.db".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        let (status, body) = answer(store).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["id"], "store_unavailable");
+        assert_eq!(body["code"], "StoreFailed");
+        assert!(
+            !body["message"].as_str().unwrap().contains("/data"),
+            "what is logged is not answered: {body}"
+        );
+
+        let (status, body) = answer(EngineError::Store(slipway_store::StoreError::Full)).await;
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(body["id"], "insufficient_storage");
+        assert_eq!(body["code"], "StoreFailed");
+
+        // A refused request is not a failure: no code.
+        let (status, body) = answer(EngineError::NotFound {
+            what: "app",
+            id: "nope".into(),
+        })
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body.get("code"), None, "{body}");
     }
 }

@@ -75,3 +75,19 @@ async fn every_documented_operation_is_served_and_the_document_is_served_too() {
         .unwrap();
     assert!(r.text().await.unwrap().contains("no such endpoint"));
 }
+
+#[test]
+fn the_documented_failure_codes_are_every_code_there_is() {
+    let doc: Value = serde_json::from_str(&slipway_api::openapi_json()).unwrap();
+    let documented: Vec<&str> = doc["components"]["schemas"]["FailureCodeBody"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let codes: Vec<&str> = slipway_spec::FailureCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(documented, codes);
+}

@@ -34,6 +34,7 @@ use bollard::query_parameters::{
     ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures::StreamExt;
+use slipway_spec::{FailureCode, docker_unreachable};
 use tokio_util::sync::CancellationToken;
 
 /// What went wrong building an image.
@@ -60,6 +61,22 @@ pub enum BuildError {
         #[source]
         source: bollard::errors::Error,
     },
+}
+
+impl BuildError {
+    /// The stable code a deployment that fails with this error ends with.
+    pub fn code(&self) -> FailureCode {
+        match self {
+            BuildError::Failed { .. } | BuildError::Scrub { .. } => FailureCode::BuildFailed,
+            BuildError::Timeout { .. } => FailureCode::Timeout,
+            BuildError::Canceled { .. } => FailureCode::Canceled,
+            BuildError::Missing { .. } => FailureCode::ImageMissing,
+            BuildError::Docker { source, .. } if docker_unreachable(source) => {
+                FailureCode::RuntimeUnreachable
+            }
+            BuildError::Docker { .. } => FailureCode::RuntimeFailed,
+        }
+    }
 }
 
 /// Whether the builder failed because a layer it had taken from the cache is no longer
@@ -638,6 +655,42 @@ impl ImageBuilder {
 #[cfg(test)]
 mod tests {
     use super::cached_layer_vanished;
+    use super::{BuildError, ImageBuilder};
+    use slipway_spec::FailureCode;
+
+    #[tokio::test]
+    async fn a_build_on_docker_that_cannot_be_reached_says_so_not_that_the_build_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A socket file that nothing listens on any more: the connection is refused.
+        let socket = dir.path().join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let docker = bollard::Docker::connect_with_unix(
+            socket.to_str().unwrap(),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let err = ImageBuilder::new(docker)
+            .image_id("slipway-test:none")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BuildError::Docker { .. }), "{err:?}");
+        assert_eq!(err.code(), FailureCode::RuntimeUnreachable);
+        let step = BuildError::Failed {
+            tag: "t".into(),
+            message: "The command '/bin/sh -c false' returned a non-zero code: 1".into(),
+        };
+        assert_eq!(step.code(), FailureCode::BuildFailed);
+        let refused = BuildError::Docker {
+            action: "remove",
+            image: "t".into(),
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message: "driver failed".into(),
+            },
+        };
+        assert_eq!(refused.code(), FailureCode::RuntimeFailed);
+    }
 
     #[test]
     fn a_vanished_cached_layer_is_told_from_other_build_failures() {

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use slipway_spec::{ComponentKind, Phase};
+use slipway_spec::{ComponentKind, FailureCode, Phase};
 
 /// What the engine refuses, or what failed under it.
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +61,66 @@ pub enum EngineError {
     Swarm(#[from] slipway_swarm::SwarmError),
 }
 
+impl EngineError {
+    /// The stable code of a deployment that fails with this error, or `None` when the error is
+    /// a request the engine refuses (nothing found, a name taken, a restart of nothing, a
+    /// data directory it cannot use) rather than a way a deployment fails. An error from a
+    /// crate below carries that crate's code.
+    pub fn code(&self) -> Option<FailureCode> {
+        match self {
+            EngineError::NotFound { .. }
+            | EngineError::UnknownComponents { .. }
+            | EngineError::NotRestartable { .. }
+            | EngineError::NothingToRestart { .. }
+            | EngineError::AlreadyEnded { .. }
+            | EngineError::CancelRefused { .. }
+            | EngineError::DataDirInUse { .. }
+            | EngineError::KeyFileMode { .. }
+            | EngineError::DataDir { .. }
+            | EngineError::Store(slipway_store::StoreError::NameTaken(_)) => None,
+            EngineError::Secret => Some(FailureCode::SecretUnreadable),
+            EngineError::InvalidSpec(_) => Some(FailureCode::InvalidSpec),
+            EngineError::ShuttingDown => Some(FailureCode::Interrupted),
+            EngineError::Sources(e) => Some(e.code()),
+            EngineError::Store(e) => Some(e.code()),
+            EngineError::Runtime(e) => Some(e.code()),
+            EngineError::Build(e) => Some(e.code()),
+            EngineError::Swarm(e) => Some(e.code()),
+        }
+    }
+}
+
 fn quote(names: &[String]) -> String {
     names
         .iter()
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_request_has_no_code_and_a_failure_below_keeps_its_own() {
+        let refused = EngineError::Store(slipway_store::StoreError::NameTaken("web".into()));
+        assert_eq!(refused.code(), None);
+        let refused = EngineError::NothingToRestart { app: "web".into() };
+        assert_eq!(refused.code(), None);
+        let build = EngineError::Build(slipway_build::BuildError::Timeout {
+            tag: "t".into(),
+            seconds: 1,
+        });
+        assert_eq!(build.code(), Some(FailureCode::Timeout));
+        let fetch = EngineError::Sources(slipway_source::SourceError::DockerfileMissing {
+            path: "Dockerfile".into(),
+            commit: "abc".into(),
+        });
+        assert_eq!(fetch.code(), Some(FailureCode::SourceInvalid));
+        assert_eq!(
+            EngineError::Store(slipway_store::StoreError::Full).code(),
+            Some(FailureCode::StoreFailed)
+        );
+    }
 }

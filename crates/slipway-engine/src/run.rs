@@ -65,6 +65,15 @@ impl Failure {
     }
 }
 
+/// `step`'s own code, unless what failed under it says more: Docker out of reach, a timeout,
+/// a cancel.
+fn narrowed(step: FailureCode, cause: FailureCode) -> FailureCode {
+    match cause {
+        FailureCode::RuntimeUnreachable | FailureCode::Timeout | FailureCode::Canceled => cause,
+        _ => step,
+    }
+}
+
 /// Waits until every deployment queued before `ticket` has had its turn, then takes the turn.
 /// The turn passes on when the returned [`NextInLine`] is dropped (after the guard).
 async fn wait_in_line(
@@ -569,9 +578,10 @@ impl Run {
             return Ok((kind, built));
         };
         if image.pushed.is_none() {
-            let pushed = mode.push(&image.id, &d.app_id, c.name).await.map_err(|e| {
-                Failure::new(&["build", c.name], FailureCode::PushFailed, error_chain(&e))
-            })?;
+            let pushed = mode
+                .push(&image.id, &d.app_id, c.name)
+                .await
+                .map_err(|e| Failure::new(&["build", c.name], e.code(), error_chain(&e)))?;
             image.pushed = Some(pushed);
         }
         let pushed = image.pushed.clone().unwrap_or_default();
@@ -623,7 +633,7 @@ impl Run {
                     .builder
                     .resolve(&reference)
                     .await
-                    .map_err(|e| fail(FailureCode::ImageMissing, error_chain(&e)))?;
+                    .map_err(|e| fail(e.code(), error_chain(&e)))?;
                 self.update(|d| {
                     d.progress
                         .succeed_with(&path, now(), &format!("using image {reference}"))
@@ -654,7 +664,7 @@ impl Run {
                     .await
                     .map_err(|e| match e {
                         slipway_source::SourceError::Canceled { .. } => Failure::canceled(&path),
-                        e => fail(FailureCode::SourceFetchFailed, error_chain(&e)),
+                        e => fail(e.code(), error_chain(&e)),
                     })?;
                 let source_dir = c.source_dir();
                 let dockerfile = c.dockerfile_path();
@@ -701,7 +711,7 @@ impl Run {
                     .sources
                     .context(&fetched, &source_dir, &dockerfile)
                     .await
-                    .map_err(|e| fail(FailureCode::SourceInvalid, error_chain(&e)))?;
+                    .map_err(|e| fail(e.code(), error_chain(&e)))?;
                 let tag = templates::image_tag(&d.app_id, c.name, &fetched.commit);
                 let mut image_labels = daemon_labels(self.daemon_id(), &d.app_id);
                 image_labels.insert(labels::COMPONENT.into(), c.name.into());
@@ -778,7 +788,7 @@ impl Run {
                 }
                 let built = built.map_err(|e| match e {
                     slipway_build::BuildError::Canceled { .. } => Failure::canceled(&path),
-                    e => fail(FailureCode::BuildFailed, error_chain(&e)),
+                    e => fail(e.code(), error_chain(&e)),
                 })?;
                 self.update(|d| {
                     d.progress.succeed_with(
@@ -829,9 +839,7 @@ impl Run {
             mode.swarm
                 .ensure_network(&d.app_id, &d.id)
                 .await
-                .map_err(|e| {
-                    Failure::new(&["deploy"], FailureCode::RuntimeFailed, error_chain(&e))
-                })?;
+                .map_err(|e| Failure::new(&["deploy"], e.code(), error_chain(&e)))?;
         } else {
             // The network belongs to the whole app: its component label is empty.
             let mut net_labels = daemon_labels(self.daemon_id(), &d.app_id);
@@ -841,9 +849,7 @@ impl Run {
                 .runtime
                 .ensure_network(&templates::network_name(&d.app_id), &net_labels)
                 .await
-                .map_err(|e| {
-                    Failure::new(&["deploy"], FailureCode::RuntimeFailed, error_chain(&e))
-                })?;
+                .map_err(|e| Failure::new(&["deploy"], e.code(), error_chain(&e)))?;
         }
         if with_jobs {
             for db in &d.spec.databases {
@@ -925,7 +931,7 @@ impl Run {
             .builder
             .resolve(&reference)
             .await
-            .map_err(|e| fail(FailureCode::ImageMissing, error_chain(&e)))?;
+            .map_err(|e| fail(e.code(), error_chain(&e)))?;
         let spec = InstanceSpec {
             app_id: d.app_id.clone(),
             app_name: self.app_name.clone(),
@@ -952,7 +958,12 @@ impl Run {
                 .swarm
                 .service(&name)
                 .await
-                .map_err(|e| fail(FailureCode::DatabaseFailed, error_chain(&e)))?
+                .map_err(|e| {
+                    fail(
+                        narrowed(FailureCode::DatabaseFailed, e.code()),
+                        error_chain(&e),
+                    )
+                })?
                 .is_some();
             if exists {
                 name
@@ -960,7 +971,7 @@ impl Run {
                 let pushed = mode
                     .push(&spec.image, &d.app_id, &db.name)
                     .await
-                    .map_err(|e| fail(FailureCode::PushFailed, error_chain(&e)))?;
+                    .map_err(|e| fail(e.code(), error_chain(&e)))?;
                 let def = slipway_swarm::ServiceDef {
                     daemon_id: self.daemon_id().to_string(),
                     app_id: d.app_id.clone(),
@@ -974,17 +985,24 @@ impl Run {
                     volume: Some((volume, data_dir)),
                     ..Default::default()
                 };
-                mode.swarm
-                    .ensure_database(&def)
-                    .await
-                    .map_err(|e| fail(FailureCode::DatabaseFailed, error_chain(&e)))?
+                mode.swarm.ensure_database(&def).await.map_err(|e| {
+                    fail(
+                        narrowed(FailureCode::DatabaseFailed, e.code()),
+                        error_chain(&e),
+                    )
+                })?
             }
         } else {
             inner
                 .runtime
                 .ensure_database(&spec, &volume, &data_dir)
                 .await
-                .map_err(|e| fail(FailureCode::DatabaseFailed, error_chain(&e)))?
+                .map_err(|e| {
+                    fail(
+                        narrowed(FailureCode::DatabaseFailed, e.code()),
+                        error_chain(&e),
+                    )
+                })?
                 .name
         };
         self.update(|d| {
@@ -1085,7 +1103,13 @@ impl Run {
                 .runtime
                 .run_job(spec, timeout, cancel)
                 .await
-                .map_err(|e| Failure::new(path, FailureCode::JobFailed, error_chain(&e)))?;
+                .map_err(|e| {
+                    Failure::new(
+                        path,
+                        narrowed(FailureCode::JobFailed, e.code()),
+                        error_chain(&e),
+                    )
+                })?;
             return Ok((outcome.output, outcome.container_name, outcome.exit_code));
         };
         let def = mode
@@ -1094,7 +1118,7 @@ impl Run {
         let name = slipway_swarm::service_name(&d.app_id, job);
         tokio::select! {
             outcome = mode.swarm.run_job(&def, timeout) => {
-                let outcome = outcome.map_err(|e| Failure::new(path, FailureCode::JobFailed, error_chain(&e)))?;
+                let outcome = outcome.map_err(|e| Failure::new(path, narrowed(FailureCode::JobFailed, e.code()), error_chain(&e)))?;
                 Ok((outcome.logs, format!("Swarm job {name}"), outcome.exit_code))
             }
             () = cancel.cancelled() => {
@@ -1241,11 +1265,7 @@ impl Run {
                 format!("; its last log lines: {}", tail.join(" | "))
             }
         );
-        let code = if first.unhealthy {
-            FailureCode::HealthCheckFailed
-        } else {
-            FailureCode::RolloutFailed
-        };
+        let code = first.code();
         Err(Failure::new(
             &["deploy", first.component.as_str()],
             code,
@@ -1316,13 +1336,7 @@ impl Run {
                 (labels::DAEMON, self.daemon_id()),
             ])
             .await
-            .map_err(|e| {
-                Failure::new(
-                    &["deploy", component],
-                    FailureCode::RuntimeFailed,
-                    error_chain(&e),
-                )
-            })
+            .map_err(|e| Failure::new(&["deploy", component], e.code(), error_chain(&e)))
     }
 }
 

@@ -258,7 +258,11 @@ async fn a_cancel_racing_the_switch_over_either_wins_or_is_refused_and_the_store
         };
         assert_eq!(active.id, expected, "run {i}: {answer:?}");
         let serving = web_deployments(&env, &app.id).await;
-        assert_eq!(serving, [active.id.clone()], "run {i}: {answer:?}");
+        assert_eq!(
+            serving,
+            std::slice::from_ref(&active.id),
+            "run {i}: {answer:?}"
+        );
     }
     eprintln!("{RUNS} cancels: {won} won, {refused} refused while committing, {ended} too late");
     assert!(won > 0 && ended > 0, "the cancels came at every stage");

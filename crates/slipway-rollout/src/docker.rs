@@ -480,15 +480,14 @@ impl DockerRuntime {
             },
             () = tokio::time::sleep(timeout) => {
                 self.remove(&instance.id).await;
-                return Err(RuntimeError::Other(format!(
-                    "job {} did not finish within {} s and was stopped",
-                    spec.component,
-                    timeout.as_secs()
-                )));
+                return Err(RuntimeError::JobTimeout {
+                    component: spec.component.clone(),
+                    seconds: timeout.as_secs(),
+                });
             }
             () = cancel.cancelled() => {
                 self.remove(&instance.id).await;
-                return Err(RuntimeError::Other(format!("job {} was canceled", spec.component)));
+                return Err(RuntimeError::JobCanceled { component: spec.component.clone() });
             }
         };
         let output = self.last_output(&instance.id, JOB_OUTPUT_BYTES).await;
@@ -910,6 +909,49 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use slipway_spec::FailureCode;
+
+    /// A client for a Docker socket at `path`, which nothing answers.
+    fn docker_at(path: &std::path::Path) -> Docker {
+        Docker::connect_with_unix(path.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION).unwrap()
+    }
+
+    #[tokio::test]
+    async fn docker_that_cannot_be_reached_is_told_from_docker_that_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        // No socket to connect to: the client refuses to be made.
+        let missing = dir.path().join("missing.sock");
+        let source =
+            Docker::connect_with_unix(missing.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION)
+                .unwrap_err();
+        let err = docker_err("connect to", "the local engine")(source);
+        assert_eq!(err.code(), FailureCode::RuntimeUnreachable, "{err:?}");
+        // A socket file that nothing listens on any more: the connection is refused.
+        let path = dir.path().join("closed.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let rt = DockerRuntime::new(docker_at(&path));
+        let err = rt.list(&[("x", "y")]).await.unwrap_err();
+        assert_eq!(err.code(), FailureCode::RuntimeUnreachable, "{err:?}");
+        // The socket goes away after the client was made.
+        std::fs::remove_file(&path).unwrap();
+        let err = rt.list(&[("x", "y")]).await.unwrap_err();
+        assert_eq!(err.code(), FailureCode::RuntimeUnreachable, "{err:?}");
+        // Docker answered, and refused.
+        let refused = RuntimeError::Docker {
+            action: "create",
+            object: "container web-1".into(),
+            source: DockerError::DockerResponseServerError {
+                status_code: 409,
+                message: "Conflict. The container name is already in use".into(),
+            },
+        };
+        assert_eq!(refused.code(), FailureCode::RuntimeFailed);
+        let job = RuntimeError::JobTimeout {
+            component: "migrate".into(),
+            seconds: 5,
+        };
+        assert_eq!(job.code(), FailureCode::Timeout);
+    }
 
     #[test]
     fn a_published_port_is_reached_where_it_was_published_and_every_address_at_loopback() {

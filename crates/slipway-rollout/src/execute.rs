@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use slipway_spec::error_chain;
+use slipway_spec::{FailureCode, error_chain};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{Bounds, Counts, Step, next_step};
 use crate::readiness::{NotReady, Readiness, wait_ready};
-use crate::runtime::{Instance, InstanceSpec, Runtime};
+use crate::runtime::{Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// Everything one component's rollout needs.
 #[derive(Debug, Clone)]
@@ -96,9 +96,16 @@ pub struct RolloutError {
     pub old_running: Vec<Instance>,
     /// The rollout was canceled rather than failed.
     pub canceled: bool,
-    /// A new instance ran but did not pass its health check (rather than exiting or failing
-    /// to start).
-    pub unhealthy: bool,
+    code: FailureCode,
+}
+
+impl RolloutError {
+    /// The stable code a deployment that fails with this error ends with: why the instance
+    /// that failed did ([`FailureCode::HealthCheckFailed`], [`FailureCode::RolloutFailed`],
+    /// [`FailureCode::RuntimeUnreachable`]), or [`FailureCode::Canceled`].
+    pub fn code(&self) -> FailureCode {
+        self.code
+    }
 }
 
 enum Finished {
@@ -111,7 +118,16 @@ struct StartFailure {
     reason: String,
     logs: String,
     canceled: bool,
-    unhealthy: bool,
+    code: FailureCode,
+}
+
+/// The code of a failed start: Docker that cannot be reached is said so; anything else Docker
+/// refused is the new instance that could not start.
+fn start_code(e: &RuntimeError) -> FailureCode {
+    match e.code() {
+        FailureCode::RuntimeFailed => FailureCode::RolloutFailed,
+        code => code,
+    }
 }
 
 /// Replaces `plan.old` with `plan.bounds.target` new instances made from `plan.template`.
@@ -236,7 +252,7 @@ pub async fn roll<R: Runtime>(
                         reason: format!("a rollout task failed: {join}"),
                         logs: String::new(),
                         canceled: false,
-                        unhealthy: false,
+                        code: FailureCode::RolloutFailed,
                     });
                     stop_all.cancel();
                 }
@@ -252,7 +268,7 @@ pub async fn roll<R: Runtime>(
             new_ready,
             old_running: old.into_iter().collect(),
             canceled: false,
-            unhealthy: f.unhealthy,
+            code: f.code,
         });
     }
     if cancel.is_cancelled() {
@@ -263,7 +279,7 @@ pub async fn roll<R: Runtime>(
             new_ready,
             old_running: old.into_iter().collect(),
             canceled: true,
-            unhealthy: false,
+            code: FailureCode::Canceled,
         });
     }
     if !stop_errors.is_empty() {
@@ -283,21 +299,27 @@ async fn start_one<R: Runtime>(
         reason: format!("could not start: {}", error_chain(&e)),
         logs: String::new(),
         canceled: false,
-        unhealthy: false,
+        code: start_code(&e),
     })?;
     let ready = match wait_ready(rt, &instance, readiness, cancel).await {
-        Ok(()) => rt
-            .keep_running(&instance)
-            .await
-            .map_err(|e| NotReady::Timeout {
-                seconds: 0.0,
-                last: format!("could not set its restart policy: {}", error_chain(&e)),
-            }),
-        Err(why) => Err(why),
+        Ok(()) => rt.keep_running(&instance).await.map_err(|e| {
+            let code = start_code(&e);
+            (
+                NotReady::Timeout {
+                    seconds: 0.0,
+                    last: format!("could not set its restart policy: {}", error_chain(&e)),
+                },
+                code,
+            )
+        }),
+        Err(why) => {
+            let code = why.code();
+            Err((why, code))
+        }
     };
     match ready {
         Ok(()) => Ok(instance),
-        Err(why) => {
+        Err((why, code)) => {
             let logs = match why {
                 NotReady::Canceled => String::new(),
                 _ => rt.last_logs(&instance, 20).await,
@@ -310,7 +332,7 @@ async fn start_one<R: Runtime>(
                 reason: why.to_string(),
                 logs,
                 canceled: why == NotReady::Canceled,
-                unhealthy: matches!(why, NotReady::Timeout { .. } | NotReady::Unhealthy { .. }),
+                code,
             })
         }
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use slipway_spec::FailureCode;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +64,18 @@ pub enum NotReady {
     Unhealthy { why: String },
     #[error("canceled before it was ready")]
     Canceled,
+}
+
+impl NotReady {
+    /// The stable code of an instance that did not become ready: it failed its health check
+    /// (not ready in time, or unhealthy), it exited, or the rollout was canceled.
+    pub fn code(&self) -> FailureCode {
+        match self {
+            NotReady::Timeout { .. } | NotReady::Unhealthy { .. } => FailureCode::HealthCheckFailed,
+            NotReady::Exited { .. } => FailureCode::RolloutFailed,
+            NotReady::Canceled => FailureCode::Canceled,
+        }
+    }
 }
 
 /// Probes `instance` until it is ready, fails, or `cancel` fires.

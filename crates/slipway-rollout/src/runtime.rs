@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use slipway_spec::ComponentKind;
+use slipway_spec::{ComponentKind, FailureCode, docker_unreachable};
 
 /// Everything needed to create one instance of a component.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -85,8 +85,26 @@ pub enum RuntimeError {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("job {component} did not finish within {seconds} s and was stopped")]
+    JobTimeout { component: String, seconds: u64 },
+    #[error("job {component} was canceled")]
+    JobCanceled { component: String },
+}
+
+impl RuntimeError {
+    /// The stable code a deployment that fails with this error ends with: Docker that cannot
+    /// be reached at all is [`FailureCode::RuntimeUnreachable`], a request it refused or failed
+    /// [`FailureCode::RuntimeFailed`].
+    pub fn code(&self) -> FailureCode {
+        match self {
+            RuntimeError::Docker { source, .. } if docker_unreachable(source) => {
+                FailureCode::RuntimeUnreachable
+            }
+            RuntimeError::Docker { .. } => FailureCode::RuntimeFailed,
+            RuntimeError::JobTimeout { .. } => FailureCode::Timeout,
+            RuntimeError::JobCanceled { .. } => FailureCode::Canceled,
+        }
+    }
 }
 
 /// The container calls a rollout needs. Implemented by [`crate::DockerRuntime`] and, in

@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use slipway_spec::FailureCode;
+
 /// What went wrong fetching a source or making a build context. Each message says plainly
 /// what the user has to fix.
 #[derive(Debug, thiserror::Error)]
@@ -54,4 +56,32 @@ pub enum SourceError {
     Archive(#[source] std::io::Error),
     #[error("the git worker stopped unexpectedly")]
     Worker(#[source] tokio::task::JoinError),
+}
+
+impl SourceError {
+    /// The stable code a deployment that fails with this error ends with: what could not be
+    /// fetched is [`FailureCode::SourceFetchFailed`], what was fetched but cannot be built as
+    /// the spec says is [`FailureCode::SourceInvalid`].
+    pub fn code(&self) -> FailureCode {
+        match self {
+            SourceError::Unreachable { .. }
+            | SourceError::LocalSource { .. }
+            | SourceError::InvalidScope { .. }
+            | SourceError::CaCerts { .. }
+            | SourceError::AuthRefused { .. }
+            | SourceError::BranchMissing { .. }
+            | SourceError::Mirror { .. }
+            | SourceError::Read { .. }
+            | SourceError::Worker(_) => FailureCode::SourceFetchFailed,
+            SourceError::Timeout { .. } => FailureCode::Timeout,
+            SourceError::Canceled { .. } => FailureCode::Canceled,
+            SourceError::SourceDirMissing { .. }
+            | SourceError::SourceDirNotADirectory { .. }
+            | SourceError::DockerfileMissing { .. }
+            | SourceError::Symlink { .. }
+            | SourceError::OutsideRepository { .. } => FailureCode::SourceInvalid,
+            // Making the build context is the build's first step.
+            SourceError::Archive(_) => FailureCode::BuildFailed,
+        }
+    }
 }

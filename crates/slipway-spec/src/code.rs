@@ -122,6 +122,57 @@ impl FailureCode {
     }
 }
 
+/// Whether a Docker API call failed because Docker could not be reached at all (no socket,
+/// connection refused or dropped, no answer in time) rather than because Docker refused or
+/// failed the request. The first is [`FailureCode::RuntimeUnreachable`], the second
+/// [`FailureCode::RuntimeFailed`] (or the caller's more precise code).
+#[cfg(feature = "docker")]
+pub fn docker_unreachable(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error;
+    match e {
+        // The socket file is not there (checked before connecting).
+        Error::SocketNotFoundError(_) => true,
+        // Docker did not answer within the client's timeout.
+        Error::RequestTimeoutError => true,
+        // The connector could not open a connection (refused, no such socket, DNS).
+        Error::HyperLegacyError { err } => err.is_connect() || io_chain_unreachable(err),
+        // The connection broke while the request or its answer was under way.
+        Error::HyperResponseError { err } => {
+            err.is_closed() || err.is_incomplete_message() || io_chain_unreachable(err)
+        }
+        Error::IOError { err } => io_unreachable(err),
+        _ => false,
+    }
+}
+
+#[cfg(feature = "docker")]
+fn io_unreachable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+            | ErrorKind::BrokenPipe
+            | ErrorKind::NotFound
+            | ErrorKind::TimedOut
+            | ErrorKind::UnexpectedEof
+    )
+}
+
+#[cfg(feature = "docker")]
+fn io_chain_unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io_unreachable(io);
+        }
+        next = err.source();
+    }
+    false
+}
+
 impl fmt::Display for FailureCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

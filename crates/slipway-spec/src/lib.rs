@@ -26,6 +26,8 @@ pub mod lifecycle;
 pub mod remote;
 
 pub use code::FailureCode;
+#[cfg(feature = "docker")]
+pub use code::docker_unreachable;
 pub use model::{
     App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentError, DeploymentKind,
     Phase, Progress, Step, StepReason, StepStatus, new_id, now,

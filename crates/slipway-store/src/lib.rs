@@ -55,6 +55,22 @@ pub enum StoreError {
     Worker(#[source] tokio::task::JoinError),
 }
 
+impl StoreError {
+    /// The stable code a deployment that fails with this error ends with: whatever the store
+    /// could not do, the deployment could not be saved.
+    pub fn code(&self) -> slipway_spec::FailureCode {
+        match self {
+            StoreError::Open { .. }
+            | StoreError::Mode { .. }
+            | StoreError::NameTaken(_)
+            | StoreError::Full
+            | StoreError::Sql { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Worker(_) => slipway_spec::FailureCode::StoreFailed,
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, StoreError>;
 
 fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {

@@ -1,5 +1,7 @@
 //! The errors of the Swarm runtime: each names what was being done and to what.
 
+use slipway_spec::{FailureCode, docker_unreachable};
+
 /// What went wrong talking to Swarm or to the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
@@ -68,6 +70,29 @@ fn detail(message: &str) -> String {
 }
 
 impl SwarmError {
+    /// The stable code a deployment that fails with this error ends with.
+    pub fn code(&self) -> FailureCode {
+        match self {
+            // A manager that cannot be reached, or a node it needs that is down.
+            SwarmError::Docker { source, .. } if docker_unreachable(source) => {
+                FailureCode::RuntimeUnreachable
+            }
+            SwarmError::NodeDown { .. } => FailureCode::RuntimeUnreachable,
+            // Reached, but the engine is not a swarm manager, or it refused the request.
+            SwarmError::NotInSwarm { .. }
+            | SwarmError::NotManager
+            | SwarmError::Docker { .. }
+            | SwarmError::Unpush { .. } => FailureCode::RuntimeFailed,
+            SwarmError::Push { .. } => FailureCode::PushFailed,
+            SwarmError::RolledBack { .. }
+            | SwarmError::NeverStarted { .. }
+            | SwarmError::Paused { .. } => FailureCode::RolloutFailed,
+            SwarmError::Timeout { .. } => FailureCode::Timeout,
+            SwarmError::JobFailed { .. } => FailureCode::JobFailed,
+            SwarmError::Invalid { .. } => FailureCode::InvalidSpec,
+        }
+    }
+
     pub(crate) fn docker(action: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Self {
         let action = action.into();
         move |source| SwarmError::Docker { action, source }

@@ -15,10 +15,11 @@ use crate::wait;
 #[derive(Debug, Subcommand)]
 pub(crate) enum AppsCommand {
     /// Create an app from a spec file (YAML or JSON); its first deployment starts at once.
+    #[command(after_help = crate::EXIT_CODES)]
     Create {
         #[arg(long)]
         spec: PathBuf,
-        /// Wait until the first deployment ends.
+        /// Wait until the first deployment ends; the exit code says how (below).
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -36,6 +37,7 @@ pub(crate) enum AppsCommand {
         out: OutputArgs,
     },
     /// Replace an app's spec and deploy it.
+    #[command(after_help = crate::EXIT_CODES)]
     Update {
         app: String,
         #[arg(long)]
@@ -57,6 +59,7 @@ pub(crate) enum AppsCommand {
     },
     /// Rolling restart of services and workers from the exact same image: nothing is fetched
     /// or built; jobs and databases are not touched.
+    #[command(after_help = crate::EXIT_CODES)]
     Restart {
         app: String,
         /// Only these components (comma-separated); all services and workers when absent.
@@ -70,6 +73,7 @@ pub(crate) enum AppsCommand {
     },
     /// Create a deployment of the app's spec; with --force-rebuild, fetch the latest commit and
     /// build even if the previous build could be reused.
+    #[command(after_help = crate::EXIT_CODES)]
     CreateDeployment {
         app: String,
         #[arg(long)]

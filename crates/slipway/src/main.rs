@@ -13,6 +13,7 @@ mod wait;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use slipway_spec::FailureCode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,14 +43,33 @@ enum Command {
     Tokens(tokens::TokensCommand),
 }
 
-/// Exit codes: 0 success (with `--wait`: the deployment is ACTIVE), 1 an error, 2 bad usage,
-/// 3 the deployment ended in ERROR, 4 it was CANCELED.
+/// How a command ended, and so its exit code: 0 success (with `--wait`: the deployment is
+/// ACTIVE), 1 an error of the command itself, 2 bad usage (clap's), and for a deployment that
+/// ended in ERROR or CANCELED its failure code's exit code ([`FailureCode::exit_code`]: 10
+/// build, 11 health check, 12 job, 13 runtime unreachable, 14 store, 15 timeout), else 3
+/// (another failure, or ERROR without a code) or 4 (CANCELED without a code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Ok,
-    DeploymentError,
-    DeploymentCanceled,
+    DeploymentError(Option<FailureCode>),
+    DeploymentCanceled(Option<FailureCode>),
 }
+
+impl Outcome {
+    fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::DeploymentError(code) => code.map_or(3, FailureCode::exit_code),
+            Outcome::DeploymentCanceled(code) => code.map_or(4, FailureCode::exit_code),
+        }
+    }
+}
+
+/// The exit codes, for the help of the commands that take `--wait`.
+pub(crate) const EXIT_CODES: &str = "Exit codes with --wait: 0 ACTIVE, 1 the command failed, \
+2 bad usage, 3 another deployment failure, 4 CANCELED, 10 build failed (build, source, image, \
+push), 11 health check failed, 12 job failed, 13 Docker unreachable, 14 store failure, 15 \
+timeout.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -72,9 +92,7 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::DeploymentError) => ExitCode::from(3),
-        Ok(Outcome::DeploymentCanceled) => ExitCode::from(4),
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             eprintln!("error: {}", sentence(&e));
             ExitCode::from(1)

@@ -53,6 +53,11 @@ pub(crate) const DEPLOYMENT_COLUMNS: &[Column<Deployment>] = &[
     ("Created", |d| time(&d.created_at)),
     ("Updated", |d| time(&d.updated_at)),
     ("Duration", duration),
+    ("Error", |d| {
+        crate::wait::failure(d)
+            .map(|e| e.code.to_string())
+            .unwrap_or_default()
+    }),
 ];
 const DEPLOYMENT_DEFAULT: &[&str] = &["ID", "Cause", "Progress", "Phase", "Created", "Updated"];
 

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use slipway_spec::{Deployment, Phase, Step, StepStatus};
+use slipway_spec::{Deployment, DeploymentError, FailureCode, Phase, Step, StepStatus};
 
 use crate::Outcome;
 use crate::client::Client;
@@ -90,12 +90,32 @@ pub(crate) async fn follow(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    if current.error.is_none() {
+        current.error = failure(&current);
+    }
+    let code = current.error.as_ref().map(|e| e.code);
     let outcome = match current.phase {
         Phase::Active | Phase::Superseded => Outcome::Ok,
-        Phase::Canceled => Outcome::DeploymentCanceled,
-        _ => Outcome::DeploymentError,
+        Phase::Canceled => Outcome::DeploymentCanceled(code),
+        _ => Outcome::DeploymentError(code),
     };
     Ok((current, outcome))
+}
+
+/// Why a deployment that ended in ERROR or CANCELED did: its `error`, or for a daemon that
+/// does not set one, the failing step's reason when its code is a [`FailureCode`].
+pub(crate) fn failure(d: &Deployment) -> Option<DeploymentError> {
+    if !matches!(d.phase, Phase::Error | Phase::Canceled) {
+        return None;
+    }
+    if let Some(e) = &d.error {
+        return Some(e.clone());
+    }
+    let (_, reason) = d.progress.first_error()?;
+    Some(DeploymentError {
+        code: FailureCode::parse(&reason.code)?,
+        message: reason.message.clone(),
+    })
 }
 
 /// `DEPLOYING  deploy › web  [██░] 2/3 instances`.
@@ -126,12 +146,26 @@ fn live_line(d: &Deployment) -> String {
     line
 }
 
-/// One sentence on how a deployment ended, for the CLI's last line.
+/// One sentence on how a deployment ended, for the CLI's last line: a failed one says its
+/// code and why (`... ERROR BuildFailed (web): ...`).
 pub(crate) fn summary(d: &Deployment) -> String {
-    match d.progress.first_error() {
-        Some((step, reason)) if d.phase == Phase::Error || d.phase == Phase::Canceled => {
-            format!("{} {} ({}): {}", d.id, d.phase, step.name, reason.message)
-        }
-        _ => format!("{} {} in {}", d.id, d.phase, crate::output::duration(d)),
+    if !matches!(d.phase, Phase::Error | Phase::Canceled) {
+        return format!("{} {} in {}", d.id, d.phase, crate::output::duration(d));
     }
+    let step = d.progress.first_error();
+    let failure = failure(d);
+    let mut line = format!("{} {}", d.id, d.phase);
+    if let Some(e) = &failure {
+        line.push_str(&format!(" {}", e.code));
+    }
+    if let Some((step, _)) = step {
+        line.push_str(&format!(" ({})", step.name));
+    }
+    let message = failure
+        .map(|e| e.message)
+        .or_else(|| step.map(|(_, r)| r.message.clone()));
+    if let Some(message) = message {
+        line.push_str(&format!(": {message}"));
+    }
+    line
 }

@@ -156,7 +156,7 @@ fn the_cli_drives_a_real_daemon() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    // A deployment that fails exits 3.
+    // A deployment whose build fails exits 10, BuildFailed's exit code, and says the code.
     repo.write("Dockerfile", "FROM scratch\nNOT AN INSTRUCTION\n")
         .unwrap();
     repo.commit("break it").unwrap();
@@ -167,13 +167,85 @@ fn the_cli_drives_a_real_daemon() {
         "--force-rebuild",
         "--wait",
     ]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("ERROR (web)"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ERROR BuildFailed (web): "),
+        "{}",
+        stderr(&out)
+    );
+
+    // The same with -o json: the deployment's error names the code and why.
+    let out = daemon.cli(&[
+        "apps",
+        "create-deployment",
+        &name,
+        "--force-rebuild",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["deployment"]["phase"], "ERROR", "{v}");
+    assert_eq!(v["deployment"]["error"]["code"], "BuildFailed", "{v}");
+    let message = v["deployment"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.to_lowercase().contains("unknown instruction"),
+        "{message}"
+    );
+    let out = daemon.cli(&[
+        "apps",
+        "list-deployments",
+        &name,
+        "--format",
+        "Phase,Error",
+        "--no-header",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = stdout(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(first, "ERROR BuildFailed");
 
     let out = daemon.cli(&["apps", "delete", &name, "--purge"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = daemon.cli(&["apps", "get", &name]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn the_commands_that_wait_list_the_exit_codes() {
+    for command in ["create", "update", "restart", "create-deployment"] {
+        let out = Command::new(BIN)
+            .args(["apps", command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let help = stdout(&out)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for code in [
+            "0 ACTIVE",
+            "3 another deployment failure",
+            "4 CANCELED",
+            "10 build failed",
+            "11 health check failed",
+            "12 job failed",
+            "13 Docker unreachable",
+            "14 store failure",
+            "15 timeout",
+        ] {
+            assert!(
+                help.contains(code),
+                "apps {command} --help lacks \"{code}\": {help}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -698,6 +698,11 @@ async fn walk_through(c: Client, daemon: Arc<Daemon>, repo: Arc<HelloRepo>, app:
     })
     .await;
     assert!(reason.starts_with("At build/"), "{reason}");
+    let code = wait_text(&c, "#failure-code", minute, "failure code", |t| {
+        !t.is_empty()
+    })
+    .await;
+    assert_eq!(code, "BuildFailed");
     let failure = c
         .find(Locator::Css("#failure"))
         .await
