@@ -1,6 +1,7 @@
 //! Running one deployment through its phases.
 
 mod on_swarm;
+mod swarm_gate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
