@@ -853,7 +853,8 @@ async fn on_a_swarm_the_specs_health_check_gates_a_version_whose_image_has_no_he
     let passed = log
         .iter()
         .filter(|l| {
-            l.starts_with("web: new task web.") && l.contains("passed its health check (GET /healthz answered 200")
+            l.starts_with("web: new task web.")
+                && l.contains("passed its health check (GET /healthz answered 200")
         })
         .count();
     assert_eq!(passed, 2, "{log:?}");

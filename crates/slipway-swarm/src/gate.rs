@@ -55,6 +55,8 @@ impl HealthGate {
         Some(HealthGate::new(&h, port))
     }
 
+    /// The gate of health check `h` on `port`, with App Platform's defaults where `h` says
+    /// nothing.
     pub fn new(h: &HealthCheck, port: u16) -> HealthGate {
         let period = secs(h.period_seconds, 10.0).max(Duration::from_millis(10));
         let budget = secs(h.initial_delay_seconds, 0.0)
@@ -113,43 +115,48 @@ impl Swarm {
         let began = Instant::now();
         let mut started: Option<Instant> = None;
         let mut nodes = NodeAddrs::default();
-        let mut last = String::from("no task of it started");
+        // The probe's last answer, and what Swarm said of the last task that failed.
+        let mut answer: Option<String> = None;
+        let mut failure: Option<String> = None;
+        let mut failed = std::collections::BTreeSet::new();
+        // The container of the task Swarm wants running, once it has one.
+        let mut container: Option<String> = None;
         loop {
             for (task, published) in self.endpoints(name, gate.port).await? {
-                let state = task.status.as_ref().and_then(|s| s.state);
-                if matches!(state, Some(TaskState::STARTING | TaskState::RUNNING)) {
+                let status = task.status.clone().unwrap_or_default();
+                if matches!(status.state, Some(TaskState::STARTING | TaskState::RUNNING)) {
                     started.get_or_insert_with(Instant::now);
                 }
-                if matches!(state, Some(TaskState::FAILED | TaskState::REJECTED)) {
-                    let status = task.status.clone().unwrap_or_default();
-                    let container = status.container_status.and_then(|c| c.container_id);
-                    let health = match container {
+                if matches!(status.state, Some(TaskState::FAILED | TaskState::REJECTED))
+                    && failed.insert(task.id.clone().unwrap_or_default())
+                {
+                    started.get_or_insert_with(Instant::now);
+                    let health = match status.container_status.clone().and_then(|c| c.container_id)
+                    {
                         Some(c) => self.failed_health_check(&c).await,
                         None => None,
                     };
-                    let said = [status.message, status.err, health]
+                    let said: Vec<String> = [status.message, status.err, health]
                         .into_iter()
                         .flatten()
                         .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(": ");
-                    // The probe's last answer says more than Swarm's "task failed".
-                    if !last.starts_with(&gate.prober.describe()) {
-                        last = format!("its task failed ({said})");
-                    } else {
-                        last = format!("{last}; its task failed ({said})");
-                    }
-                    started.get_or_insert_with(Instant::now);
+                        .collect();
+                    failure = Some(format!("its task failed: {}", said.join(": ")));
                 }
                 if task.desired_state != Some(TaskState::RUNNING) {
                     continue;
                 }
+                if let Some(c) = status.container_status.and_then(|c| c.container_id) {
+                    container = Some(c);
+                }
                 let Some(port) = published else { continue };
                 let addr = nodes.addr(self, &task, port).await;
                 match gate.prober.probe(addr).await {
-                    Ok(answer) if runs(&task) => return Ok(answer),
-                    Ok(answer) => last = format!("{answer}, but Swarm does not report it running"),
-                    Err(answer) => last = answer,
+                    Ok(passed) if runs(&task) => return Ok(passed),
+                    Ok(passed) => {
+                        answer = Some(format!("{passed}, but Swarm does not report it running"));
+                    }
+                    Err(said) => answer = Some(said),
                 }
             }
             let over = match started {
@@ -158,6 +165,19 @@ impl Swarm {
             };
             if over {
                 let seconds = started.map_or(start_timeout, |_| gate.budget).as_secs_f64();
+                // A task that runs the image's own HEALTHCHECK publishes its port only once
+                // that check passed: until then, what the check answered is all there is.
+                if answer.is_none()
+                    && let Some(c) = &container
+                {
+                    answer = self.failed_health_check(c).await;
+                }
+                let last = match (answer, failure) {
+                    (Some(a), Some(f)) => format!("{a}; {f}"),
+                    (Some(a), None) => a,
+                    (None, Some(f)) => f,
+                    (None, None) => "no task of it started".to_string(),
+                };
                 return Err(SwarmError::CanaryFailed {
                     component: component.to_string(),
                     seconds,
@@ -169,7 +189,7 @@ impl Swarm {
     }
 
     /// Probes every task of the service's current version (`name` is the component's
-    /// service) until each passed, calling `passed` with the task's ID, slot and answer.
+    /// service) until as many as its replicas passed, calling `passed` with the task's ID, slot and answer.
     /// Fails with [`SwarmError::HealthCheckFailed`] naming the first task that did not pass
     /// within the gate's budget.
     pub async fn prove_tasks(
@@ -180,10 +200,14 @@ impl Swarm {
         mut passed: impl FnMut(&str, Option<i64>, &str),
     ) -> Result<usize, SwarmError> {
         let began = Instant::now();
-        let service = self.service(name).await?.ok_or_else(|| SwarmError::Invalid {
-            component: component.to_string(),
-            reason: format!("the service {name} is gone"),
-        })?;
+        let service = self
+            .service(name)
+            .await?
+            .ok_or_else(|| SwarmError::Invalid {
+                component: component.to_string(),
+                reason: format!("the service {name} is gone"),
+            })?;
+        let want = wait::replicas(&service);
         let mut nodes = NodeAddrs::default();
         let mut proven = std::collections::BTreeSet::new();
         let mut last: Option<(String, String)> = None;
@@ -216,11 +240,16 @@ impl Swarm {
                     }
                 }
             }
-            if !pending {
+            if !pending && proven.len() >= want {
                 return Ok(proven.len());
             }
             if began.elapsed() > gate.budget {
-                let (task, last) = last.unwrap_or_default();
+                let (task, last) = last.unwrap_or_else(|| {
+                    (
+                        format!("{component} (any)"),
+                        format!("only {} of {want} new tasks run", proven.len()),
+                    )
+                });
                 return Err(SwarmError::HealthCheckFailed {
                     component: component.to_string(),
                     task,
@@ -274,6 +303,9 @@ mod tests {
         let name = canary_name(&def);
         assert!(name.len() <= 63, "{name}");
         assert!(name.ends_with("-canary-9f8e7d6c5b"), "{name}");
-        assert!(name.starts_with("slipway-0123456789ab-a-component"), "{name}");
+        assert!(
+            name.starts_with("slipway-0123456789ab-a-component"),
+            "{name}"
+        );
     }
 }

@@ -113,3 +113,61 @@ pub(crate) fn runs(task: &Task) -> bool {
     task.desired_state == Some(TaskState::RUNNING)
         && task.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server answering every request with `status`; its address.
+    async fn answering(status: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_path_passes_on_2xx_and_3xx_and_says_what_it_answered_otherwise() {
+        let p = Prober::new(Some("/healthz".into()), Duration::from_secs(1));
+        assert_eq!(
+            p.probe(answering("200 OK").await).await,
+            Ok("GET /healthz answered 200 OK".into())
+        );
+        assert!(p.probe(answering("302 Found").await).await.is_ok());
+        assert_eq!(
+            p.probe(answering("500 Internal Server Error").await).await,
+            Err("GET /healthz answered 500 Internal Server Error".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_path_a_connection_is_the_probe() {
+        let p = Prober::new(None, Duration::from_secs(1));
+        let addr = answering("500 Internal Server Error").await;
+        assert!(
+            p.probe(addr).await.is_ok(),
+            "any answer: only the connection counts"
+        );
+        // A port nothing listens on (just freed).
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = free.local_addr().unwrap();
+        drop(free);
+        let e = p.probe(closed).await.unwrap_err();
+        assert!(
+            e.starts_with(&format!("TCP connect to {closed} failed")),
+            "{e}"
+        );
+    }
+}

@@ -440,10 +440,7 @@ mod tests {
         let net = &task.networks.unwrap()[0];
         assert_eq!(net.target.as_deref(), Some("slipway-a1"));
         assert_eq!(net.aliases, None);
-        assert_eq!(
-            task.container_spec.unwrap().image,
-            Some(d.image.clone())
-        );
+        assert_eq!(task.container_spec.unwrap().image, Some(d.image.clone()));
         assert_eq!(
             s.endpoint_spec.unwrap().ports.unwrap()[0].publish_mode,
             Some(EndpointPortConfigPublishModeEnum::HOST)

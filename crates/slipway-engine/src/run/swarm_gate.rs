@@ -47,7 +47,9 @@ impl Run {
         let line = match &result {
             None => format!("{component}: canary removed"),
             Some(Ok(answer)) => {
-                format!("{component}: the canary passed its health check ({answer}); canary removed")
+                format!(
+                    "{component}: the canary passed its health check ({answer}); canary removed"
+                )
             }
             Some(Err(e)) => format!("{e}; canary removed"),
         };
