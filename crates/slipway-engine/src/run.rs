@@ -5,6 +5,7 @@ pub(crate) use drive::{Settled, settle_interrupted};
 #[cfg(test)]
 mod faults;
 mod on_swarm;
+mod swarm_gate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

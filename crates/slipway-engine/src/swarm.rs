@@ -7,6 +7,15 @@
 //! - services and workers are Swarm services, rolled out by Swarm's rolling update (a restart
 //!   bumps the force-update counter), followed from the task states into the steps and the
 //!   DEPLOY log; Swarm rolls a failing update back by itself;
+//! - the spec's health check gates a service's rollout, as readiness does on one engine
+//!   (Swarm alone knows only the image's `HEALTHCHECK`, and without one calls a task running
+//!   once its container started): a build deployment first runs the new version as a canary
+//!   (a one-task Swarm service of its own, removed whatever happens) and probes it from the
+//!   daemon as the ingress does ([`slipway_swarm::HealthGate`]); the service is updated only
+//!   once the canary passed within `initial_delay + period × failure_threshold`. After Swarm's
+//!   update, every new task is probed the same way (a restart has only this check). A failed
+//!   check fails the component with `HealthCheckFailed`, and the service keeps, or is returned
+//!   to, the previous version;
 //! - jobs are `replicated-job` services, databases services pinned to a node with their volume;
 //! - the ingress follows each service's tasks ([`slipway_swarm::follow_endpoints`]);
 //! - the reconciler recreates a service that is missing, returns one that runs another image

@@ -3,8 +3,9 @@
 //! only then) and Debian's `docker-registry` on loopback as the registry.
 //!
 //! One app is deployed, restarted and force-rebuilt under steady traffic through the ingress,
-//! then given a version whose health check fails: Swarm rolls it back, the deployment ends in
-//! ERROR, and the previous version keeps serving. Another app checks that image retention and
+//! then given a version whose health check fails: its canary never passes, the deployment ends
+//! in ERROR, and the previous version keeps serving. The same holds for an image without a
+//! `HEALTHCHECK`, which Swarm alone would roll out unchecked. Another app checks that image retention and
 //! the app's deletion reach the registry. Clean-up (services, containers, networks,
 //! volumes, images, the swarm, the registry) runs from `Drop`, so also when an assertion fails.
 
@@ -243,8 +244,8 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
         assert!(body.starts_with("hello from v2"), "{body}");
     }
 
-    // A new version whose health check fails: Swarm rolls it back, the deployment is ERROR,
-    // and v2 serves throughout.
+    // A new version whose health check fails: its canary never passes, so the service is not
+    // touched, the deployment is ERROR, and v2 serves throughout.
     let running = Traffic::start(&http, &url, 2, 100_000, Duration::from_secs(180));
     let broken = parse_spec(&spec_yaml("      - {key: HEALTHZ_FAIL, value: \"1\"}\n"))
         .unwrap()
@@ -252,24 +253,15 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     let (_, d) = engine.update_app(&app.id, broken).await.unwrap();
     let d = wait_for(engine, &d).await;
     assert_eq!(d.phase, Phase::Error, "{:?}", d.progress);
-    // The new task's step says why it failed: its health check's answer.
+    // The component's step says why: the health check's answer, with the reason code.
     let (step, reason) = d.progress.first_error().expect("the failure is in a step");
-    assert_eq!(reason.code, "InstanceFailed", "{step:?}");
-    assert!(
-        reason.message.contains("health check failed") && reason.message.contains("500"),
-        "{}",
-        reason.message
-    );
-    // The component's step says what happened to the update, and with what reason.
-    let mut progress = d.progress.clone();
-    let web = progress.find_mut(&["deploy", "web"]).unwrap();
-    let reason = web.reason.clone().expect("the component's step failed");
-    assert_eq!(reason.code, "RolloutFailed");
+    assert_eq!(step.name, "web", "{step:?}");
+    assert_eq!(reason.code, "HealthCheckFailed", "{step:?}");
     assert!(
         reason
             .message
-            .starts_with("web: the update failed and Swarm rolled it back")
-            && reason.message.contains("health check failed")
+            .starts_with("web: the new version did not pass its health check")
+            && reason.message.contains("500")
             && reason
                 .message
                 .contains("the previous version keeps running"),
@@ -724,7 +716,7 @@ async fn on_a_swarm_a_failing_component_stops_the_others_at_once() {
     let web = progress.find_mut(&["deploy", "web"]).unwrap();
     assert_eq!(
         web.reason.as_ref().map(|r| r.code.as_str()),
-        Some("RolloutFailed"),
+        Some("HealthCheckFailed"),
         "{reason:?}"
     );
     // Waiting for `slow` would have taken 170 s at least.
@@ -747,6 +739,127 @@ async fn on_a_swarm_a_failing_component_stops_the_others_at_once() {
     );
     let active = engine.store().active_deployment(&app.id).await.unwrap();
     assert_eq!(active.map(|a| a.id), Some(first.id));
+    engine.delete_app(&app.id, true).await.unwrap();
+    engine.shutdown().await;
+}
+
+/// The spec's health check gates a Swarm rollout even when the image has no `HEALTHCHECK` of
+/// its own (Swarm then knows of no check at all): a version whose `/healthz` answers 500 is
+/// never served, the deployment fails with `HealthCheckFailed`, and the previous version keeps
+/// serving every request. A restart's new tasks are checked too before it is ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_swarm_the_specs_health_check_gates_a_version_whose_image_has_no_healthcheck() {
+    let Some(world) = world().await else { return };
+    let (engine, docker) = (&world.engine, &world.docker);
+    let repo = HelloRepo::new("v1").unwrap();
+    let name = unique("swarm-gate");
+    let spec_yaml = |extra_env: &str| {
+        format!(
+            "name: {name}\nservices:\n  - name: web\n    {git}\n    instance_count: 2\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3}}\n    termination: {{drain_seconds: 5, grace_period_seconds: 5}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{extra_env}",
+            git = common::git(&repo)
+        )
+    };
+    let spec = parse_spec(&spec_yaml("")).unwrap().spec;
+    let (app, first) = engine.create_app(spec).await.unwrap();
+    let first = wait_for(engine, &first).await;
+    assert_active(&first);
+    let v1 = first.services[0].image.clone().unwrap().pushed.unwrap();
+
+    let ingress = engine.ingress();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingress.ready_count(&app.id, "web") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the tasks never joined the ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        engine.ingress(),
+        listener,
+        stop.clone(),
+    ));
+    let _stop = stop.drop_guard();
+    let host = format!("{name}.localhost");
+    let http = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{host}:{}/", addr.port());
+
+    // A new version whose /healthz answers 500, under load.
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broken = parse_spec(&spec_yaml("      - {key: HEALTHZ_FAIL, value: \"1\"}\n"))
+        .unwrap()
+        .spec;
+    let (_, d) = engine.update_app(&app.id, broken).await.unwrap();
+    let d = wait_for(engine, &d).await;
+    // The traffic goes on a moment after the end, in case a failed version was left serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = running.finish().await;
+    assert_eq!(d.phase, Phase::Error, "{:?}", d.progress);
+    let mut progress = d.progress.clone();
+    let web = progress.find_mut(&["deploy", "web"]).unwrap();
+    let reason = web.reason.clone().expect("the component's step failed");
+    assert_eq!(reason.code, "HealthCheckFailed", "{}", reason.message);
+    assert!(
+        reason.message.starts_with("web: ")
+            && reason.message.contains("GET /healthz answered 500")
+            && reason
+                .message
+                .contains("the previous version keeps running"),
+        "{}",
+        reason.message
+    );
+    eprintln!("the failed update: {}", reason.message);
+    tally.assert_none_failed("the failed update");
+    eprintln!("failed update: {} requests, none failed", tally.ok);
+    assert!(tally.ok > 50, "the load ran: {} requests", tally.ok);
+    assert!(
+        tally.every_body_starts_with("hello from v1"),
+        "{:?}",
+        tally.bodies.keys().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(service(docker, &app.id, "web").await.0, v1);
+    let env = service_env(docker, &app.id, "web").await;
+    assert!(
+        !env.iter().any(|e| e.starts_with("HEALTHZ_FAIL=")),
+        "{env:?}"
+    );
+    let active = engine.store().active_deployment(&app.id).await.unwrap();
+    assert_eq!(active.map(|a| a.id), Some(first.id.clone()));
+    // The canary is gone.
+    assert_eq!(
+        app_services(docker, &app.id).await,
+        vec![slipway_swarm::service_name(&app.id, "web")]
+    );
+
+    // A restart: every new task answers its health check before the deployment is ACTIVE.
+    let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = engine.restart(&app.id, &[]).await.unwrap();
+    let d = wait_for(engine, &d).await;
+    assert_active(&d);
+    let tally = running.finish().await;
+    tally.assert_none_failed("the restart");
+    assert!(tally.every_body_starts_with("hello from v1"));
+    let log = deploy_log(engine, &d).await;
+    let passed = log
+        .iter()
+        .filter(|l| {
+            l.starts_with("web: new task web.")
+                && l.contains("passed its health check (GET /healthz answered 200")
+        })
+        .count();
+    assert_eq!(passed, 2, "{log:?}");
+    assert_eq!(service(docker, &app.id, "web").await, (v1, 1));
+
     engine.delete_app(&app.id, true).await.unwrap();
     engine.shutdown().await;
 }

@@ -43,6 +43,27 @@ pub enum SwarmError {
     /// A new service's every task failed: there is no previous version to roll back to.
     #[error("{component}: every task of the new service failed ({message})")]
     NeverStarted { component: String, message: String },
+    /// The new version's canary did not pass the component's health check: the service was
+    /// not touched.
+    #[error(
+        "{component}: the new version did not pass its health check within {seconds:.1} s in a canary task ({last})"
+    )]
+    CanaryFailed {
+        component: String,
+        seconds: f64,
+        last: String,
+    },
+    /// A task of the service's new version did not pass the component's health check once
+    /// Swarm's update completed.
+    #[error(
+        "{component}: new task {task} did not pass its health check within {seconds:.1} s ({last})"
+    )]
+    HealthCheckFailed {
+        component: String,
+        task: String,
+        seconds: f64,
+        last: String,
+    },
     /// Swarm paused the update (or the rollback) and it needs an operator.
     #[error("{component}: Swarm paused the update ({message})")]
     Paused { component: String, message: String },
@@ -87,6 +108,9 @@ impl SwarmError {
             SwarmError::RolledBack { .. }
             | SwarmError::NeverStarted { .. }
             | SwarmError::Paused { .. } => FailureCode::RolloutFailed,
+            SwarmError::CanaryFailed { .. } | SwarmError::HealthCheckFailed { .. } => {
+                FailureCode::HealthCheckFailed
+            }
             SwarmError::Timeout { .. } => FailureCode::Timeout,
             SwarmError::JobFailed { .. } => FailureCode::JobFailed,
             SwarmError::Invalid { .. } => FailureCode::InvalidSpec,

@@ -37,6 +37,8 @@
 
 mod endpoints;
 mod error;
+mod gate;
+mod probe;
 mod registry;
 mod spec;
 mod swarm;
@@ -44,7 +46,11 @@ mod wait;
 
 pub use endpoints::{EndpointEvent, Follower, follow_endpoints};
 pub use error::SwarmError;
+pub use gate::{HealthGate, canary_name, task_name};
+pub use probe::Prober;
 pub use registry::{push, unpush, unpush_repository};
-pub use spec::{ServiceDef, network_name, service_name, service_spec, short_id, update_settings};
+pub use spec::{
+    ServiceDef, canary_spec, network_name, service_name, service_spec, short_id, update_settings,
+};
 pub use swarm::{JobOutcome, Swarm};
 pub use wait::{TaskEvent, UpdateOutcome};

@@ -297,6 +297,32 @@ pub fn service_spec(def: &ServiceDef, force_update: u64) -> ServiceSpec {
     }
 }
 
+/// The spec of a component's canary (see [`crate::HealthGate`]): `def` as one task named
+/// `name`, with the service's labels, env, health check and host-mode port, on the app's
+/// network but without the component's alias, so that no other component resolves the
+/// component's name to a version not yet proven. It is never updated, so it has no update or
+/// rollback settings.
+pub fn canary_spec(def: &ServiceDef, name: &str) -> ServiceSpec {
+    let one = ServiceDef {
+        replicas: 1,
+        ..def.clone()
+    };
+    let mut spec = service_spec(&one, 0);
+    spec.name = Some(name.to_string());
+    if let Some(networks) = spec
+        .task_template
+        .as_mut()
+        .and_then(|t| t.networks.as_mut())
+    {
+        for n in networks {
+            n.aliases = None;
+        }
+    }
+    spec.update_config = None;
+    spec.rollback_config = None;
+    spec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +426,26 @@ mod tests {
         assert_eq!(h.retries, Some(3));
         assert_eq!(h.start_period, Some(500_000_000));
         assert_eq!(s.update_config.unwrap().monitor, Some(200_000_000));
+    }
+
+    #[test]
+    fn a_canary_is_one_task_of_the_same_definition_without_the_alias() {
+        let mut d = def();
+        d.network = Some("slipway-a1".into());
+        let s = canary_spec(&d, "slipway-a1-web-canary-dep1");
+        assert_eq!(s.name.as_deref(), Some("slipway-a1-web-canary-dep1"));
+        assert_eq!(s.labels, Some(d.labels()));
+        assert_eq!(s.mode.unwrap().replicated.unwrap().replicas, Some(1));
+        let task = s.task_template.unwrap();
+        let net = &task.networks.unwrap()[0];
+        assert_eq!(net.target.as_deref(), Some("slipway-a1"));
+        assert_eq!(net.aliases, None);
+        assert_eq!(task.container_spec.unwrap().image, Some(d.image.clone()));
+        assert_eq!(
+            s.endpoint_spec.unwrap().ports.unwrap()[0].publish_mode,
+            Some(EndpointPortConfigPublishModeEnum::HOST)
+        );
+        assert!(s.update_config.is_none());
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub(crate) fn template(service: &Service) -> Option<TaskSpec> {
     service.spec.as_ref().and_then(|s| s.task_template.clone())
 }
 
-fn replicas(service: &Service) -> usize {
+/// The tasks a replicated service wants (1 otherwise).
+pub(crate) fn replicas(service: &Service) -> usize {
     service
         .spec
         .as_ref()

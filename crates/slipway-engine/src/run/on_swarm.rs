@@ -15,7 +15,7 @@ use super::{Failure, Run};
 use crate::swarm::SwarmMode;
 
 /// Why one component's update did not finish.
-enum Stopped {
+pub(super) enum Stopped {
     Canceled,
     Failed {
         error: SwarmError,
@@ -79,14 +79,15 @@ impl Run {
         let mut notes = Vec::new();
         if !restart {
             for (def, result) in defs.iter().zip(&results) {
-                let rolled_back_by_swarm = matches!(
+                // Swarm rolled it back, or its canary failed before the service was touched.
+                let unchanged = matches!(
                     result,
                     Err(Stopped::Failed {
-                        error: SwarmError::RolledBack { .. },
+                        error: SwarmError::RolledBack { .. } | SwarmError::CanaryFailed { .. },
                         ..
                     })
                 );
-                if rolled_back_by_swarm {
+                if unchanged {
                     continue;
                 }
                 if let Err(note) = self.restore_service(mode, previous, def).await {
@@ -114,7 +115,7 @@ impl Run {
             .unwrap_or_default();
         Err(Failure::new(
             &["deploy", def.component.as_str()],
-            FailureCode::RolloutFailed,
+            error.code(),
             format!(
                 "{}{task}; the previous version keeps running{note}",
                 error_chain(error)
@@ -132,6 +133,11 @@ impl Run {
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         let failed = |error| Stopped::Failed { error, task: None };
+        // A restart runs the version already proven: only its new tasks are checked.
+        let gate = slipway_swarm::HealthGate::of(def);
+        if !restart && let Some(gate) = &gate {
+            self.prove_canary(mode, def, gate, stop).await?;
+        }
         let name = if restart {
             mode.swarm.restart(def).await.map_err(failed)?
         } else {
@@ -163,10 +169,11 @@ impl Run {
             last_failure
         };
         let (result, task) = tokio::join!(wait, report);
-        match result {
-            None => Err(Stopped::Canceled),
-            Some(Ok(_)) => Ok(()),
-            Some(Err(error)) => Err(Stopped::Failed { error, task }),
+        match (result, gate) {
+            (None, _) => Err(Stopped::Canceled),
+            (Some(Ok(_)), Some(gate)) => self.prove_new_tasks(mode, def, &gate, stop).await,
+            (Some(Ok(_)), None) => Ok(()),
+            (Some(Err(error)), _) => Err(Stopped::Failed { error, task }),
         }
     }
 
