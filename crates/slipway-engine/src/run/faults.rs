@@ -141,6 +141,18 @@ impl World {
     }
 }
 
+/// A request Docker refused, saying `why`.
+fn refused(why: String) -> RuntimeError {
+    RuntimeError::Docker {
+        action: "carry out",
+        object: "a request".into(),
+        source: bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: why,
+        },
+    }
+}
+
 /// The runtime's calls, through the world.
 #[derive(Clone)]
 struct Rt {
@@ -153,7 +165,7 @@ impl Runtime for Rt {
         self.world
             .call("runtime.start", self.control.as_deref())
             .await
-            .map_err(RuntimeError::Other)?;
+            .map_err(refused)?;
         let id = self
             .world
             .start_container(&spec.component, &spec.image, &spec.deployment_id);
@@ -187,7 +199,7 @@ impl Runtime for Rt {
         self.world
             .call("runtime.stop", self.control.as_deref())
             .await
-            .map_err(RuntimeError::Other)?;
+            .map_err(refused)?;
         self.world.lock().containers.remove(&instance.id);
         Ok(())
     }
