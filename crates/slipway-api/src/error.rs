@@ -173,6 +173,21 @@ mod tests {
             "what is logged is not answered: {body}"
         );
 
+        let refused = EngineError::CancelRefused {
+            id: "d1".into(),
+            reason: "the switch-over has begun committing".into(),
+        };
+        let (status, body) = answer(refused).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["id"], "conflict");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("can no longer be canceled: the switch-over has begun committing"),
+            "{body}"
+        );
+
         let (status, body) = answer(EngineError::Store(slipway_store::StoreError::Full)).await;
         assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
         assert_eq!(body["id"], "insufficient_storage");

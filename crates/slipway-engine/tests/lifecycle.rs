@@ -268,3 +268,62 @@ async fn a_cancel_racing_the_switch_over_either_wins_or_is_refused_and_the_store
     assert!(won > 0 && ended > 0, "the cancels came at every stage");
     env.engine.delete_app(&app.id, true).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_once_the_switch_over_commits_is_refused_and_the_new_version_stays() {
+    let Some(env) = env().await else { return };
+    let v1 = format!("c1-{}", env.daemon_id);
+    let v2 = format!("c2-{}", env.daemon_id);
+    build_hello_image(
+        &env.docker,
+        &format!("slipway-lifecycle:{v1}"),
+        &env.daemon_id,
+        "v1",
+    )
+    .await
+    .unwrap();
+    build_hello_image(
+        &env.docker,
+        &format!("slipway-lifecycle:{v2}"),
+        &env.daemon_id,
+        "v2",
+    )
+    .await
+    .unwrap();
+    let name = unique("committed");
+    let (app, first) = env.engine.create_app(spec(&name, &v1, true)).await.unwrap();
+    wait_ok(&env, &first).await;
+    let mut updates = env.engine.subscribe();
+    let (_, d) = env
+        .engine
+        .update_app(&app.id, spec(&name, &v2, true))
+        .await
+        .unwrap();
+    // During its POST_DEPLOY job the switch-over has committed.
+    loop {
+        let u = tokio::time::timeout(Duration::from_secs(120), updates.recv())
+            .await
+            .expect("the deployment reaches its POST_DEPLOY job")
+            .unwrap();
+        if u.deployment.id == d.id
+            && u.deployment
+                .progress
+                .running_path()
+                .first()
+                .is_some_and(|s| s == "post-deploy")
+        {
+            break;
+        }
+    }
+    match env.engine.cancel(&app.id, &d.id).await {
+        Err(EngineError::CancelRefused { reason, .. }) => {
+            assert!(reason.contains("switch-over"), "{reason}")
+        }
+        other => panic!("a committed deployment's cancel answered {other:?}"),
+    }
+    let ended = wait_ok(&env, &d).await;
+    assert!(ended.error.is_none());
+    assert_eq!(web_deployments(&env, &app.id).await, [ended.id.clone()]);
+    assert!(answers(&env, &app.id).await[0].starts_with("hello from v2"));
+    env.engine.delete_app(&app.id, true).await.unwrap();
+}
