@@ -323,7 +323,10 @@ async fn a_cancel_once_the_switch_over_commits_is_refused_and_the_new_version_st
     }
     let ended = wait_ok(&env, &d).await;
     assert!(ended.error.is_none());
-    assert_eq!(web_deployments(&env, &app.id).await, [ended.id.clone()]);
+    assert_eq!(
+        web_deployments(&env, &app.id).await,
+        std::slice::from_ref(&ended.id)
+    );
     assert!(answers(&env, &app.id).await[0].starts_with("hello from v2"));
     env.engine.delete_app(&app.id, true).await.unwrap();
 }
