@@ -15,8 +15,13 @@
 //!
 //! A deployment is all or nothing: when one component's rollout fails, the others stop, every
 //! component is returned to the previous deployment's version, the deployment ends in ERROR
-//! with a step that says why, and the previous deployment stays ACTIVE. When a deployment
-//! becomes ACTIVE, the previous ACTIVE one becomes SUPERSEDED in the same transaction.
+//! with a step and an `error` that say why (a stable [`slipway_spec::FailureCode`]), and the
+//! previous deployment stays ACTIVE. When a deployment becomes ACTIVE, the previous ACTIVE one
+//! becomes SUPERSEDED in the same transaction.
+//!
+//! The moves between phases are one table (`slipway_spec::lifecycle`), carried out in one
+//! place (`run/drive.rs`): every phase is saved before it is announced, and a cancel is decided
+//! against the switch-over's commit under one lock (the `lifecycle` module's cancel table).
 
 mod build_key;
 mod error;
