@@ -525,28 +525,11 @@ impl DockerRuntime {
             .tail("all")
             .build();
         let mut stream = self.docker.logs(id, Some(options));
-        let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        let (mut bytes, mut left_out) = (0usize, 0u64);
+        let mut tail = slipway_spec::OutputTail::new(max_bytes);
         while let Some(Ok(chunk)) = stream.next().await {
-            let text = chunk.to_string();
-            bytes += text.len();
-            kept.push_back(text);
-            while bytes > max_bytes && kept.len() > 1 {
-                if let Some(old) = kept.pop_front() {
-                    bytes -= old.len();
-                    left_out += 1;
-                }
-            }
+            tail.push(chunk.to_string());
         }
-        let mut out = String::with_capacity(bytes + 100);
-        if left_out > 0 {
-            out.push_str(&format!(
-                "... {left_out} earlier lines not kept: only the last {} KiB of the output are ...\n",
-                max_bytes >> 10
-            ));
-        }
-        out.extend(kept);
-        out
+        tail.finish()
     }
 
     /// A container's log as records (`at` is Docker's RFC 3339 timestamp, so records of

@@ -20,6 +20,7 @@ mod code;
 mod model;
 mod parse;
 mod spec;
+mod tail;
 
 pub mod labels;
 pub mod lifecycle;
@@ -42,6 +43,7 @@ pub use spec::{
     IngressMatch, IngressPath, IngressRule, JobKind, JobSpec, RolloutSpec, ServiceSpec, Source,
     Termination, WorkerSpec,
 };
+pub use tail::OutputTail;
 
 /// An error and its sources, joined with ": ". A source whose words the text already holds
 /// (an error that repeats its cause in its own message) is left out.

@@ -52,5 +52,5 @@ pub use registry::{push, unpush, unpush_repository};
 pub use spec::{
     ServiceDef, canary_spec, network_name, service_name, service_spec, short_id, update_settings,
 };
-pub use swarm::{JobOutcome, Swarm};
+pub use swarm::{JOB_OUTPUT_BYTES, JobOutcome, Swarm};
 pub use wait::{TaskEvent, UpdateOutcome};

@@ -20,6 +20,10 @@ use crate::error::SwarmError;
 use crate::spec::{ServiceDef, network_name, service_name, service_spec};
 use crate::wait::{self, TaskEvent, UpdateOutcome, Verdict};
 
+/// The most bytes of a job's output [`Swarm::run_job`] returns (its last ones): what a
+/// deployment's DEPLOY log keeps of it.
+pub const JOB_OUTPUT_BYTES: usize = 1 << 20;
+
 /// How often Swarm's state is read while waiting.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -490,19 +494,20 @@ impl Swarm {
             .boxed()
     }
 
-    /// A service's output (all its tasks), as text.
+    /// A service's output (all its tasks), as text: its last [`JOB_OUTPUT_BYTES`], as on one
+    /// engine.
     pub async fn logs(&self, name: &str) -> String {
         let options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
             .follow(false)
             .build();
-        let mut out = String::new();
+        let mut tail = slipway_spec::OutputTail::new(JOB_OUTPUT_BYTES);
         let mut stream = self.docker.service_logs(name, Some(options));
         while let Some(Ok(chunk)) = stream.next().await {
-            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            tail.push(String::from_utf8_lossy(&chunk.into_bytes()).into_owned());
         }
-        out
+        tail.finish()
     }
 
     /// Creates a database's service when missing (never updates it: its volume and data are
