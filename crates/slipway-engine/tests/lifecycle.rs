@@ -37,6 +37,48 @@ services:
     .spec
 }
 
+/// Two images of the example app under `slipway-lifecycle`, answering v1 and v2: their tags.
+async fn two_versions(env: &common::Env, prefix: &str) -> (String, String) {
+    let mut tags = Vec::new();
+    for version in ["v1", "v2"] {
+        let tag = format!("{prefix}-{version}-{}", env.daemon_id);
+        let reference = format!("slipway-lifecycle:{tag}");
+        build_hello_image(&env.docker, &reference, &env.daemon_id, version)
+            .await
+            .unwrap();
+        tags.push(tag);
+    }
+    (tags.remove(0), tags.remove(0))
+}
+
+/// Follows deployment `id`'s announcements until its POST_DEPLOY job runs (the switch-over
+/// has committed); returns the phases it was announced in.
+async fn until_post_deploy(
+    updates: &mut tokio::sync::broadcast::Receiver<slipway_engine::DeploymentUpdate>,
+    id: &str,
+) -> Vec<Phase> {
+    let mut announced = Vec::new();
+    loop {
+        let u = tokio::time::timeout(Duration::from_secs(120), updates.recv())
+            .await
+            .expect("the deployment reaches its POST_DEPLOY job")
+            .unwrap();
+        if u.deployment.id != id {
+            continue;
+        }
+        announced.push(u.deployment.phase);
+        assert!(!u.deployment.phase.is_terminal(), "{:?}", u.deployment);
+        if u.deployment
+            .progress
+            .running_path()
+            .first()
+            .is_some_and(|s| s == "post-deploy")
+        {
+            return announced;
+        }
+    }
+}
+
 /// What each running web instance answers on `/`.
 async fn answers(env: &common::Env, app: &str) -> Vec<String> {
     let client = reqwest::Client::new();
@@ -76,24 +118,7 @@ async fn web_deployments(env: &common::Env, app: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_refuses_the_activation_never_claims_it_and_the_previous_version_serves() {
     let Some(env) = env().await else { return };
-    let v1 = format!("v1-{}", env.daemon_id);
-    let v2 = format!("v2-{}", env.daemon_id);
-    build_hello_image(
-        &env.docker,
-        &format!("slipway-lifecycle:{v1}"),
-        &env.daemon_id,
-        "v1",
-    )
-    .await
-    .unwrap();
-    build_hello_image(
-        &env.docker,
-        &format!("slipway-lifecycle:{v2}"),
-        &env.daemon_id,
-        "v2",
-    )
-    .await
-    .unwrap();
+    let (v1, v2) = two_versions(&env, "ro").await;
     let name = unique("readonly");
     let (app, first) = env.engine.create_app(spec(&name, &v1, true)).await.unwrap();
     let first = wait_ok(&env, &first).await;
@@ -106,27 +131,7 @@ async fn a_store_that_refuses_the_activation_never_claims_it_and_the_previous_ve
         .unwrap();
     // Every new instance is ready and the switch-over committed: the POST_DEPLOY job runs.
     // The store refuses every write from now on.
-    let mut announced = Vec::new();
-    loop {
-        let u = tokio::time::timeout(Duration::from_secs(120), updates.recv())
-            .await
-            .expect("the deployment reaches its POST_DEPLOY job")
-            .unwrap();
-        if u.deployment.id != d.id {
-            continue;
-        }
-        announced.push(u.deployment.phase);
-        let running = u
-            .deployment
-            .progress
-            .running_path()
-            .first()
-            .is_some_and(|s| s == "post-deploy");
-        if running {
-            break;
-        }
-        assert!(!u.deployment.phase.is_terminal(), "{:?}", u.deployment);
-    }
+    let mut announced = until_post_deploy(&mut updates, &d.id).await;
     env.engine.store().set_read_only(true).await.unwrap();
     assert!(
         answers(&env, &app.id).await[0].starts_with("hello from v2"),
@@ -272,24 +277,7 @@ async fn a_cancel_racing_the_switch_over_either_wins_or_is_refused_and_the_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_once_the_switch_over_commits_is_refused_and_the_new_version_stays() {
     let Some(env) = env().await else { return };
-    let v1 = format!("c1-{}", env.daemon_id);
-    let v2 = format!("c2-{}", env.daemon_id);
-    build_hello_image(
-        &env.docker,
-        &format!("slipway-lifecycle:{v1}"),
-        &env.daemon_id,
-        "v1",
-    )
-    .await
-    .unwrap();
-    build_hello_image(
-        &env.docker,
-        &format!("slipway-lifecycle:{v2}"),
-        &env.daemon_id,
-        "v2",
-    )
-    .await
-    .unwrap();
+    let (v1, v2) = two_versions(&env, "commit").await;
     let name = unique("committed");
     let (app, first) = env.engine.create_app(spec(&name, &v1, true)).await.unwrap();
     wait_ok(&env, &first).await;
@@ -300,21 +288,7 @@ async fn a_cancel_once_the_switch_over_commits_is_refused_and_the_new_version_st
         .await
         .unwrap();
     // During its POST_DEPLOY job the switch-over has committed.
-    loop {
-        let u = tokio::time::timeout(Duration::from_secs(120), updates.recv())
-            .await
-            .expect("the deployment reaches its POST_DEPLOY job")
-            .unwrap();
-        if u.deployment.id == d.id
-            && u.deployment
-                .progress
-                .running_path()
-                .first()
-                .is_some_and(|s| s == "post-deploy")
-        {
-            break;
-        }
-    }
+    until_post_deploy(&mut updates, &d.id).await;
     match env.engine.cancel(&app.id, &d.id).await {
         Err(EngineError::CancelRefused { reason, .. }) => {
             assert!(reason.contains("switch-over"), "{reason}")

@@ -63,6 +63,39 @@ async fn service(docker: &bollard::Docker, app_id: &str, component: &str) -> (St
     )
 }
 
+/// Waits until `ready` tasks of the app's `web` serve through the engine's ingress, and serves
+/// the ingress on loopback: a client that reaches the app by its name, the app's URL, and what
+/// stops the ingress when dropped.
+async fn through_ingress(
+    engine: &Engine,
+    app_id: &str,
+    name: &str,
+    ready: usize,
+) -> (reqwest::Client, String, tokio_util::sync::DropGuard) {
+    let ingress = engine.ingress();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingress.ready_count(app_id, "web") < ready {
+        assert!(
+            Instant::now() < deadline,
+            "the tasks never joined the ingress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(ingress, listener, stop.clone()));
+    let host = format!("{name}.localhost");
+    let http = reqwest::Client::builder()
+        .resolve(&host, addr)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{host}:{}/", addr.port());
+    (http, url, stop.drop_guard())
+}
+
 /// An engine on the local swarm, and what it needs; the fields drop in order (the engine's
 /// store first, the swarm's clean-up last).
 struct World {
@@ -158,31 +191,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
 
     // The ingress, fed with the tasks.
     let ingress = engine.ingress();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ingress.ready_count(&app.id, "web") < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the tasks never joined the ingress"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(slipway_ingress::serve(
-        engine.ingress(),
-        listener,
-        stop.clone(),
-    ));
-    let _stop = stop.drop_guard();
-    let host = format!("{name}.localhost");
-    let http = reqwest::Client::builder()
-        .resolve(&host, addr)
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let url = format!("http://{host}:{}/", addr.port());
+    let (http, url, _stop) = through_ingress(engine, &app.id, &name, 3).await;
 
     // Restart under load: the same image digest, every task replaced, no request failed.
     let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
@@ -765,32 +774,7 @@ async fn on_a_swarm_the_specs_health_check_gates_a_version_whose_image_has_no_he
     assert_active(&first);
     let v1 = first.services[0].image.clone().unwrap().pushed.unwrap();
 
-    let ingress = engine.ingress();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ingress.ready_count(&app.id, "web") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the tasks never joined the ingress"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(slipway_ingress::serve(
-        engine.ingress(),
-        listener,
-        stop.clone(),
-    ));
-    let _stop = stop.drop_guard();
-    let host = format!("{name}.localhost");
-    let http = reqwest::Client::builder()
-        .resolve(&host, addr)
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let url = format!("http://{host}:{}/", addr.port());
+    let (http, url, _stop) = through_ingress(engine, &app.id, &name, 2).await;
 
     // A new version whose /healthz answers 500, under load.
     let running = Traffic::start(&http, &url, 4, 100_000, Duration::from_secs(180));
