@@ -280,12 +280,14 @@ impl drive::Steps for Arc<Run> {
                 .map_err(|e| drive::StoreFault::from_error(&e))?;
             *d = next;
             tracing::info!(deployment.id = %d.id, superseded = ?superseded, "deployment active");
-            self.engine.announce(d.clone());
+            // Both were written in one transaction; the one it replaces is told first, so that
+            // a watcher that stops at the new one's end has seen both.
             if let Some(old) = superseded
                 && let Ok(Some(old)) = self.engine.inner.store.deployment(&d.app_id, &old).await
             {
                 self.engine.announce(old);
             }
+            self.engine.announce(d.clone());
             Ok(())
         })
     }
