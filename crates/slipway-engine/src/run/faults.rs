@@ -749,6 +749,7 @@ async fn every_fault_at_every_call_of_a_restart_and_a_rebuild_leaves_the_store_a
     for kind in [DeploymentKind::Restart, DeploymentKind::Build] {
         let (n, trace) = calls(kind).await;
         assert!(n >= 10, "{kind:?} makes {n} calls: {trace:?}");
+        eprintln!("{kind:?}: {n} calls, each failing, hanging and meeting a cancel in turn");
         for at in 1..=n {
             for fault in [Fault::Fail, Fault::Hang, Fault::Cancel] {
                 let (phase, code) = case(kind, at, fault).await;
