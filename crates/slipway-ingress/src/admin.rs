@@ -29,7 +29,11 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the ingress's `/healthz` and `/metrics` on `listener` until `shutdown` fires.
-pub async fn serve_admin(ingress: Arc<Ingress>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve_admin(
+    ingress: Arc<Ingress>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -79,10 +83,7 @@ pub async fn serve_admin(ingress: Arc<Ingress>, listener: TcpListener, shutdown:
 
 fn answer(ingress: &Ingress, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD\n".into(),
-        );
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         r.headers_mut()
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
         return r;

@@ -15,8 +15,8 @@ pub const LATENCY_BUCKETS: [f64; 13] = [
 
 /// The same bounds in microseconds, for comparing without floating point on the hot path.
 const BUCKET_MICROS: [u64; 13] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
 ];
 
 /// Who gave the answer a request got.
@@ -300,7 +300,10 @@ mod tests {
             format!("slipway_ingress_request_duration_seconds_count{{{l}}} 3"),
             "slipway_ingress_routed_backends 2".to_string(),
         ] {
-            assert!(text.lines().any(|t| t == line), "{line} is missing:\n{text}");
+            assert!(
+                text.lines().any(|t| t == line),
+                "{line} is missing:\n{text}"
+            );
         }
     }
 }

@@ -55,10 +55,12 @@ async fn probe(backend: Weak<Backend>) {
             }
             return;
         }
-        let health_path = b
-            .pool
-            .upgrade()
-            .and_then(|p| p.health_path.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let health_path = b.pool.upgrade().and_then(|p| {
+            p.health_path
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        });
         let addr = b.addr;
         // The instance is not held while the probe waits.
         drop(b);

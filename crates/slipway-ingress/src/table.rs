@@ -569,7 +569,12 @@ impl Ingress {
         for app in table.apps.values().filter(|a| !a.name.is_empty()) {
             apps += 1;
             for pool in app.pools() {
-                for b in pool.backends.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                for b in pool
+                    .backends
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
                     if b.draining.load(Ordering::Relaxed) {
                         continue;
                     }

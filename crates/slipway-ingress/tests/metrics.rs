@@ -136,7 +136,10 @@ fn parse_prometheus(text: &str) -> Samples {
             );
             continue;
         }
-        assert!(!line.starts_with('#'), "no other comment is written: {line}");
+        assert!(
+            !line.starts_with('#'),
+            "no other comment is written: {line}"
+        );
         assert!(!line.is_empty(), "no empty line");
         // name{labels} value
         let name_end = line.find(['{', ' ']).expect("a sample has a value");
@@ -270,7 +273,10 @@ async fn counts_requests_by_app_status_and_source(path: Path) {
     for i in 0..10 {
         let p = if i % 3 == 0 { "/fail" } else { "/ok" };
         let (status, body) = get(&http, path, format!("http://shop.localhost:{port}{p}")).await;
-        assert_eq!((status, body.as_str()), (if i % 3 == 0 { 500 } else { 200 }, "web"));
+        assert_eq!(
+            (status, body.as_str()),
+            (if i % 3 == 0 { 500 } else { 200 }, "web")
+        );
     }
     // Its only instance refuses: the ingress answers itself.
     let (status, _) = get(&http, path, format!("http://down.localhost:{port}/")).await;
@@ -303,7 +309,11 @@ async fn counts_requests_by_app_status_and_source(path: Path) {
     let errors = "slipway_ingress_upstream_connect_errors_total";
     let histogram = "slipway_ingress_request_duration_seconds";
     // 10 requests to shop: 4 answered 500 by its instance, 6 answered 200.
-    assert_eq!(sample(&s, requests, &with(&shop, ("code", "2xx"))), 6.0, "{text}");
+    assert_eq!(
+        sample(&s, requests, &with(&shop, ("code", "2xx"))),
+        6.0,
+        "{text}"
+    );
     assert_eq!(sample(&s, requests, &with(&shop, ("code", "5xx"))), 4.0);
     assert_eq!(sample(&s, requests, &with(&shop, ("code", "4xx"))), 0.0);
     assert_eq!(sample(&s, fives, &with(&shop, ("source", "upstream"))), 4.0);
@@ -311,7 +321,11 @@ async fn counts_requests_by_app_status_and_source(path: Path) {
     assert_eq!(sample(&s, errors, &shop), 0.0);
     assert_eq!(sample(&s, &format!("{histogram}_count"), &shop), 10.0);
     assert_eq!(
-        sample(&s, &format!("{histogram}_bucket"), &with(&shop, ("le", "+Inf"))),
+        sample(
+            &s,
+            &format!("{histogram}_bucket"),
+            &with(&shop, ("le", "+Inf"))
+        ),
         10.0
     );
     let sum = sample(&s, &format!("{histogram}_sum"), &shop);
@@ -428,12 +442,18 @@ async fn healthz_is_503_unless_the_ingress_accepts() {
     ));
     let deadline = Instant::now() + Duration::from_secs(5);
     while healthz().await.0 != 200 {
-        assert!(Instant::now() < deadline, "the ingress never said it accepts");
+        assert!(
+            Instant::now() < deadline,
+            "the ingress never said it accepts"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
         healthz().await,
-        (200, "ok: 0 apps, 0 backends in rotation, 0 out of rotation\n".into())
+        (
+            200,
+            "ok: 0 apps, 0 backends in rotation, 0 out of rotation\n".into()
+        )
     );
     stop.cancel();
     served.await.unwrap();
@@ -514,7 +534,10 @@ async fn a_refusing_instance_leaves_rotation_until_a_probe_connects(path: Path) 
         assert_eq!(status, 200);
         flaky_answers += usize::from(body == "flaky");
     }
-    assert!(flaky_answers >= 5, "it takes its share again: {flaky_answers}");
+    assert!(
+        flaky_answers >= 5,
+        "it takes its share again: {flaky_answers}"
+    );
     assert_eq!(connect_errors(&ingress), 1.0);
     let h = ingress.health();
     assert_eq!((h.in_rotation, h.out_of_rotation), (2, 0));

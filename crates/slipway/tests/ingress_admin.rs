@@ -34,7 +34,10 @@ fn the_daemon_serves_the_ingress_health_and_metrics_on_their_own_address() {
             }
         }
     };
-    assert!(health.starts_with("ok: 0 apps, 0 backends in rotation"), "{health}");
+    assert!(
+        health.starts_with("ok: 0 apps, 0 backends in rotation"),
+        "{health}"
+    );
     let r = http.get(format!("http://{admin}/metrics")).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -43,7 +46,9 @@ fn the_daemon_serves_the_ingress_health_and_metrics_on_their_own_address() {
     );
     let text = r.text().unwrap();
     assert!(
-        text.contains("# TYPE slipway_ingress_routed_backends gauge\nslipway_ingress_routed_backends 0\n"),
+        text.contains(
+            "# TYPE slipway_ingress_routed_backends gauge\nslipway_ingress_routed_backends 0\n"
+        ),
         "{text}"
     );
 }
