@@ -36,6 +36,7 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::framing::{ChunkedEnd, HOP_BY_HOP, READ_SIZE, header, is};
 use crate::head::{self, Head};
+use crate::metrics::{AppMetrics, Source};
 use crate::pipe::{Ask, Failed, Part, Pipes};
 use crate::table::{Backend, InFlight, Pool, Proxy};
 
@@ -78,6 +79,10 @@ enum Prepared {
         text: String,
         consumed: usize,
         close: bool,
+        /// The counters of the app it is for, when its host names one.
+        app: Option<Arc<AppMetrics>>,
+        /// When its head had been read.
+        start: std::time::Instant,
     },
     /// The request for the instance is in `out`, without its body.
     Forward(Forward),
@@ -85,6 +90,10 @@ enum Prepared {
 
 struct Forward {
     pool: Arc<Pool>,
+    /// Its app's counters.
+    app: Arc<AppMetrics>,
+    /// When its head had been read.
+    start: std::time::Instant,
     head_len: usize,
     body_len: usize,
     /// Whether the request may be sent a second time after the first got no answer.
@@ -152,11 +161,16 @@ pub(crate) async fn serve(
                 text,
                 consumed,
                 close,
+                app,
+                start,
             } => {
                 if !read_at_least(&mut c, consumed, deadline).await {
                     return Ended::Closed;
                 }
                 c.input.advance(consumed);
+                if let Some(app) = app {
+                    app.answered(status.as_u16(), Source::Ingress, start.elapsed());
+                }
                 if answer_locally(&mut c, status, &text, close).await.is_err() {
                     return Ended::Closed;
                 }
@@ -217,6 +231,7 @@ fn dropped_from_request(name: &str) -> bool {
 /// Parses the head at the start of `input` and, for a request this path serves, writes the
 /// head to send to the instance into `out`.
 fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Prepared {
+    let start = std::time::Instant::now();
     let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(input) {
@@ -272,20 +287,22 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
         return Prepared::NotMine;
     }
     let consumed = head_len + body_len as usize;
-    let answer = |status: StatusCode, text: String| Prepared::Answer {
+    let answer = |status: StatusCode, text: String, app| Prepared::Answer {
         status,
         text,
         consumed,
         close,
+        app,
+        start,
     };
 
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let (pool, forwarded_path) = match proxy.ingress.route(host, path) {
-        Ok(r) => (r.pool, r.path),
-        Err(refused) => return answer(refused.status, refused.text),
+    let (pool, forwarded_path, app) = match proxy.ingress.route(host, path) {
+        Ok(r) => (r.pool, r.path, r.app),
+        Err(refused) => return answer(refused.status, refused.text, refused.app),
     };
 
     out.clear();
@@ -326,6 +343,8 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
 
     Prepared::Forward(Forward {
         pool,
+        app,
+        start,
         head_len,
         body_len: body_len as usize,
         idempotent: matches!(
@@ -386,7 +405,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
     loop {
         let Some(backend) = f.pool.pick(exclude.as_deref().map(|b| b.id.as_str())) else {
             let text = format!("no instance of {} is ready\n", f.pool.component);
-            answer_locally(c, StatusCode::SERVICE_UNAVAILABLE, &text, f.close).await?;
+            answer_own(c, f, StatusCode::SERVICE_UNAVAILABLE, &text).await?;
             return Ok(true);
         };
         let guard = InFlight::new(Arc::clone(&backend));
@@ -398,7 +417,7 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
                     f.pool.component,
                     config.request_timeout.as_secs()
                 );
-                answer_locally(c, StatusCode::GATEWAY_TIMEOUT, &text, f.close).await?;
+                answer_own(c, f, StatusCode::GATEWAY_TIMEOUT, &text).await?;
                 return Ok(true);
             }
             Ok(Some(Part::Failed(failed))) => failed,
@@ -411,11 +430,16 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
                 shared: true,
             },
             Ok(Some(part)) => {
+                f.app
+                    .answered(status_of(&part), Source::Upstream, f.start.elapsed());
                 let keep = relay(c, part, &mut parts).await?;
                 drop(guard);
                 return Ok(keep);
             }
         };
+        if matches!(first, Failed::Unreachable(_)) {
+            f.app.connect_error();
+        }
         match failed_again(first, f.idempotent, &mut sent_again, &mut sent_elsewhere) {
             // Sent again, it has a new connection to itself: nothing before it to take it
             // down, and not one the instance may have closed as it sat idle.
@@ -428,11 +452,32 @@ async fn forward(proxy: &Proxy, c: &mut Conn, f: &Forward) -> io::Result<bool> {
             }
             Retry::No(why) => {
                 let text = format!("{} {why}\n", f.pool.component);
-                answer_locally(c, StatusCode::BAD_GATEWAY, &text, f.close).await?;
+                answer_own(c, f, StatusCode::BAD_GATEWAY, &text).await?;
                 return Ok(true);
             }
         }
     }
+}
+
+/// The ingress's own answer to a request it forwards, counted for its app.
+async fn answer_own(c: &mut Conn, f: &Forward, status: StatusCode, text: &str) -> io::Result<()> {
+    f.app
+        .answered(status.as_u16(), Source::Ingress, f.start.elapsed());
+    answer_locally(c, status, text, f.close).await
+}
+
+/// The status of an answer from the first part relayed of it, which starts with the head
+/// written for the client (`HTTP/1.1 NNN `).
+fn status_of(part: &Part) -> u16 {
+    let bytes = match part {
+        Part::More(b) | Part::Last { bytes: b, .. } => b.as_slice(),
+        Part::Failed(_) => return 502,
+    };
+    bytes
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502)
 }
 
 /// What to do after a request got no answer.

@@ -10,6 +10,14 @@
 //!   ([`Ingress::add`]); [`Ingress::drain`] takes it out of the pool at once and returns when
 //!   the requests in flight to it have finished (or the drain time is up), before the engine
 //!   sends its stop signal. [`Ingress::eject`] removes a crashed instance at once.
+//! - An instance a connection cannot be made to (refused, reset, timed out) leaves rotation
+//!   at once and rejoins only when a background probe connects to it again (and its
+//!   component's HTTP health path, when it has one, answers 2xx or 3xx); probes start 100 ms
+//!   after the failure and back off to one every 5 s. When every instance of a component is
+//!   out, requests still try them. [`Ingress::drain`] and [`Ingress::eject`] work as ever.
+//! - Every app's requests are counted cheaply (relaxed atomics of its own, no lock) on both
+//!   paths alike; [`Ingress::metrics_text`] gives them in Prometheus's text format and
+//!   [`serve_admin`] serves it with `/healthz` on an address of its own, never the ingress's.
 //! - Requests go to the ready instance with the fewest requests in flight (round robin among
 //!   equals), over kept-alive connections. A request that could not be sent (connection
 //!   refused or reset before a byte went out) is sent once more to another instance, when its
@@ -30,16 +38,22 @@
 //!   passed through; `X-Forwarded-For`, `-Proto` and `-Host` are set; request bodies over the
 //!   limit get 413; a backend that does not answer in time gets 504.
 
-// Imports point one way: the server (`proxy`) -> the lean path (`h1`) -> connections to
-// instances (`pipe`) -> framing (`head`, `framing`); every layer reads the table (`table`),
-// which imports none of them.
+// Imports point one way: the admin server (`admin`) and the server (`proxy`) -> the lean path
+// (`h1`) -> connections to instances (`pipe`) -> framing (`head`, `framing`) and probes of
+// instances out of rotation (`probe`); every layer reads the table (`table`), which imports
+// only its counters (`metrics`).
+mod admin;
 mod framing;
 mod h1;
 mod head;
+mod metrics;
 mod pipe;
+mod probe;
 mod proxy;
 mod table;
 
+pub use admin::serve_admin;
+pub use metrics::LATENCY_BUCKETS;
 pub use pipe::PIPELINE_CONNECTIONS;
 pub use proxy::serve;
-pub use table::{Ingress, IngressConfig};
+pub use table::{Health, Ingress, IngressConfig};

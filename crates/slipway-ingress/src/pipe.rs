@@ -16,7 +16,8 @@
 //! Answers are read in order and relayed to the client connection as they come, a few parts
 //! ahead of it at most. A connection that breaks fails its request as unanswered, so that an
 //! idempotent one is sent again; one that could not be made fails it as unreachable, so that
-//! it goes to another instance.
+//! it goes to another instance, and takes the instance out of rotation until a probe
+//! connects to it again.
 
 use std::collections::VecDeque;
 use std::io;
@@ -319,6 +320,9 @@ impl Driver {
             )),
             Ok(Err(e)) => End::Unreachable(e),
             Ok(Ok(stream)) => {
+                if let Some(b) = self.backend.upgrade() {
+                    b.connected();
+                }
                 let _ = stream.set_nodelay(true);
                 let stream = Arc::new(stream);
                 self.pipe.lock().socket = Some(Arc::clone(&stream));
@@ -615,7 +619,7 @@ impl Driver {
             End::Unreachable(e) => {
                 tracing::debug!(instance = %self.id, error = %e, "a connection to an instance could not be made");
                 if let Some(b) = &backend {
-                    b.mark_down();
+                    crate::probe::connect_failed(b);
                 }
             }
             End::Closed(e) => {

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::framing::HOP_BY_HOP;
 use crate::h1::{self, RETRY_BODY_BYTES};
+use crate::metrics::{AppMetrics, Source};
 use crate::pipe::CONNECT_TIMEOUT;
 use crate::table::{Backend, InFlight, Ingress, Proxy};
 
@@ -79,6 +80,7 @@ async fn checkout(
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr))
         .await
         .map_err(|_| ConnectError::Timeout)??;
+    backend.connected();
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
@@ -133,6 +135,7 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
     let budget = Arc::new(Budget {
         open: AtomicUsize::new(0),
         max: proxy.ingress.config.max_connections,
+        ingress: Arc::clone(&proxy.ingress),
     });
     let mut finished = Vec::with_capacity(count);
     for (index, inbox) in inboxes.into_iter().enumerate() {
@@ -220,6 +223,8 @@ type Inbox = tokio::sync::mpsc::UnboundedReceiver<Handed>;
 struct Budget {
     open: AtomicUsize,
     max: usize,
+    /// Its counters: the gauge of connections open is the sum over every listener.
+    ingress: Arc<Ingress>,
 }
 
 /// A client connection's place in the budget, for as long as it lives.
@@ -233,13 +238,25 @@ impl Slot {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < budget.max).then_some(n + 1)
             });
-        taken.ok().map(|_| Slot(Arc::clone(budget)))
+        taken.ok().map(|_| {
+            budget
+                .ingress
+                .global
+                .open_connections
+                .fetch_add(1, Ordering::Relaxed);
+            Slot(Arc::clone(budget))
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0
+            .ingress
+            .global
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -269,6 +286,8 @@ impl Worker {
         let builder = Arc::new(builder);
         let connections = tokio_util::task::TaskTracker::new();
         let mut backoff = Duration::ZERO;
+        let global = &self.proxy.ingress.global;
+        global.accepting.fetch_add(1, Ordering::SeqCst);
         loop {
             let (stream, remote, slot) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -320,6 +339,7 @@ impl Worker {
                 serve_connection(proxy, &builder, stream, remote, shutdown).await;
             });
         }
+        global.accepting.fetch_sub(1, Ordering::SeqCst);
         drop(listener);
         connections.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
@@ -533,12 +553,43 @@ fn forwarded_for(previous: Option<&HeaderValue>, ip: std::net::IpAddr) -> Option
     HeaderValue::from_maybe_shared(Bytes::from(buf)).ok()
 }
 
+/// Who answered a request on hyper's path, for its app's counters.
+#[derive(Default)]
+struct Outcome {
+    app: Option<Arc<AppMetrics>>,
+    /// The answer is an instance's (else the ingress's own).
+    upstream: bool,
+}
+
 impl Proxy {
+    /// Answers a request hyper read, and counts it for its app as the lean path does: once,
+    /// when its answer's head is ready, with who gave it.
     async fn handle(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        upstreams: Arc<Upstreams>,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let mut outcome = Outcome::default();
+        let response = self.answer(req, remote, upstreams, &mut outcome).await;
+        if let Some(app) = &outcome.app {
+            let source = if outcome.upstream {
+                Source::Upstream
+            } else {
+                Source::Ingress
+            };
+            app.answered(response.status().as_u16(), source, start.elapsed());
+        }
+        response
+    }
+
+    async fn answer(
         &self,
         mut req: Request<Incoming>,
         remote: SocketAddr,
         upstreams: Arc<Upstreams>,
+        outcome: &mut Outcome,
     ) -> Response<ProxyBody> {
         let host = match req.headers().get(header::HOST) {
             Some(h) => h.clone(),
@@ -555,8 +606,14 @@ impl Proxy {
             .ingress
             .route(host.to_str().unwrap_or_default(), req.uri().path());
         let (pool, forwarded_path) = match routed {
-            Ok(r) => (r.pool, r.path),
-            Err(refused) => return text(refused.status, refused.text),
+            Ok(r) => {
+                outcome.app = Some(Arc::clone(&r.app));
+                (r.pool, r.path)
+            }
+            Err(refused) => {
+                outcome.app = refused.app;
+                return text(refused.status, refused.text);
+            }
         };
         let component = pool.component.as_str();
         // The path to send, when a route changes it.
@@ -671,7 +728,10 @@ impl Proxy {
             let mut conn = match checkout(&backend, &upstreams).await {
                 Ok(c) => c,
                 Err(e) => {
-                    backend.mark_down();
+                    crate::probe::connect_failed(&backend);
+                    if let Some(app) = &outcome.app {
+                        app.connect_error();
+                    }
                     if attempt == 0 {
                         tracing::debug!(instance = %backend.id, error = %e, "sending to another instance");
                         exclude = Some(backend.id.clone());
@@ -713,6 +773,7 @@ impl Proxy {
                     );
                 }
                 Ok(Ok(mut resp)) => {
+                    outcome.upstream = true;
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = client_upgrade.take()
                     {

@@ -4,12 +4,14 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use http::StatusCode;
 use slipway_spec::AppSpec;
 use tokio::sync::Notify;
+
+use crate::metrics::{self, AppMetrics, Global};
 
 /// How the ingress behaves.
 #[derive(Debug, Clone)]
@@ -59,22 +61,35 @@ pub(crate) struct Backend {
     pub addr: SocketAddr,
     pub in_flight: AtomicUsize,
     pub draining: AtomicBool,
-    down_until: Mutex<Option<Instant>>,
+    /// Out of rotation: a connection to it could not be made, and none has been made since.
+    pub(crate) out: AtomicBool,
+    /// A probe of it is under way (at most one at a time).
+    pub(crate) probing: AtomicBool,
+    /// The pool it is in, for its component's health path.
+    pub(crate) pool: Weak<Pool>,
     idle: Notify,
 }
 
 impl Backend {
-    fn is_down(&self, now: Instant) -> bool {
-        self.down_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t > now)
+    /// Whether it is still in a pool and not draining: a probe of one that left stops.
+    pub(crate) fn in_pool(self: &Arc<Self>) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.pool.upgrade().is_some_and(|p| {
+            p.backends
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|b| Arc::ptr_eq(b, self))
+        })
     }
 
-    /// Keeps this backend out of rotation for a moment after a connection failed.
-    pub(crate) fn mark_down(&self) {
-        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + Duration::from_secs(2));
+    /// A connection to it was made: it is in rotation (again).
+    pub(crate) fn connected(&self) {
+        if self.out.load(Ordering::Relaxed) && self.out.swap(false, Ordering::SeqCst) {
+            tracing::info!(instance = %self.id, addr = %self.addr, "an instance accepts connections again and is back in rotation");
+        }
     }
 }
 
@@ -102,25 +117,28 @@ impl Drop for InFlight {
 pub(crate) struct Pool {
     /// The component's name, for the answers the ingress gives itself.
     pub(crate) component: String,
+    /// The component's HTTP health path, when it has one on the port the ingress reaches:
+    /// a probe of an instance out of rotation asks it, else a connect is the probe.
+    pub(crate) health_path: Mutex<Option<String>>,
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
 }
 
 impl Pool {
-    /// The instance with the fewest requests in flight, not draining, not just failed, and not
-    /// `exclude`; round robin among equals.
+    /// The instance with the fewest requests in flight, not draining, in rotation, and not
+    /// `exclude`; round robin among equals. When every instance is out of rotation, one of
+    /// them is tried all the same: an answer from one that is back beats refusing the request.
     pub(crate) fn pick(&self, exclude: Option<&str>) -> Option<Arc<Backend>> {
         let backends = self.backends.read().unwrap_or_else(|e| e.into_inner());
         let n = backends.len();
         if n == 0 {
             return None;
         }
-        let now = Instant::now();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let usable = |b: &&Arc<Backend>, allow_down: bool| {
             !b.draining.load(Ordering::SeqCst)
                 && Some(b.id.as_str()) != exclude
-                && (allow_down || !b.is_down(now))
+                && (allow_down || !b.out.load(Ordering::Relaxed))
         };
         for allow_down in [false, true] {
             let best = (0..n)
@@ -149,12 +167,16 @@ pub(crate) struct Routed {
     pub pool: Arc<Pool>,
     /// The path to send instead of the request's own, when the route changes it.
     pub path: Option<String>,
+    /// Its app's counters.
+    pub app: Arc<AppMetrics>,
 }
 
 /// The ingress's own answer to a request it has nowhere to send.
 pub(crate) struct Unrouted {
     pub status: StatusCode,
     pub text: String,
+    /// The counters of the app it is for, when its host names one.
+    pub app: Option<Arc<AppMetrics>>,
 }
 
 /// `host` without its `:port` (IPv6 literals keep their brackets).
@@ -181,7 +203,11 @@ pub(crate) struct AppRoutes {
     pub name: String,
     /// Longest prefix first.
     pub routes: Vec<Route>,
+    /// The components' HTTP health paths, for probes.
+    pub health_paths: HashMap<String, String>,
     pub pools: RwLock<HashMap<String, Arc<Pool>>>,
+    /// Kept from one spec of the app to the next; dropped with the app.
+    pub metrics: Arc<AppMetrics>,
 }
 
 impl AppRoutes {
@@ -250,6 +276,19 @@ struct Table {
     names: HashMap<String, String>,
 }
 
+/// What the ingress's health check reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// At least one of its threads accepts client connections.
+    pub accepting: bool,
+    /// Apps served.
+    pub apps: u64,
+    /// Instances in rotation: ready, not draining, accepting connections.
+    pub in_rotation: u64,
+    /// Instances out of rotation because connecting to them failed.
+    pub out_of_rotation: u64,
+}
+
 /// The ingress as its servers see it: its table, and the scheme its clients use.
 pub(crate) struct Proxy {
     pub(crate) ingress: Arc<Ingress>,
@@ -263,6 +302,7 @@ pub struct Ingress {
     /// `.<base domain>`, for matching hosts without formatting it on every request.
     host_suffix: String,
     table: RwLock<Table>,
+    pub(crate) global: Global,
 }
 
 impl Ingress {
@@ -271,6 +311,7 @@ impl Ingress {
             host_suffix: format!(".{}", config.base_domain),
             config,
             table: RwLock::new(Table::default()),
+            global: Global::default(),
         })
     }
 
@@ -325,12 +366,29 @@ impl Ingress {
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        // A health path asked on another port than the one the ingress reaches says nothing
+        // of that one.
+        let health_paths: HashMap<String, String> = spec
+            .services
+            .iter()
+            .filter_map(|s| {
+                let hc = s.health_check.as_ref()?;
+                let path = hc.http_path.clone()?;
+                (hc.port.is_none() || hc.port == s.http_port).then(|| (s.name.clone(), path))
+            })
+            .collect();
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let pools = table
-            .apps
-            .get(app_id)
-            .map(|a| a.pools.read().unwrap_or_else(|e| e.into_inner()).clone())
-            .unwrap_or_default();
+        let (pools, metrics) = match table.apps.get(app_id) {
+            Some(a) => (
+                a.pools.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                Arc::clone(&a.metrics),
+            ),
+            None => Default::default(),
+        };
+        for (component, pool) in &pools {
+            *pool.health_path.lock().unwrap_or_else(|e| e.into_inner()) =
+                health_paths.get(component).cloned();
+        }
         if let Some(old) = table.apps.get(app_id) {
             let old_name = old.name.clone();
             table.names.remove(&old_name);
@@ -341,7 +399,9 @@ impl Ingress {
             Arc::new(AppRoutes {
                 name: spec.name.clone(),
                 routes,
+                health_paths,
                 pools: RwLock::new(pools),
+                metrics,
             }),
         );
     }
@@ -372,6 +432,7 @@ impl Ingress {
         let pool = pools.entry(component.to_string()).or_insert_with(|| {
             Arc::new(Pool {
                 component: component.to_string(),
+                health_path: Mutex::new(app.health_paths.get(component).cloned()),
                 ..Pool::default()
             })
         });
@@ -390,7 +451,9 @@ impl Ingress {
             addr,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            down_until: Mutex::new(None),
+            out: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            pool: Arc::downgrade(&pool),
             idle: Notify::new(),
         }));
     }
@@ -453,28 +516,105 @@ impl Ingress {
     pub(crate) fn route(&self, host: &str, path: &str) -> Result<Routed, Unrouted> {
         let host = without_port(host);
         let Some(app) = self.app_for_host(host) else {
+            self.global
+                .unknown_host
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(Unrouted {
                 status: StatusCode::NOT_FOUND,
                 text: format!("no app is served at {host}\n"),
+                app: None,
             });
         };
         let Some((component, forwarded_path)) = app.route(path) else {
             return Err(Unrouted {
                 status: StatusCode::NOT_FOUND,
                 text: format!("app {} has no route for {path}\n", app.name),
+                app: Some(Arc::clone(&app.metrics)),
             });
         };
         let Some(pool) = app.pool(component) else {
             return Err(Unrouted {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 text: format!("no instance of {component} is ready\n"),
+                app: Some(Arc::clone(&app.metrics)),
             });
         };
         let path = match forwarded_path {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) => Some(p),
         };
-        Ok(Routed { pool, path })
+        Ok(Routed {
+            pool,
+            path,
+            app: Arc::clone(&app.metrics),
+        })
+    }
+
+    /// What `/healthz` tells: whether the ingress accepts connections, and how much it
+    /// routes.
+    pub fn health(&self) -> Health {
+        let (apps, in_rotation, out_of_rotation) = self.counts();
+        Health {
+            accepting: self.global.accepting.load(Ordering::SeqCst) > 0,
+            apps,
+            in_rotation,
+            out_of_rotation,
+        }
+    }
+
+    /// Apps served (those with a name), instances in rotation and out of it.
+    fn counts(&self) -> (u64, u64, u64) {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let (mut apps, mut in_rotation, mut out_of_rotation) = (0, 0, 0);
+        for app in table.apps.values().filter(|a| !a.name.is_empty()) {
+            apps += 1;
+            for pool in app.pools() {
+                for b in pool
+                    .backends
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    if b.draining.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if b.out.load(Ordering::Relaxed) {
+                        out_of_rotation += 1;
+                    } else {
+                        in_rotation += 1;
+                    }
+                }
+            }
+        }
+        (apps, in_rotation, out_of_rotation)
+    }
+
+    /// The ingress's metrics in Prometheus's text exposition format (version 0.0.4): every
+    /// app's requests by status class, 5xx answers by who gave them, connections to its
+    /// instances that failed, and its latency histogram; connections open and instances
+    /// routed. Served as `text/plain; version=0.0.4`.
+    pub fn metrics_text(&self) -> String {
+        let (apps, in_rotation, out_of_rotation) = self.counts();
+        let totals = metrics::Totals {
+            open_connections: self.global.open_connections.load(Ordering::Relaxed),
+            apps,
+            in_rotation,
+            out_of_rotation,
+            unknown_host: self.global.unknown_host.load(Ordering::Relaxed),
+        };
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut views: Vec<metrics::AppView<'_>> = table
+            .apps
+            .iter()
+            .filter(|(_, a)| !a.name.is_empty())
+            .map(|(id, a)| metrics::AppView {
+                id,
+                name: &a.name,
+                metrics: &a.metrics,
+            })
+            .collect();
+        views.sort_by(|a, b| (a.name, a.id).cmp(&(b.name, b.id)));
+        metrics::render(&views, &totals)
     }
 
     /// The app served at `host` (without its port).

@@ -57,6 +57,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         token: Some(paths::random_hex(16)),
         ingress: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ingress_admin_address: None,
         base_domain: "localhost".into(),
         git_credentials: Vec::new(),
         git_ssh_keys: Vec::new(),

@@ -30,6 +30,11 @@ pub(crate) struct ServeArgs {
     /// The ingress's address, where apps are served (`0.0.0.0:80` in production).
     #[arg(long, env = "SLIPWAY_INGRESS", default_value = "127.0.0.1:7480")]
     pub ingress: SocketAddr,
+    /// Where the ingress serves its own `GET /healthz` and `GET /metrics` (Prometheus text),
+    /// on a listener of its own, never the ingress's. Off unless given: the metrics name every
+    /// app and are served without a token, so keep it on loopback or a private network.
+    #[arg(long, env = "SLIPWAY_INGRESS_ADMIN_ADDRESS", value_name = "ADDR")]
+    pub ingress_admin_address: Option<SocketAddr>,
     /// Apps are served at `<app name>.<base domain>`.
     #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
@@ -250,6 +255,8 @@ pub(crate) struct Daemon {
     pub engine: Engine,
     pub addr: SocketAddr,
     pub ingress_addr: SocketAddr,
+    /// Where the ingress's `/healthz` and `/metrics` are served, when they are.
+    pub ingress_admin_addr: Option<SocketAddr>,
     pub token: String,
     pub data_dir: PathBuf,
     stop: CancellationToken,
@@ -258,6 +265,7 @@ pub(crate) struct Daemon {
     server: JoinHandle<()>,
     ingress_stop: CancellationToken,
     ingress: JoinHandle<()>,
+    ingress_admin: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -300,6 +308,22 @@ impl Daemon {
             .await
             .with_context(|| format!("cannot listen on {} for the ingress", args.ingress))?;
         let ingress_addr = ingress_listener.local_addr()?;
+        let admin_listener = match args.ingress_admin_address {
+            None => None,
+            Some(admin) => {
+                let listener = TcpListener::bind(admin).await.with_context(|| {
+                    format!("cannot listen on {admin} for the ingress's admin server (--ingress-admin-address)")
+                })?;
+                if !admin.ip().is_loopback() {
+                    tracing::warn!(address = %admin, "the ingress's /healthz and /metrics are served beyond loopback, without a token: they name every app");
+                }
+                Some(listener)
+            }
+        };
+        let ingress_admin_addr = admin_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
         config.build_key_secret = BuildKeySecret::load_or_create(&data_dir.join("build.key"))?;
@@ -331,6 +355,13 @@ impl Daemon {
             ingress_listener,
             ingress_stop.clone(),
         ));
+        let ingress_admin = admin_listener.map(|listener| {
+            tokio::spawn(slipway_ingress::serve_admin(
+                engine.ingress(),
+                listener,
+                ingress_stop.clone(),
+            ))
+        });
         let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_deref()) {
             (Some(cert), Some(key), _) => Some(slipway_api::tls::TlsFiles {
                 cert: cert.clone(),
@@ -381,8 +412,10 @@ impl Daemon {
             engine,
             addr,
             ingress_addr,
+            ingress_admin_addr,
             ingress_stop,
             ingress,
+            ingress_admin,
             token,
             data_dir,
             stop,
@@ -403,6 +436,9 @@ impl Daemon {
         // The ingress goes last: it serves the apps until the engine has stopped.
         self.ingress_stop.cancel();
         let _ = self.ingress.await;
+        if let Some(admin) = self.ingress_admin {
+            let _ = admin.await;
+        }
         Ok(())
     }
 }
@@ -441,6 +477,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         url = %daemon.url(),
         ingress = %daemon.ingress_addr,
+        ingress_admin = daemon.ingress_admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         data_dir = %daemon.data_dir.display(),
         "Slipway is serving; the API token is in {}",
         if args.token.is_some() { "SLIPWAY_TOKEN / --token".to_string() } else { daemon.data_dir.join("token").display().to_string() }
