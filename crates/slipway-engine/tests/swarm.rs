@@ -63,6 +63,16 @@ async fn service(docker: &bollard::Docker, app_id: &str, component: &str) -> (St
     )
 }
 
+/// An app of one `web` service from `repo` with `instances` tasks, a fast `/healthz` check,
+/// a drain that Swarm honours (it serves for a second after its stop signal:
+/// `STOP_DELAY_MS`), and `extra_env` lines appended to its envs.
+fn checked_web(name: &str, repo: &HelloRepo, instances: u32, extra_env: &str) -> String {
+    format!(
+        "name: {name}\nservices:\n  - name: web\n    {git}\n    instance_count: {instances}\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3}}\n    termination: {{drain_seconds: 5, grace_period_seconds: 5}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{extra_env}",
+        git = common::git(repo)
+    )
+}
+
 /// Waits until `ready` tasks of the app's `web` serve through the engine's ingress, and serves
 /// the ingress on loopback: a client that reaches the app by its name, the app's URL, and what
 /// stops the ingress when dropped.
@@ -153,12 +163,7 @@ async fn on_a_swarm_restart_and_rebuild_drop_no_request_and_a_failing_version_is
     // It serves for a second after its stop signal, as Swarm needs (STOP_DELAY_MS).
     let repo = HelloRepo::with_healthcheck("v1").unwrap();
     let name = unique("swarm");
-    let spec_yaml = |extra_env: &str| {
-        format!(
-            "name: {name}\nservices:\n  - name: web\n    {git}\n    instance_count: 3\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3}}\n    termination: {{drain_seconds: 5, grace_period_seconds: 5}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{extra_env}",
-            git = common::git(&repo)
-        )
-    };
+    let spec_yaml = |extra_env: &str| checked_web(&name, &repo, 3, extra_env);
     let spec = parse_spec(&spec_yaml("")).unwrap().spec;
     let (app, first) = engine.create_app(spec).await.unwrap();
     let first = wait_for(engine, &first).await;
@@ -762,12 +767,7 @@ async fn on_a_swarm_the_specs_health_check_gates_a_version_whose_image_has_no_he
     let (engine, docker) = (&world.engine, &world.docker);
     let repo = HelloRepo::new("v1").unwrap();
     let name = unique("swarm-gate");
-    let spec_yaml = |extra_env: &str| {
-        format!(
-            "name: {name}\nservices:\n  - name: web\n    {git}\n    instance_count: 2\n    health_check: {{http_path: /healthz, period_seconds: 0.2, timeout_seconds: 1, failure_threshold: 3}}\n    termination: {{drain_seconds: 5, grace_period_seconds: 5}}\n    envs:\n      - {{key: STOP_DELAY_MS, value: \"1000\"}}\n{extra_env}",
-            git = common::git(&repo)
-        )
-    };
+    let spec_yaml = |extra_env: &str| checked_web(&name, &repo, 2, extra_env);
     let spec = parse_spec(&spec_yaml("")).unwrap().spec;
     let (app, first) = engine.create_app(spec).await.unwrap();
     let first = wait_for(engine, &first).await;

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, docker_ready};
 use serde_json::Value;
 use slipway_testkit::{HelloRepo, unique};
 
@@ -166,15 +166,6 @@ fn settled(daemon: &Daemon, app: &str, first: &str, interrupted: &Value) {
         "nothing of it is left"
     );
     assert_eq!(daemon.deployment(app, first)["phase"], "ACTIVE");
-}
-
-fn docker_ready() -> bool {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(slipway_testkit::docker())
-        .is_some()
 }
 
 #[test]

@@ -7,20 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, free_port};
+use common::{BIN, docker_ready, free_port};
 use serde_json::{Value, json};
 use slipway_testkit::{HelloRepo, Janitor, unique};
 
 mod common;
-
-fn docker_ready() -> bool {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(slipway_testkit::docker())
-        .is_some()
-}
 
 /// A `slipway serve` started through `sh -c "<prelude>; exec slipway serve ..."` (so that the
 /// prelude can set its umask or its limits), with its log in a file; SIGTERM when dropped.

@@ -3,18 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, free_port};
+use common::{Daemon, docker_ready, free_port};
 
 mod common;
-
-fn docker_ready() -> bool {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(slipway_testkit::docker())
-        .is_some()
-}
 
 #[test]
 fn the_daemon_serves_the_ingress_health_and_metrics_on_their_own_address() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{Daemon, docker_ready};
 use serde_json::{Value, json};
 use slipway_testkit::{HelloRepo, unique};
 
@@ -19,15 +19,6 @@ mod common;
 const FLOOD_FOR: Duration = Duration::from_secs(35);
 /// The daemon's resident memory must stay under this.
 const RSS_LIMIT_KB: u64 = 100 * 1024;
-
-fn docker_ready() -> bool {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(slipway_testkit::docker())
-        .is_some()
-}
 
 fn api(daemon: &Daemon, method: &str, path: &str, body: Option<Value>) -> Value {
     let client = reqwest::blocking::Client::new();

@@ -13,6 +13,16 @@ use slipway_testkit::{Janitor, unique};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_slipway");
 
+/// Whether Docker answers (in CI it must: [`slipway_testkit::docker`] fails there without it).
+pub fn docker_ready() -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(slipway_testkit::docker())
+        .is_some()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
