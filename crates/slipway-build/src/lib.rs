@@ -8,6 +8,9 @@
 //!   builder's own words (a Dockerfile syntax error, a failing `RUN`, ...).
 //! - A build stops at its timeout or when its cancellation token fires; dropping the request
 //!   makes Docker abandon the build.
+//! - A build that fails or is abandoned (canceled, timed out) removes the layers it committed,
+//!   the one Docker still commits after being abandoned mid-step included (it is waited for,
+//!   up to 15 s); never its base image nor a layer it took from the cache.
 //! - `no_cache` builds with no layer cache at all; otherwise Docker's layer cache is used.
 //! - A build that fails because a layer it took from the cache was removed under it (by
 //!   another build's clean-up on the same engine) is run once more, and the log says so.
@@ -89,6 +92,62 @@ fn cached_layer_vanished(message: &str) -> bool {
         || message.contains("unknown parent image ID sha256:")
         || (message.contains("failed to get digest sha256:")
             && message.contains("no such file or directory"))
+}
+
+/// How long an abandoned build's last step is waited for, to remove the layer it commits.
+const ORPHAN_WAIT: Duration = Duration::from_secs(15);
+
+/// What the classic builder's output says about the layers of one build.
+#[derive(Debug, Default)]
+struct Layers {
+    /// The layers this build committed itself (not its base image, not a cached layer), which
+    /// are its to remove if it fails.
+    made: Vec<String>,
+    /// The short ID of the image the next step builds on ("" for `scratch`, or before `FROM`).
+    tip: String,
+    /// The instruction of the step under way: from its `Step N/M : INSTRUCTION` line until the
+    /// line that names its result.
+    open: Option<String>,
+    from_cache: bool,
+}
+
+impl Layers {
+    fn read(&mut self, line: &str) {
+        let line = line.trim();
+        if let Some((_, instruction)) = line
+            .strip_prefix("Step ")
+            .and_then(|rest| rest.split_once(" : "))
+        {
+            let keyword = instruction.split_whitespace().next().unwrap_or_default();
+            self.open = Some(keyword.to_ascii_uppercase());
+            self.from_cache = false;
+            return;
+        }
+        if line == "---> Using cache" {
+            self.from_cache = true;
+            return;
+        }
+        let Some(id) = line.strip_prefix("--->").map(str::trim) else {
+            return;
+        };
+        if !(id.is_empty() || id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return; // "---> Running in ..."
+        }
+        let step = self.open.take();
+        if !id.is_empty() && !self.from_cache && step.as_deref() != Some("FROM") {
+            self.made.push(id.to_string());
+        }
+        self.tip = id.to_string();
+        self.from_cache = false;
+    }
+
+    /// The instruction of a step under way that Docker still commits when the build is
+    /// abandoned: any but `FROM` (nothing to commit) and `RUN` (its container is killed).
+    fn committing(&self) -> Option<&str> {
+        self.open
+            .as_deref()
+            .filter(|step| !matches!(*step, "FROM" | "RUN"))
+    }
 }
 
 /// One build to run.
@@ -272,10 +331,8 @@ impl ImageBuilder {
         let deadline = tokio::time::sleep_until(deadline);
         tokio::pin!(deadline);
         let mut reported_id: Option<String> = None;
-        // The layers each step committed: a build that fails leaves them behind as untagged
-        // images, which are removed then.
-        let mut layers: Vec<String> = Vec::new();
-        let mut from_cache = false;
+        let mut layers = Layers::default();
+        let started = std::time::SystemTime::now();
         let result = loop {
             let item = tokio::select! {
                 item = stream.next() => item,
@@ -289,16 +346,7 @@ impl ImageBuilder {
                 Ok(info) => {
                     if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                            let line_id = line.trim().strip_prefix("---> ").filter(|id| {
-                                id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
-                            });
-                            match line_id {
-                                // A layer another build made, found in the cache: not this
-                                // build's to remove.
-                                Some(_) if from_cache => from_cache = false,
-                                Some(id) => layers.push(id.to_string()),
-                                None => from_cache = line.trim() == "---> Using cache",
-                            }
+                            layers.read(line);
                             log(&redact(line));
                         }
                     }
@@ -334,7 +382,17 @@ impl ImageBuilder {
         if let Err(e) = result {
             // Dropping the stream makes Docker abandon a build still under way.
             drop(stream);
-            for layer in layers.iter().rev() {
+            let abandoned = !matches!(e, BuildError::Failed { .. });
+            if abandoned && let Some(step) = layers.committing() {
+                // Docker abandons the build between steps: a step other than `RUN` (whose
+                // container is killed) is still committed, after this build stopped listening.
+                // Its layer is found by its parent and removed.
+                log(&format!(
+                    "waiting for the {step} step under way to end, to remove its layer"
+                ));
+                self.remove_orphan(&layers.tip, started).await;
+            }
+            for layer in layers.made.iter().rev() {
                 if let Err(err) = self.remove_image(layer).await {
                     tracing::debug!(layer = %layer, error = %err, "removing a failed build's layer failed");
                 }
@@ -349,6 +407,56 @@ impl ImageBuilder {
             })?,
         };
         Ok(BuiltImage { id, tag })
+    }
+
+    /// Waits (up to [`ORPHAN_WAIT`]) for the layer an abandoned build commits after it was
+    /// abandoned: an untagged image without children, on `parent` (the last layer the builder
+    /// named, "" for `scratch`), made since `started`, and removes it.
+    async fn remove_orphan(&self, parent: &str, started: std::time::SystemTime) {
+        let since = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64 - 1);
+        let deadline = tokio::time::Instant::now() + ORPHAN_WAIT;
+        let filters = HashMap::from([("dangling".to_string(), vec!["true".to_string()])]);
+        loop {
+            let options = ListImagesOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            match self.docker.list_images(Some(options)).await {
+                Ok(images) => {
+                    let orphan = images.into_iter().find(|image| {
+                        image.created >= since
+                            && image
+                                .parent_id
+                                .strip_prefix("sha256:")
+                                .unwrap_or(&image.parent_id)
+                                .starts_with(parent)
+                            && (parent.is_empty() == image.parent_id.is_empty())
+                    });
+                    if let Some(orphan) = orphan {
+                        match self.remove_image(&orphan.id).await {
+                            Ok(_) => {
+                                tracing::debug!(layer = %orphan.id, "removed the layer an abandoned build committed")
+                            }
+                            Err(err) => {
+                                tracing::debug!(layer = %orphan.id, error = %err, "removing an abandoned build's layer failed")
+                            }
+                        }
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "listing images for an abandoned build's layer failed");
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!(parent, "an abandoned build committed no layer in time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Writes the image `built` again without the SECRET values of `spec` in its history and
@@ -655,7 +763,7 @@ impl ImageBuilder {
 #[cfg(test)]
 mod tests {
     use super::cached_layer_vanished;
-    use super::{BuildError, ImageBuilder};
+    use super::{BuildError, ImageBuilder, Layers};
     use slipway_spec::FailureCode;
 
     #[tokio::test]
@@ -720,5 +828,40 @@ mod tests {
         assert!(!cached_layer_vanished(
             "COPY failed: file not found in build context or excluded by .dockerignore: stat missing: file does not exist"
         ));
+    }
+
+    fn read(output: &str) -> Layers {
+        let mut layers = Layers::default();
+        output.lines().for_each(|line| layers.read(line));
+        layers
+    }
+
+    #[test]
+    fn only_the_layers_a_build_committed_are_its_own() {
+        // What Docker 20.10's classic builder prints: the base image's ID after FROM, a cached
+        // step's ID after "Using cache", and a new layer's ID after each other step.
+        let layers = read(
+            "Step 1/5 : FROM base:1\n ---> d1371b4fd69d\nStep 2/5 : COPY a /a\n ---> Using cache\n \
+             ---> 278bd53efdc7\nStep 3/5 : ENV A=1\n ---> Running in 97c3415569c4\n\
+             Removing intermediate container 97c3415569c4\n ---> 7e53774600a0\n\
+             Step 4/5 : RUN [\"/busybox\",\"true\"]\n ---> Running in 345d4c0fa86f\n ---> d2371b4fd69e\n\
+             Step 5/5 : COPY b /b\n",
+        );
+        assert_eq!(layers.made, ["7e53774600a0", "d2371b4fd69e"]);
+        assert_eq!(layers.tip, "d2371b4fd69e");
+        assert_eq!(layers.committing(), Some("COPY"));
+
+        let scratch = read("Step 1/2 : FROM scratch\n ---> \nStep 2/2 : COPY big /big\n");
+        assert!(scratch.made.is_empty());
+        assert_eq!(scratch.tip, "");
+        assert_eq!(scratch.committing(), Some("COPY"));
+
+        // A RUN under way is killed, not committed; nothing is under way after a result.
+        let running = read(
+            "Step 1/2 : FROM scratch\n ---> \nStep 2/2 : RUN [\"/x\"]\n ---> Running in 345d4c0fa86f\n",
+        );
+        assert_eq!(running.committing(), None);
+        let done = read("Step 1/1 : FROM scratch\n ---> \n");
+        assert_eq!(done.committing(), None);
     }
 }
