@@ -80,6 +80,11 @@ pub struct EngineConfig {
     pub worker_min_ready: Duration,
     /// How apps are served through the ingress (their host names, limits).
     pub ingress: IngressConfig,
+    /// The control socket of the ingress process that serves the apps, when the requests
+    /// are served by one (`slipway ingress`) rather than from [`Engine::ingress`]: the
+    /// routing table is sent there once it has converged after the start, and on every change;
+    /// drains wait for that process too.
+    pub ingress_socket: Option<std::path::PathBuf>,
     /// How many of each component's most recent built images are kept (so that an older
     /// deployment can be deployed again); older ones are removed unless a container uses them.
     pub image_retention: usize,
@@ -118,6 +123,7 @@ impl EngineConfig {
             job_timeout: Duration::from_secs(1800),
             worker_min_ready: Duration::from_secs(1),
             ingress: IngressConfig::default(),
+            ingress_socket: None,
             image_retention: 5,
             git_credentials: GitCredentials::default(),
             git_ca_cert: None,
@@ -272,6 +278,12 @@ impl Engine {
             .with_scratch_dir(scratch);
         let (updates, _) = broadcast::channel(1024);
         let ingress = Ingress::new(config.ingress.clone());
+        let shutdown = CancellationToken::new();
+        // Drains go to the ingress process from the start (recovery stops instances too); the
+        // table only once it has converged, below.
+        let link = config.ingress_socket.clone().map(|socket| {
+            slipway_ingress::control::Link::start(Arc::clone(&ingress), socket, shutdown.clone())
+        });
         let secrets = secrets::Secrets::load_or_create(&config.data_dir.join("secret.key"))?;
         let swarm = match &config.swarm {
             Some(swarm_config) => {
@@ -298,12 +310,15 @@ impl Engine {
                 slots: Mutex::new(HashMap::new()),
                 updates,
                 tasks: TaskTracker::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
                 data_dir_lock: Mutex::new(Some(data_dir_lock)),
             }),
         };
         engine.recover().await?;
         engine.restore_routes().await?;
+        if let Some(link) = &link {
+            link.follow();
+        }
         // On a swarm, Swarm restarts crashed tasks and runs the health checks, and the
         // ingress's followers see tasks come and go.
         if engine.inner.swarm.is_none() {
@@ -467,6 +482,17 @@ impl Engine {
                 ])
                 .await?;
             for instance in started {
+                // An ingress process that kept serving while the daemon was down may route
+                // to it: out of its rotation first, its requests under way finished.
+                self.inner
+                    .ingress
+                    .drain(
+                        &d.app_id,
+                        &instance.component,
+                        &instance.id,
+                        Duration::from_secs(10),
+                    )
+                    .await;
                 if let Err(e) = slipway_rollout::Runtime::stop(
                     &self.inner.runtime,
                     &instance,

@@ -102,6 +102,10 @@ struct Forward {
     close: bool,
 }
 
+/// How long an idle client connection is kept once the ingress stops, for a request its
+/// client may have sent already.
+const IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves `client` until it closes, or until a request is one for hyper.
 pub(crate) async fn serve(
     proxy: &Proxy,
@@ -146,9 +150,17 @@ pub(crate) async fn serve(
                 }
             }
             let idle = c.input.is_empty();
+            // Once the ingress stops, an idle connection is given a moment for the request
+            // its client may be sending already (whose answer then says `Connection: close`):
+            // closing it at once could cut that request off.
+            let deadline = if idle && shutdown.is_cancelled() {
+                deadline.min(Instant::now() + IDLE_GRACE)
+            } else {
+                deadline
+            };
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline, read_into(&mut c.client, &mut c.input)) => r,
-                () = &mut cancelled, if idle => return Ended::Closed,
+                () = &mut cancelled, if idle && !shutdown.is_cancelled() => continue,
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -164,6 +176,7 @@ pub(crate) async fn serve(
                 app,
                 start,
             } => {
+                let close = close || shutdown.is_cancelled();
                 if !read_at_least(&mut c, consumed, deadline).await {
                     return Ended::Closed;
                 }
@@ -176,7 +189,12 @@ pub(crate) async fn serve(
                 }
                 close
             }
-            Prepared::Forward(f) => {
+            Prepared::Forward(mut f) => {
+                if shutdown.is_cancelled() {
+                    // The last answer on this connection: it says so.
+                    f.ask.close = true;
+                    f.close = true;
+                }
                 let whole = f.head_len + f.body_len;
                 let deadline = Instant::now() + config.request_timeout;
                 if !read_at_least(&mut c, whole, deadline).await {

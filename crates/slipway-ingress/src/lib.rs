@@ -43,6 +43,7 @@
 // instances out of rotation (`probe`); every layer reads the table (`table`), which imports
 // only its counters (`metrics`).
 mod admin;
+pub mod control;
 mod framing;
 mod h1;
 mod head;

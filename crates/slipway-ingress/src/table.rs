@@ -4,13 +4,14 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use http::StatusCode;
 use slipway_spec::AppSpec;
 use tokio::sync::Notify;
 
+use crate::control::{Snapshot, SnapshotApp, SnapshotInstance, SnapshotPool};
 use crate::metrics::{self, AppMetrics, Global};
 
 /// How the ingress behaves.
@@ -190,7 +191,7 @@ fn without_port(host: &str) -> &str {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Route {
     pub prefix: String,
     pub component: String,
@@ -303,6 +304,21 @@ pub struct Ingress {
     host_suffix: String,
     table: RwLock<Table>,
     pub(crate) global: Global,
+    /// Bumped on every change of the table, for a follower (the link to an ingress process).
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Where drains are sent on, when the requests are served by an ingress process: a drain
+    /// returns once that process has drained the instance too.
+    relay: OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteDrain>>,
+}
+
+/// A drain for the ingress process, answered on `done` when it is over there.
+#[derive(Debug)]
+pub(crate) struct RemoteDrain {
+    pub app: String,
+    pub component: String,
+    pub instance: String,
+    pub max: Duration,
+    pub done: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Ingress {
@@ -312,7 +328,24 @@ impl Ingress {
             config,
             table: RwLock::new(Table::default()),
             global: Global::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+            relay: OnceLock::new(),
         })
+    }
+
+    /// Tells followers that the table changed.
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A receiver that sees every change of the table (coalesced).
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Sends every drain on to `relay` too (once; later calls are ignored).
+    pub(crate) fn set_relay(&self, relay: tokio::sync::mpsc::UnboundedSender<RemoteDrain>) {
+        let _ = self.relay.set(relay);
     }
 
     pub fn config(&self) -> &IngressConfig {
@@ -377,6 +410,17 @@ impl Ingress {
                 (hc.port.is_none() || hc.port == s.http_port).then(|| (s.name.clone(), path))
             })
             .collect();
+        self.set_routes(app_id, &spec.name, routes, health_paths);
+    }
+
+    /// Sets an app's name, routes (longest prefix first) and health paths; its pools are kept.
+    pub(crate) fn set_routes(
+        &self,
+        app_id: &str,
+        name: &str,
+        routes: Vec<Route>,
+        health_paths: HashMap<String, String>,
+    ) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         let (pools, metrics) = match table.apps.get(app_id) {
             Some(a) => (
@@ -393,17 +437,19 @@ impl Ingress {
             let old_name = old.name.clone();
             table.names.remove(&old_name);
         }
-        table.names.insert(spec.name.clone(), app_id.to_string());
+        table.names.insert(name.to_string(), app_id.to_string());
         table.apps.insert(
             app_id.to_string(),
             Arc::new(AppRoutes {
-                name: spec.name.clone(),
+                name: name.to_string(),
                 routes,
                 health_paths,
                 pools: RwLock::new(pools),
                 metrics,
             }),
         );
+        drop(table);
+        self.changed();
     }
 
     /// Forgets an app and its pools.
@@ -412,6 +458,8 @@ impl Ingress {
         if let Some(app) = table.apps.remove(app_id) {
             table.names.remove(&app.name);
         }
+        drop(table);
+        self.changed();
     }
 
     /// The pool of a component, made (with its app) when missing: instances may become ready
@@ -456,18 +504,41 @@ impl Ingress {
             pool: Arc::downgrade(&pool),
             idle: Notify::new(),
         }));
+        drop(backends);
+        self.changed();
     }
 
     /// Takes an instance out of its pool at once, and returns when the requests in flight to
     /// it have finished or `max` has passed (whichever is first).
     pub async fn drain(&self, app_id: &str, component: &str, instance_id: &str, max: Duration) {
-        let pool = self.pool(app_id, component);
-        let backend = {
+        let pool = {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            table.apps.get(app_id).and_then(|a| a.pool(component))
+        };
+        let backend = pool.as_ref().and_then(|pool| {
             let backends = pool.backends.read().unwrap_or_else(|e| e.into_inner());
             backends.iter().find(|b| b.id == instance_id).cloned()
+        });
+        let (Some(pool), Some(backend)) = (pool, backend) else {
+            // Not in this table (a daemon that just started), but the ingress process may
+            // still route to it with the table it kept.
+            if let Some(relay) = self.relay.get() {
+                let (done, over) = tokio::sync::oneshot::channel();
+                let sent = relay.send(RemoteDrain {
+                    app: app_id.to_string(),
+                    component: component.to_string(),
+                    instance: instance_id.to_string(),
+                    max,
+                    done,
+                });
+                if sent.is_ok() {
+                    let _ = tokio::time::timeout(max, over).await;
+                }
+            }
+            return;
         };
-        let Some(backend) = backend else { return };
         backend.draining.store(true, Ordering::SeqCst);
+        self.changed();
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let idle = backend.idle.notified();
@@ -482,10 +553,26 @@ impl Ingress {
                 }
             }
         }
+        // The ingress process, when there is one, serves the requests: it drains the
+        // instance too, within what is left of the time.
+        if let Some(relay) = self.relay.get() {
+            let (done, over) = tokio::sync::oneshot::channel();
+            let sent = relay.send(RemoteDrain {
+                app: app_id.to_string(),
+                component: component.to_string(),
+                instance: instance_id.to_string(),
+                max: deadline.saturating_duration_since(tokio::time::Instant::now()),
+                done,
+            });
+            if sent.is_ok() {
+                let _ = tokio::time::timeout_at(deadline, over).await;
+            }
+        }
         pool.backends
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|b| b.id != instance_id);
+            .retain(|b| !Arc::ptr_eq(b, &backend));
+        self.changed();
     }
 
     /// Removes an instance (a crashed one) from every pool at once.
@@ -498,6 +585,115 @@ impl Ingress {
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|b| b.id != instance_id);
             }
+        }
+        drop(table);
+        self.changed();
+    }
+
+    /// The table as an ingress process is given it: every app's routes and the instances in
+    /// its pools that take requests (not the draining ones, which are on their way out).
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut apps: Vec<SnapshotApp> = table
+            .apps
+            .iter()
+            .map(|(id, app)| {
+                let mut pools: Vec<SnapshotPool> = app
+                    .pools()
+                    .iter()
+                    .map(|pool| SnapshotPool {
+                        component: pool.component.clone(),
+                        instances: pool
+                            .backends
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .filter(|b| !b.draining.load(Ordering::SeqCst))
+                            .map(|b| SnapshotInstance {
+                                id: b.id.clone(),
+                                addr: b.addr,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                pools.sort_by(|a, b| a.component.cmp(&b.component));
+                SnapshotApp {
+                    id: id.clone(),
+                    name: app.name.clone(),
+                    routes: app.routes.clone(),
+                    health_paths: app.health_paths.clone().into_iter().collect(),
+                    pools,
+                }
+            })
+            .collect();
+        apps.sort_by(|a, b| a.id.cmp(&b.id));
+        Snapshot { apps }
+    }
+
+    /// Makes the table `snapshot`'s: apps and routes are set, instances added; an instance
+    /// that is not in it any more is drained (out of rotation at once, gone when its requests
+    /// have finished, within `drain`), never cut off; an app that is not is forgotten.
+    /// Instances already in the table keep their state (out of rotation or not).
+    pub(crate) fn apply(self: &Arc<Self>, snapshot: &Snapshot, drain: Duration) {
+        let wanted: HashMap<&str, &SnapshotApp> =
+            snapshot.apps.iter().map(|a| (a.id.as_str(), a)).collect();
+        let gone: Vec<String> = {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            table
+                .apps
+                .keys()
+                .filter(|id| !wanted.contains_key(id.as_str()))
+                .cloned()
+                .collect()
+        };
+        for app in &snapshot.apps {
+            let current = {
+                let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+                table.apps.get(&app.id).cloned()
+            };
+            let health: HashMap<String, String> = app.health_paths.iter().cloned().collect();
+            let same = current.as_ref().is_some_and(|c| {
+                c.name == app.name && c.routes == app.routes && c.health_paths == health
+            });
+            if !app.name.is_empty() && !same {
+                self.set_routes(&app.id, &app.name, app.routes.clone(), health);
+            }
+            let mut listed: HashMap<&str, Vec<&SnapshotInstance>> = HashMap::new();
+            for pool in &app.pools {
+                listed
+                    .entry(pool.component.as_str())
+                    .or_default()
+                    .extend(&pool.instances);
+                for instance in &pool.instances {
+                    self.add(&app.id, &pool.component, &instance.id, instance.addr);
+                }
+            }
+            let Some(current) = current else { continue };
+            for pool in current.pools() {
+                let leaving: Vec<String> = pool
+                    .backends
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|b| !b.draining.load(Ordering::SeqCst))
+                    .filter(|b| {
+                        !listed
+                            .get(pool.component.as_str())
+                            .is_some_and(|l| l.iter().any(|i| i.id == b.id))
+                    })
+                    .map(|b| b.id.clone())
+                    .collect();
+                for instance in leaving {
+                    let (ingress, app_id, component) =
+                        (Arc::clone(self), app.id.clone(), pool.component.clone());
+                    tokio::spawn(async move {
+                        ingress.drain(&app_id, &component, &instance, drain).await;
+                    });
+                }
+            }
+        }
+        for app_id in gone {
+            self.remove_app(&app_id);
         }
     }
 

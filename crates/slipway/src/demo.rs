@@ -58,6 +58,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         token: Some(paths::random_hex(16)),
         ingress: SocketAddr::from(([127, 0, 0, 1], 0)),
         ingress_admin_address: None,
+        // As in production: the ingress is a process of its own.
+        ingress_process: crate::serve::IngressProcessArg::Auto,
         base_domain: "localhost".into(),
         git_credentials: Vec::new(),
         git_ssh_keys: Vec::new(),
@@ -92,7 +94,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let client = Client::new(&daemon.url(), &daemon.token)?;
     let result = scenario(&client, &daemon, args.instances).await;
-    say("Cleaning up: deleting the app and stopping the daemon");
+    say("Cleaning up: deleting the app and stopping the daemon and its ingress");
     if let Ok(apps) = client.get("/v2/apps").await {
         for app in apps["apps"].as_array().into_iter().flatten() {
             if let Some(id) = app["id"].as_str() {
@@ -103,7 +105,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     }
-    daemon.stop().await?;
+    daemon.stop_with_ingress().await?;
     match &result {
         Ok(()) => println!("\nDone: everything the demo created has been removed."),
         Err(_) => println!("\nThe demo failed; everything it created has been removed."),

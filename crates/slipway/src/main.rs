@@ -4,6 +4,7 @@
 mod apps;
 mod client;
 mod demo;
+mod ingress;
 mod output;
 mod paths;
 mod serve;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run the daemon: the API, the engine and the store.
     Serve(Box<serve::ServeArgs>),
+    /// Run the ingress as a process of its own, which keeps serving the apps while the daemon
+    /// is down; or stop it, or ask who it is. `slipway serve` starts one when none runs.
+    Ingress(ingress::IngressArgs),
     /// Deploy, restart and force-rebuild the example app on a throwaway daemon, then clean up.
     Demo(demo::DemoArgs),
     /// Manage apps and their deployments (like `doctl apps`).
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await.map(|()| Outcome::Ok),
+            Command::Ingress(args) => ingress::run(args).await.map(|()| Outcome::Ok),
             Command::Demo(args) => demo::run(args).await.map(|()| Outcome::Ok),
             Command::Apps(cmd) => apps::run(cmd).await,
             Command::Tokens(cmd) => tokens::run(cmd).await.map(|()| Outcome::Ok),

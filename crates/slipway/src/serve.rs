@@ -35,6 +35,13 @@ pub(crate) struct ServeArgs {
     /// app and are served without a token, so keep it on loopback or a private network.
     #[arg(long, env = "SLIPWAY_INGRESS_ADMIN_ADDRESS", value_name = "ADDR")]
     pub ingress_admin_address: Option<SocketAddr>,
+    /// How the ingress runs: `auto`, as a process of its own that keeps serving the apps
+    /// while the daemon is down or restarts (the one already serving for the data directory,
+    /// else one started now; `slipway ingress stop` stops it); `external`, as a process a
+    /// service manager runs (`slipway ingress`), which the daemon waits for; or `embedded`,
+    /// inside the daemon, stopping with it.
+    #[arg(long, env = "SLIPWAY_INGRESS_PROCESS", value_enum, default_value_t = IngressProcessArg::Auto)]
+    pub ingress_process: IngressProcessArg,
     /// Apps are served at `<app name>.<base domain>`.
     #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
@@ -204,6 +211,18 @@ impl From<PublishArg> for Publish {
     }
 }
 
+/// How the ingress runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum IngressProcessArg {
+    /// A process of its own (`slipway ingress`), which outlives the daemon: the one that
+    /// serves for the data directory, else one started now.
+    Auto,
+    /// A process of its own that a service manager runs: the daemon waits for it.
+    External,
+    /// Inside the daemon: it stops with it.
+    Embedded,
+}
+
 /// Where apps run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum RuntimeArg {
@@ -263,9 +282,20 @@ pub(crate) struct Daemon {
     /// The certificate clients must trust, when the API is served over HTTPS.
     pub tls: Option<slipway_api::tls::TlsFiles>,
     server: JoinHandle<()>,
-    ingress_stop: CancellationToken,
-    ingress: JoinHandle<()>,
-    ingress_admin: Option<JoinHandle<()>>,
+    ingress: IngressRun,
+}
+
+/// Where the ingress runs.
+#[derive(Debug)]
+enum IngressRun {
+    /// In this process.
+    Embedded {
+        stop: CancellationToken,
+        task: JoinHandle<()>,
+        admin: Option<JoinHandle<()>>,
+    },
+    /// A process of its own, which outlives this one.
+    Process { pid: u32, socket: PathBuf },
 }
 
 impl Daemon {
@@ -304,26 +334,51 @@ impl Daemon {
         let docker = slipway_rollout::connect()
             .await
             .context("Slipway needs a Docker engine (is the Docker daemon running, and may this user use its socket?)")?;
-        let ingress_listener = TcpListener::bind(args.ingress)
-            .await
-            .with_context(|| format!("cannot listen on {} for the ingress", args.ingress))?;
-        let ingress_addr = ingress_listener.local_addr()?;
-        let admin_listener = match args.ingress_admin_address {
-            None => None,
-            Some(admin) => {
-                let listener = TcpListener::bind(admin).await.with_context(|| {
-                    format!("cannot listen on {admin} for the ingress's admin server (--ingress-admin-address)")
-                })?;
-                if !admin.ip().is_loopback() {
-                    tracing::warn!(address = %admin, "the ingress's /healthz and /metrics are served beyond loopback, without a token: they name every app");
-                }
-                Some(listener)
+        // The ingress: a process of its own (found or started), or listeners of this one's.
+        let (ingress_addr, ingress_admin_addr, embedded, process) = match args.ingress_process {
+            IngressProcessArg::Embedded => {
+                let ingress_listener =
+                    TcpListener::bind(args.ingress).await.with_context(|| {
+                        format!("cannot listen on {} for the ingress", args.ingress)
+                    })?;
+                let ingress_addr = ingress_listener.local_addr()?;
+                let admin_listener = match args.ingress_admin_address {
+                    None => None,
+                    Some(admin) => {
+                        let listener = TcpListener::bind(admin).await.with_context(|| {
+                            format!("cannot listen on {admin} for the ingress's admin server (--ingress-admin-address)")
+                        })?;
+                        if !admin.ip().is_loopback() {
+                            tracing::warn!(address = %admin, "the ingress's /healthz and /metrics are served beyond loopback, without a token: they name every app");
+                        }
+                        Some(listener)
+                    }
+                };
+                let admin_addr = admin_listener
+                    .as_ref()
+                    .map(TcpListener::local_addr)
+                    .transpose()?;
+                (
+                    ingress_addr,
+                    admin_addr,
+                    Some((ingress_listener, admin_listener)),
+                    None,
+                )
+            }
+            mode => {
+                let run = crate::ingress::RunArgs {
+                    data_dir: Some(data_dir.clone()),
+                    listen: args.ingress,
+                    admin_address: args.ingress_admin_address,
+                    base_domain: args.base_domain.clone(),
+                    max_connections: args.ingress_max_connections,
+                };
+                let (hello, started) =
+                    crate::ingress::ensure(&data_dir, &run, mode == IngressProcessArg::Auto)
+                        .await?;
+                (hello.listen, hello.admin, None, Some((hello.pid, started)))
             }
         };
-        let ingress_admin_addr = admin_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
         let mut config = EngineConfig::new(&data_dir);
         config.daemon_id = daemon_id;
         config.build_key_secret = BuildKeySecret::load_or_create(&data_dir.join("build.key"))?;
@@ -348,20 +403,35 @@ impl Daemon {
             ),
             (RuntimeArg::Docker, _) => None,
         };
+        let socket = data_dir.join(slipway_ingress::control::SOCKET);
+        let mut started_ingress = None;
+        if process.is_some() {
+            config.ingress_socket = Some(socket.clone());
+        }
         let engine = Engine::start(config, docker).await?;
-        let ingress_stop = CancellationToken::new();
-        let ingress = tokio::spawn(slipway_ingress::serve(
-            engine.ingress(),
-            ingress_listener,
-            ingress_stop.clone(),
-        ));
-        let ingress_admin = admin_listener.map(|listener| {
-            tokio::spawn(slipway_ingress::serve_admin(
-                engine.ingress(),
-                listener,
-                ingress_stop.clone(),
-            ))
-        });
+        let ingress = match (embedded, process) {
+            (Some((listener, admin)), _) => {
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(slipway_ingress::serve(
+                    engine.ingress(),
+                    listener,
+                    stop.clone(),
+                ));
+                let admin = admin.map(|listener| {
+                    tokio::spawn(slipway_ingress::serve_admin(
+                        engine.ingress(),
+                        listener,
+                        stop.clone(),
+                    ))
+                });
+                IngressRun::Embedded { stop, task, admin }
+            }
+            (None, Some((pid, started))) => {
+                started_ingress = started;
+                IngressRun::Process { pid, socket }
+            }
+            (None, None) => unreachable!("the ingress is embedded or a process"),
+        };
         let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_deref()) {
             (Some(cert), Some(key), _) => Some(slipway_api::tls::TlsFiles {
                 cert: cert.clone(),
@@ -407,15 +477,16 @@ impl Daemon {
             args.api_server(),
             stop.clone(),
         ));
+        if let Some(started) = started_ingress {
+            started.disarm();
+        }
         Ok(Daemon {
             tls,
             engine,
             addr,
             ingress_addr,
             ingress_admin_addr,
-            ingress_stop,
             ingress,
-            ingress_admin,
             token,
             data_dir,
             stop,
@@ -433,17 +504,41 @@ impl Daemon {
         self.stop.cancel();
         self.server.await.context("the API server task failed")?;
         self.engine.shutdown().await;
-        // The ingress goes last: it serves the apps until the engine has stopped.
-        self.ingress_stop.cancel();
-        let _ = self.ingress.await;
-        if let Some(admin) = self.ingress_admin {
-            let _ = admin.await;
+        match self.ingress {
+            // The ingress goes last: it serves the apps until the engine has stopped.
+            IngressRun::Embedded { stop, task, admin } => {
+                stop.cancel();
+                let _ = task.await;
+                if let Some(admin) = admin {
+                    let _ = admin.await;
+                }
+            }
+            IngressRun::Process { pid, .. } => {
+                tracing::info!(
+                    pid,
+                    "the ingress process keeps serving the apps (`slipway ingress stop` stops it)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Daemon::stop`], and then the ingress process too, when there is one.
+    pub(crate) async fn stop_with_ingress(self) -> anyhow::Result<()> {
+        let socket = match &self.ingress {
+            IngressRun::Process { socket, .. } => Some(socket.clone()),
+            IngressRun::Embedded { .. } => None,
+        };
+        self.stop().await?;
+        if let Some(socket) = socket {
+            slipway_ingress::control::stop(&socket).await?;
         }
         Ok(())
     }
 }
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Logs to stderr, at `SLIPWAY_LOG`'s levels (info by default).
+pub(crate) fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             slipway_engine::QUIET_TARGETS.iter().fold(
@@ -457,6 +552,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
     // Whatever the umask it was started with, what the daemon creates is its user's alone.
     let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing::debug!(
@@ -493,7 +592,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Raises the soft limit on open files to the hard one (connections are files: the ingress
 /// and the API hold one per client, the ingress one more per request in flight) and logs it.
 /// Returns the limit in force, `None` when unlimited.
-fn raise_open_files_limit() -> Option<u64> {
+pub(crate) fn raise_open_files_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let before = getrlimit(Resource::Nofile);
     let mut now = before.current;
@@ -527,7 +626,7 @@ fn raise_open_files_limit() -> Option<u64> {
     now
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

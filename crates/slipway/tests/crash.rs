@@ -11,39 +11,6 @@ use slipway_testkit::{HelloRepo, unique};
 
 mod common;
 
-impl Daemon {
-    fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let client = reqwest::blocking::Client::new();
-        let req = client
-            .request(
-                method.parse().unwrap(),
-                format!("http://127.0.0.1:{}{path}", self.port),
-            )
-            .bearer_auth(&self.token);
-        let req = match body {
-            Some(b) => req.json(&b),
-            None => req,
-        };
-        req.send().unwrap().json().unwrap()
-    }
-
-    fn deployment(&self, app: &str, dep: &str) -> Value {
-        self.api("GET", &format!("/v2/apps/{app}/deployments/{dep}"), None)["deployment"].clone()
-    }
-
-    fn wait_for(&self, app: &str, dep: &str, what: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let d = self.deployment(app, dep);
-            if what(&d) {
-                return d;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting on {d}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 /// The app's web containers (ID, published address, running), read from Docker directly.
 fn web_containers(app_id: &str) -> Vec<(String, String, bool)> {
     let out = Command::new("docker")

@@ -74,7 +74,12 @@ impl Daemon {
 
     /// Starts the process (again, after [`Daemon::kill`]) on the same data directory.
     pub fn spawn(&mut self) {
-        let child = Command::new(BIN)
+        self.spawn_from(std::path::Path::new(BIN));
+    }
+
+    /// [`Daemon::spawn`] from another copy of the binary (an upgrade).
+    pub fn spawn_from(&mut self, bin: &std::path::Path) {
+        let child = Command::new(bin)
             .args([
                 "serve",
                 "--listen",
@@ -129,8 +134,61 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// What the ingress process of the daemon's data directory says of itself
+    /// (`slipway ingress status`): `listen`, `pid`, `version`, `admin`.
+    pub fn ingress(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["ingress", "status", "--data-dir"])
+            .arg(self.data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "slipway ingress status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Stops the ingress process of the daemon's data directory, when one runs, and waits
+    /// for it to exit.
+    pub fn stop_ingress(&self) {
+        let Ok(out) = Command::new(BIN)
+            .args(["ingress", "status", "--data-dir"])
+            .arg(self.data.path())
+            .output()
+        else {
+            return;
+        };
+        let Ok(hello) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return;
+        };
+        let _ = Command::new(BIN)
+            .args(["ingress", "stop", "--data-dir"])
+            .arg(self.data.path())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(pid) = hello["pid"].as_u64() {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop_daemon();
+        self.stop_ingress();
+    }
+}
+
+impl Daemon {
+    fn stop_daemon(&mut self) {
         let Some(child) = self.child.as_mut() else {
             return;
         };
@@ -148,5 +206,49 @@ impl Drop for Daemon {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// The API, as the tests that drive it directly use it.
+impl Daemon {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let client = reqwest::blocking::Client::new();
+        let req = client
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}{path}", self.port),
+            )
+            .bearer_auth(&self.token);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        req.send().unwrap().json().unwrap()
+    }
+
+    pub fn deployment(&self, app: &str, dep: &str) -> serde_json::Value {
+        self.api("GET", &format!("/v2/apps/{app}/deployments/{dep}"), None)["deployment"].clone()
+    }
+
+    pub fn wait_for(
+        &self,
+        app: &str,
+        dep: &str,
+        what: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let d = self.deployment(app, dep);
+            if what(&d) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on {d}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

@@ -1,0 +1,367 @@
+//! `slipway ingress`: the ingress as a process of its own, so that the apps' traffic does not
+//! go down with the daemon. `slipway serve` starts one (or attaches to the one that runs for
+//! its data directory); a service manager can run it as a unit of its own. Started while
+//! another runs for the same data directory, it takes that one's listening sockets and table
+//! over and the other one stops: an upgrade of the ingress that refuses no connection.
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use slipway_ingress::control::{self, ControlServer, Hello};
+use slipway_ingress::{Ingress, IngressConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::paths;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct IngressArgs {
+    #[command(subcommand)]
+    command: Option<IngressCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum IngressCommand {
+    /// Tell the ingress of a data directory to stop: it stops accepting, lets the requests
+    /// under way finish, and exits.
+    Stop(DataDirArg),
+    /// Who serves as the ingress of a data directory (JSON).
+    Status(DataDirArg),
+}
+
+#[derive(Debug, Args)]
+struct DataDirArg {
+    /// The daemon's data directory, where the ingress's control socket is.
+    #[arg(long, env = "SLIPWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// How the ingress process is run.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RunArgs {
+    /// The daemon's data directory: the control socket is `DATA_DIR/ingress.sock` (0600).
+    #[arg(long, env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where apps are served (`0.0.0.0:80` in production). Ignored when the ingress takes
+    /// over from a running one: it keeps that one's sockets.
+    #[arg(long, env = "SLIPWAY_INGRESS", default_value = "127.0.0.1:7480")]
+    pub listen: SocketAddr,
+    /// Where `GET /healthz` and `GET /metrics` are served; off unless given.
+    #[arg(long, env = "SLIPWAY_INGRESS_ADMIN_ADDRESS", value_name = "ADDR")]
+    pub admin_address: Option<SocketAddr>,
+    /// Apps are served at `<app name>.<base domain>`.
+    #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
+    pub base_domain: String,
+    /// The most client connections kept open at once.
+    #[arg(
+        long,
+        env = "SLIPWAY_INGRESS_MAX_CONNECTIONS",
+        default_value_t = IngressConfig::default().max_connections as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    pub max_connections: u32,
+}
+
+pub(crate) async fn run(args: IngressArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(IngressCommand::Stop(dir)) => {
+            let socket = socket_of(dir.data_dir);
+            let hello = control::stop(&socket).await?;
+            eprintln!(
+                "the ingress (pid {}, version {}) on {} is stopping",
+                hello.pid, hello.version, hello.listen
+            );
+            Ok(())
+        }
+        Some(IngressCommand::Status(dir)) => {
+            let hello = control::hello(&socket_of(dir.data_dir)).await?;
+            println!("{}", serde_json::to_string_pretty(&hello)?);
+            Ok(())
+        }
+        None => serve(args.run).await,
+    }
+}
+
+fn socket_of(data_dir: Option<PathBuf>) -> PathBuf {
+    data_dir
+        .unwrap_or_else(paths::default_data_dir)
+        .join(control::SOCKET)
+}
+
+/// Runs the ingress until it is told to stop, receives SIGTERM or SIGINT, a successor takes
+/// over, or its control socket disappears.
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    crate::serve::init_logging();
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    crate::serve::raise_open_files_limit();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(paths::default_data_dir);
+    paths::private_dir(&data_dir)?;
+    let socket = data_dir.join(control::SOCKET);
+
+    let taken = control::take_over(&socket)
+        .await
+        .context("taking over from the running ingress")?;
+    let (listener, admin) = match &taken {
+        Some(taken) => {
+            tracing::info!(pid = taken.predecessor.pid, version = %taken.predecessor.version, listen = %taken.predecessor.listen, "taking the listening sockets over from the running ingress");
+            let mut fds = taken.listeners.iter();
+            let listener = fds
+                .next()
+                .context("no listening socket came from the running ingress")?;
+            let listener = tcp_listener(listener.as_fd())?;
+            let admin = match (taken.predecessor.admin, fds.next()) {
+                (Some(_), Some(fd)) => Some(tcp_listener(fd.as_fd())?),
+                _ => None,
+            };
+            if args.admin_address.is_some() && admin.is_none() {
+                tracing::warn!(
+                    "--admin-address is ignored: the running ingress had none, and its sockets are kept"
+                );
+            }
+            (listener, admin)
+        }
+        None => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} for the ingress", args.listen))?;
+            let admin = match args.admin_address {
+                Some(addr) => {
+                    if !addr.ip().is_loopback() {
+                        tracing::warn!(address = %addr, "the ingress's /healthz and /metrics are served beyond loopback, without a token: they name every app");
+                    }
+                    Some(TcpListener::bind(addr).await.with_context(|| {
+                        format!("cannot listen on {addr} for the ingress's admin server (--admin-address)")
+                    })?)
+                }
+                None => None,
+            };
+            (listener, admin)
+        }
+    };
+    let listen = listener.local_addr()?;
+    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let ingress = Ingress::new(IngressConfig {
+        base_domain: args.base_domain.clone(),
+        public_port: Some(listen.port()),
+        max_connections: args.max_connections as usize,
+        ..IngressConfig::default()
+    });
+    if let Some(taken) = &taken {
+        taken.table_into(&ingress);
+    }
+    // Copies of the listening sockets, for a successor.
+    let mut handed = vec![listener.as_fd().try_clone_to_owned()?];
+    if let Some(admin) = &admin {
+        handed.push(admin.as_fd().try_clone_to_owned()?);
+    }
+    let stop = CancellationToken::new();
+    let hello = Hello {
+        protocol: control::PROTOCOL,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        listen,
+        admin: admin_addr,
+    };
+    let control_listener = ControlServer::bind(&socket)?;
+    let server = Arc::new(ControlServer::new(
+        Arc::clone(&ingress),
+        hello,
+        handed,
+        socket.clone(),
+        stop.clone(),
+    ));
+    let handed_over = server.handed_over();
+    let control_task = tokio::spawn(Arc::clone(&server).serve(control_listener));
+    let proxy = tokio::spawn(slipway_ingress::serve(
+        Arc::clone(&ingress),
+        listener,
+        stop.clone(),
+    ));
+    let admin_task = admin.map(|listener| {
+        tokio::spawn(slipway_ingress::serve_admin(
+            Arc::clone(&ingress),
+            listener,
+            stop.clone(),
+        ))
+    });
+    if let Some(taken) = taken {
+        taken
+            .finish()
+            .await
+            .context("telling the running ingress that this one serves now")?;
+    }
+    tracing::info!(%listen, admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), socket = %socket.display(), pid = std::process::id(), "the ingress is serving");
+
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = crate::serve::shutdown_signal() => {
+            tracing::info!("stopping: no new connection is accepted; requests under way finish");
+            stop.cancel();
+        }
+    }
+    let _ = control_task.await;
+    let _ = proxy.await;
+    if let Some(admin) = admin_task {
+        let _ = admin.await;
+    }
+    if !handed_over.is_cancelled() {
+        remove_own_socket(&socket).await;
+    }
+    tracing::info!("the ingress stopped");
+    Ok(())
+}
+
+/// A tokio listener on a listening socket received from the running ingress.
+fn tcp_listener(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<TcpListener> {
+    let listener = std::net::TcpListener::from(fd.try_clone_to_owned()?);
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+/// Removes the control socket unless another process answers on it now (a successor).
+async fn remove_own_socket(socket: &Path) {
+    if let Ok(hello) = control::hello(socket).await
+        && hello.pid != std::process::id()
+    {
+        return;
+    }
+    let _ = std::fs::remove_file(socket);
+}
+
+/// How long `slipway serve` waits for an ingress process to answer.
+const START_WAIT: Duration = Duration::from_secs(30);
+
+/// The ingress process for `data_dir`: the one that answers on its control socket, else (with
+/// `spawn`) one started now, detached, that outlives this process; else one waited for (a
+/// service manager starts it).
+pub(crate) async fn ensure(
+    data_dir: &Path,
+    run: &RunArgs,
+    spawn: bool,
+) -> anyhow::Result<(Hello, Option<StopOnDrop>)> {
+    let socket = data_dir.join(control::SOCKET);
+    if let Ok(hello) = control::hello(&socket).await {
+        let wanted = run.listen;
+        if wanted.port() != 0 && wanted != hello.listen {
+            anyhow::bail!(
+                "the ingress of {} (pid {}) serves on {}, not on --ingress {wanted}: stop it with `slipway ingress stop --data-dir {}`, or give --ingress {}",
+                data_dir.display(),
+                hello.pid,
+                hello.listen,
+                data_dir.display(),
+                hello.listen
+            );
+        }
+        tracing::info!(pid = hello.pid, version = %hello.version, listen = %hello.listen, "the ingress process of this data directory serves on");
+        return Ok((hello, None));
+    }
+    if !spawn {
+        tracing::info!(socket = %socket.display(), "waiting for the ingress process (--ingress-process external)");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(hello) = control::hello(&socket).await {
+                return Ok((hello, None));
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "no ingress answered on {} within 120 s (--ingress-process external: start `slipway ingress --data-dir {}`)",
+                    socket.display(),
+                    data_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let exe = std::env::current_exe().context("finding this program to start the ingress")?;
+    let log_path = data_dir.join("ingress.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("ingress")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(run.listen.to_string())
+        .arg("--base-domain")
+        .arg(&run.base_domain)
+        .arg("--max-connections")
+        .arg(run.max_connections.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some(admin) = run.admin_address {
+        command.arg("--admin-address").arg(admin.to_string());
+    }
+    // A process group of its own: a terminal's Ctrl-C for the daemon does not reach it.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .spawn()
+        .context("starting the ingress process (slipway ingress)")?;
+    let pid = child.id();
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    let hello = loop {
+        if let Ok(hello) = control::hello(&socket).await
+            && hello.pid == pid
+        {
+            break hello;
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            anyhow::bail!(
+                "the ingress process exited ({status}) before it served: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the ingress process (pid {pid}) did not answer on {} within {} s; see {}",
+                socket.display(),
+                START_WAIT.as_secs(),
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    // Reaped when it exits while this process lives.
+    std::thread::spawn(move || child.wait());
+    tracing::info!(pid = hello.pid, listen = %hello.listen, log = %log_path.display(), "started the ingress process; it outlives the daemon (`slipway ingress stop` stops it)");
+    Ok((hello, Some(StopOnDrop(Some(socket)))))
+}
+
+/// Stops the ingress process this daemon started when dropped armed: a daemon that fails to
+/// start leaves no ingress behind that it started.
+#[derive(Debug)]
+pub(crate) struct StopOnDrop(Option<PathBuf>);
+
+impl StopOnDrop {
+    /// The daemon started: the ingress stays.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(socket) = self.0.take() else { return };
+        use std::io::Write;
+        if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) {
+            let _ = stream.write_all(b"{\"type\":\"stop\"}\n");
+        }
+    }
+}
