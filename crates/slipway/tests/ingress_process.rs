@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, Daemon, docker_ready};
 use serde_json::Value;
-use slipway_testkit::{Tally, Traffic};
 use slipway_testkit::{HelloRepo, unique};
+use slipway_testkit::{Tally, Traffic};
 
 mod common;
 
