@@ -35,6 +35,11 @@ enum IngressCommand {
     Stop(DataDirArg),
     /// Who serves as the ingress of a data directory (JSON).
     Status(DataDirArg),
+    /// Replace the running ingress of a data directory with this binary's, dropping no
+    /// connection: a new ingress process takes its listening sockets and table over, and the
+    /// old one exits once its requests under way have finished. Returns once the new one
+    /// serves (for `ExecReload=` of a service unit, see docs/operating.md).
+    Upgrade(RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +91,124 @@ pub(crate) async fn run(args: IngressArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&hello)?);
             Ok(())
         }
+        Some(IngressCommand::Upgrade(run)) => upgrade(run).await,
         None => serve(args.run).await,
+    }
+}
+
+/// Starts this binary's ingress beside the running one, which hands over to it.
+async fn upgrade(run: RunArgs) -> anyhow::Result<()> {
+    let data_dir = run.data_dir.clone().unwrap_or_else(paths::default_data_dir);
+    let socket = data_dir.join(control::SOCKET);
+    let old = control::hello(&socket).await.with_context(|| {
+        format!(
+            "no ingress runs for {} to upgrade (start one with `slipway ingress --data-dir {}`)",
+            data_dir.display(),
+            data_dir.display()
+        )
+    })?;
+    // It keeps the service manager's notification socket: it tells it that it is the
+    // service's main process now.
+    let mut child = detached(&data_dir, &run, true)?;
+    let pid = child.id();
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    let new = loop {
+        if let Ok(hello) = control::hello(&socket).await
+            && hello.pid == pid
+        {
+            break hello;
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the new ingress process exited ({status}) before it took over; the old one (pid {}) serves on; see {}",
+                old.pid,
+                data_dir.join("ingress.log").display()
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the new ingress process (pid {pid}) did not take over within {} s; see {}",
+                START_WAIT.as_secs(),
+                data_dir.join("ingress.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    eprintln!(
+        "the ingress on {} is now pid {} (version {}); pid {} (version {}) stops once its requests under way have finished",
+        new.listen, new.pid, new.version, old.pid, old.version
+    );
+    println!("{}", serde_json::to_string_pretty(&new)?);
+    Ok(())
+}
+
+/// `slipway ingress` with `run`'s settings, started from this binary in a process group of
+/// its own (a terminal's Ctrl-C for its parent does not reach it), logging to
+/// `DATA_DIR/ingress.log`.
+fn detached(
+    data_dir: &Path,
+    run: &RunArgs,
+    keep_notify_socket: bool,
+) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe().context("finding this program to start the ingress")?;
+    let log_path = data_dir.join("ingress.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("ingress")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(run.listen.to_string())
+        .arg("--base-domain")
+        .arg(&run.base_domain)
+        .arg("--max-connections")
+        .arg(run.max_connections.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some(admin) = run.admin_address {
+        command.arg("--admin-address").arg(admin.to_string());
+    }
+    if !keep_notify_socket {
+        // Started by the daemon, it is not the daemon's service's main process.
+        command.env_remove("NOTIFY_SOCKET");
+    }
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command
+        .spawn()
+        .context("starting the ingress process (slipway ingress)")
+}
+
+/// Tells the service manager (systemd's `Type=notify`) how the ingress is, when it started
+/// it: `READY=1` once it serves, with `MAINPID` (a successor started by `slipway ingress
+/// upgrade` becomes the service's main process; the unit needs `NotifyAccess=all`), and
+/// `STOPPING=1`.
+fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot notify the service manager");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify the service manager");
     }
 }
 
@@ -195,6 +317,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             stop.clone(),
         ))
     });
+    // The service manager hears that this process is the service's main one before its
+    // predecessor, told next, exits.
+    notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     if let Some(taken) = taken {
         taken
             .finish()
@@ -209,6 +334,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!("stopping: no new connection is accepted; requests under way finish");
             stop.cancel();
         }
+    }
+    if !handed_over.is_cancelled() {
+        notify("STOPPING=1");
     }
     let _ = control_task.await;
     let _ = proxy.await;
@@ -283,35 +411,8 @@ pub(crate) async fn ensure(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let exe = std::env::current_exe().context("finding this program to start the ingress")?;
     let log_path = data_dir.join("ingress.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .arg("ingress")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen")
-        .arg(run.listen.to_string())
-        .arg("--base-domain")
-        .arg(&run.base_domain)
-        .arg("--max-connections")
-        .arg(run.max_connections.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    if let Some(admin) = run.admin_address {
-        command.arg("--admin-address").arg(admin.to_string());
-    }
-    // A process group of its own: a terminal's Ctrl-C for the daemon does not reach it.
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command
-        .spawn()
-        .context("starting the ingress process (slipway ingress)")?;
+    let mut child = detached(data_dir, run, false)?;
     let pid = child.id();
     let deadline = tokio::time::Instant::now() + START_WAIT;
     let hello = loop {

@@ -258,14 +258,18 @@ fn traffic_survives_an_upgrade_of_the_daemon_and_of_the_ingress() {
     // socket over; the old one finishes what it serves and exits.
     let traffic = load.start();
     std::thread::sleep(Duration::from_secs(2));
-    let log = std::fs::File::create(bins.path().join("ingress-next.log")).unwrap();
-    let mut successor = Command::new(&next)
-        .args(["ingress", "--data-dir"])
+    let upgrade = Command::new(&next)
+        .args(["ingress", "upgrade", "--data-dir"])
         .arg(daemon.data.path())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
+        .output()
         .unwrap();
+    assert!(
+        upgrade.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgrade.stderr)
+    );
+    let successor: Value = serde_json::from_slice(&upgrade.stdout).unwrap();
+    let successor = successor["pid"].as_u64().unwrap();
     let old_pid = ingress["pid"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Path::new(&format!("/proc/{old_pid}/exe")).exists() {
@@ -276,9 +280,9 @@ fn traffic_survives_an_upgrade_of_the_daemon_and_of_the_ingress() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let now = daemon.ingress();
-    assert_eq!(now["pid"].as_u64(), Some(u64::from(successor.id())));
+    assert_eq!(now["pid"].as_u64(), Some(successor));
     assert_eq!(now["listen"], ingress["listen"], "the same socket serves");
-    assert_eq!(exe_of(u64::from(successor.id())), next);
+    assert_eq!(exe_of(successor), next);
     // The daemon follows the new ingress: a restart rolls out through it.
     let restart = daemon.api(
         "POST",
@@ -291,7 +295,82 @@ fn traffic_survives_an_upgrade_of_the_daemon_and_of_the_ingress() {
         traffic,
         "an ingress upgrade by handover and a restart after it",
     );
-    // The daemon's drop stops the new ingress; it is reaped here.
-    drop(daemon);
-    let _ = successor.wait();
+}
+
+/// As systemd runs it (`Type=notify`, `NotifyAccess=all`, `ExecReload=slipway ingress
+/// upgrade`): the service manager hears when the ingress serves and which process is the
+/// service's main one, before and after an upgrade; the ingress a daemon starts tells it
+/// nothing.
+#[test]
+fn the_service_manager_hears_which_process_serves_across_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let next_message = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut first = Command::new(BIN)
+        .args(["ingress", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(next_message(), format!("READY=1\nMAINPID={}", first.id()));
+
+    let bins = tempfile::tempdir().unwrap();
+    let next = other_binary(bins.path());
+    let upgrade = Command::new(&next)
+        .args(["ingress", "upgrade", "--data-dir"])
+        .arg(&data)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .output()
+        .unwrap();
+    assert!(
+        upgrade.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgrade.stderr)
+    );
+    let new: Value = serde_json::from_slice(&upgrade.stdout).unwrap();
+    let new_pid = new["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, u64::from(first.id()));
+    assert_eq!(exe_of(new_pid), next, "the new binary serves");
+    assert_eq!(next_message(), format!("READY=1\nMAINPID={new_pid}"));
+    // The old one exits, and tells the service manager nothing on its way out.
+    assert!(first.wait().unwrap().success());
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(
+        notify.recv(&mut buf).is_err(),
+        "nothing more after the handover: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    let stop = Command::new(BIN)
+        .args(["ingress", "stop", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(stop.status.success());
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(next_message(), "STOPPING=1");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Path::new(&format!("/proc/{new_pid}/exe")).exists() {
+        assert!(Instant::now() < deadline, "the ingress did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !data.join("ingress.sock").exists(),
+        "a stopped ingress removes its control socket"
+    );
 }

@@ -171,7 +171,8 @@ impl Daemon {
             .status();
         if let Some(pid) = hello["pid"].as_u64() {
             let deadline = Instant::now() + Duration::from_secs(40);
-            while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            // A zombie has no executable: exited is enough.
+            while std::path::Path::new(&format!("/proc/{pid}/exe")).exists()
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(50));
