@@ -282,9 +282,11 @@ async fn running_out_of_descriptors_pauses_accepting_until_some_are_free() {
         "{used} ticks of CPU in {elapsed:?} while accepting failed"
     );
     let mut probe = [0u8; 1];
+    let read = client.try_read(&mut probe);
     assert!(
-        matches!(client.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "the client was served although no descriptor was free"
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the client was served although no descriptor was free: {read:?} {:?}",
+        String::from_utf8_lossy(&probe)
     );
     // Descriptors free again: the connection that waited is accepted and answered.
     drop(hoard);
