@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,10 +222,8 @@ impl ControlServer {
     }
 
     /// Serves the control socket until the ingress stops; also stops it when the socket's
-    /// file is removed or replaced by another process's (its data directory is gone, or a
-    /// successor took over).
+    /// file is removed (its data directory is gone).
     pub async fn serve(self: Arc<Self>, listener: UnixListener) {
-        let inode = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
         let mut check = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -241,9 +239,10 @@ impl ControlServer {
                     }
                 },
                 _ = check.tick() => {
-                    let now = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
-                    if now != inode && !self.handed_over.is_cancelled() {
-                        tracing::warn!(path = %self.path.display(), "the control socket was removed or replaced; the ingress stops");
+                    // Removed (its data directory is gone): stop. Replaced: a successor is
+                    // taking over, and says so when it has.
+                    if std::fs::metadata(&self.path).is_err() && !self.handed_over.is_cancelled() {
+                        tracing::warn!(path = %self.path.display(), "the control socket was removed; the ingress stops");
                         self.stop.cancel();
                         return;
                     }

@@ -295,16 +295,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         listen,
         admin: admin_addr,
     };
-    let control_listener = ControlServer::bind(&socket)?;
-    let server = Arc::new(ControlServer::new(
-        Arc::clone(&ingress),
-        hello,
-        handed,
-        socket.clone(),
-        stop.clone(),
-    ));
-    let handed_over = server.handed_over();
-    let control_task = tokio::spawn(Arc::clone(&server).serve(control_listener));
+    // Serving first; then the control socket, which replaces a predecessor's.
     let proxy = tokio::spawn(slipway_ingress::serve(
         Arc::clone(&ingress),
         listener,
@@ -317,6 +308,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             stop.clone(),
         ))
     });
+    let control_listener = ControlServer::bind(&socket)?;
+    let server = Arc::new(ControlServer::new(
+        Arc::clone(&ingress),
+        hello,
+        handed,
+        socket.clone(),
+        stop.clone(),
+    ));
+    let handed_over = server.handed_over();
+    let control_task = tokio::spawn(Arc::clone(&server).serve(control_listener));
     // The service manager hears that this process is the service's main one before its
     // predecessor, told next, exits.
     notify(&format!("READY=1\nMAINPID={}", std::process::id()));
@@ -443,6 +444,41 @@ pub(crate) async fn ensure(
     std::thread::spawn(move || child.wait());
     tracing::info!(pid = hello.pid, listen = %hello.listen, log = %log_path.display(), "started the ingress process; it outlives the daemon (`slipway ingress stop` stops it)");
     Ok((hello, Some(StopOnDrop(Some(socket)))))
+}
+
+/// While the daemon runs (`--ingress-process auto`): when the ingress process has not
+/// answered for 3 s in a row (it crashed, was killed or stopped), starts a new one with `run`
+/// (where the last one served); the daemon's link sends it the table as soon as it answers.
+pub(crate) async fn supervise(data_dir: PathBuf, run: RunArgs, stop: CancellationToken) {
+    let socket = data_dir.join(control::SOCKET);
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+        if control::hello(&socket).await.is_ok() {
+            misses = 0;
+            continue;
+        }
+        misses += 1;
+        if misses < 3 {
+            continue;
+        }
+        misses = 0;
+        tracing::warn!(socket = %socket.display(), "the ingress process does not answer; starting a new one");
+        match ensure(&data_dir, &run, true).await {
+            Ok((hello, started)) => {
+                if let Some(started) = started {
+                    started.disarm();
+                }
+                tracing::info!(pid = hello.pid, listen = %hello.listen, "the ingress serves again");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "starting the ingress process failed; trying again")
+            }
+        }
+    }
 }
 
 /// Stops the ingress process this daemon started when dropped armed: a daemon that fails to

@@ -283,6 +283,8 @@ pub(crate) struct Daemon {
     pub tls: Option<slipway_api::tls::TlsFiles>,
     server: JoinHandle<()>,
     ingress: IngressRun,
+    /// Ends the supervision of the ingress process, when dropped.
+    _supervision: tokio_util::sync::DropGuard,
 }
 
 /// Where the ingress runs.
@@ -405,6 +407,7 @@ impl Daemon {
         };
         let socket = data_dir.join(slipway_ingress::control::SOCKET);
         let mut started_ingress = None;
+        let supervision = CancellationToken::new();
         if process.is_some() {
             config.ingress_socket = Some(socket.clone());
         }
@@ -428,6 +431,21 @@ impl Daemon {
             }
             (None, Some((pid, started))) => {
                 started_ingress = started;
+                if args.ingress_process == IngressProcessArg::Auto {
+                    let run = crate::ingress::RunArgs {
+                        data_dir: Some(data_dir.clone()),
+                        // Started again, it serves where it served.
+                        listen: ingress_addr,
+                        admin_address: ingress_admin_addr,
+                        base_domain: args.base_domain.clone(),
+                        max_connections: args.ingress_max_connections,
+                    };
+                    tokio::spawn(crate::ingress::supervise(
+                        data_dir.clone(),
+                        run,
+                        supervision.clone(),
+                    ));
+                }
                 IngressRun::Process { pid, socket }
             }
             (None, None) => unreachable!("the ingress is embedded or a process"),
@@ -470,6 +488,7 @@ impl Daemon {
             .signed_urls_for(i64::try_from(args.log_url_seconds).unwrap_or(i64::MAX));
         let router = slipway_api::router(engine.clone(), auth);
         let stop = CancellationToken::new();
+        let supervision = supervision.drop_guard();
         let server = tokio::spawn(slipway_api::server::serve(
             listener,
             router,
@@ -487,6 +506,7 @@ impl Daemon {
             ingress_addr,
             ingress_admin_addr,
             ingress,
+            _supervision: supervision,
             token,
             data_dir,
             stop,

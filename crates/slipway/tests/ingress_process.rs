@@ -295,6 +295,51 @@ fn traffic_survives_an_upgrade_of_the_daemon_and_of_the_ingress() {
         traffic,
         "an ingress upgrade by handover and a restart after it",
     );
+
+    // 3. The ingress process killed: the daemon starts another where it served, and sends it
+    // the table (requests fail meanwhile; none is routed wrong).
+    Command::new("kill")
+        .args(["-KILL", &successor.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let revived = loop {
+        let out = Command::new(BIN)
+            .args(["ingress", "status", "--data-dir"])
+            .arg(daemon.data.path())
+            .output()
+            .unwrap();
+        if let Ok(hello) = serde_json::from_slice::<Value>(&out.stdout)
+            && hello["pid"].as_u64() != Some(successor)
+        {
+            break hello;
+        }
+        assert!(Instant::now() < deadline, "no ingress was started again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(revived["listen"], ingress["listen"], "where it served");
+    let http = reqwest::blocking::Client::builder()
+        .resolve(
+            &app.host,
+            revived["listen"].as_str().unwrap().parse().unwrap(),
+        )
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = http
+            .get(&load.url)
+            .send()
+            .is_ok_and(|r| r.status().is_success());
+        if answered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new ingress was not given the table"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// As systemd runs it (`Type=notify`, `NotifyAccess=all`, `ExecReload=slipway ingress
