@@ -51,7 +51,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot make a temporary data directory")?;
     let daemon_id = format!("demo-{}", paths::random_hex(4));
     // Removes everything labelled with this daemon's ID when the demo ends, however it ends.
-    let _janitor = Janitor::new(&daemon_id);
+    let janitor = Janitor::new(&daemon_id);
     let serve = ServeArgs {
         data_dir: Some(data.path().to_path_buf()),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -84,16 +84,32 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         log_url_seconds: slipway_api::SIGNED_URL_SECONDS as u64,
         log_buffer_bytes: slipway_engine::EngineConfig::new(data.path()).log_buffer_bytes,
     };
-    say("Starting an embedded daemon on a temporary data directory");
-    let daemon = Daemon::start(&serve, Some(daemon_id)).await?;
+    say("Starting a daemon (and its ingress process) on a temporary data directory");
+    let daemon = Daemon::start(&serve, Some(daemon_id.clone())).await?;
     println!(
-        "    API {}  ingress {}  data {}",
+        "    API {}  ingress {}  data {}  daemon ID {daemon_id}",
         daemon.url(),
         daemon.ingress_addr,
         data.path().display()
     );
     let client = Client::new(&daemon.url(), &daemon.token)?;
-    let result = scenario(&client, &daemon, args.instances).await;
+    // Ctrl-C stops the demo wherever it is, and everything it made is removed all the same.
+    let mut interrupted = false;
+    let result = tokio::select! {
+        result = scenario(&client, &daemon, args.instances) => result,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\n\nInterrupted: removing everything the demo made (Ctrl-C again cannot stop the clean-up)");
+            interrupted = true;
+            Err(anyhow::anyhow!("the demo was interrupted"))
+        }
+    };
+    let refuse = tokio::spawn(async {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "    still cleaning up; the demo ends as soon as everything it made is removed"
+            );
+        }
+    });
     say("Cleaning up: deleting the app and stopping the daemon and its ingress");
     if let Ok(apps) = client.get("/v2/apps").await {
         for app in apps["apps"].as_array().into_iter().flatten() {
@@ -105,9 +121,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     }
-    daemon.stop_with_ingress().await?;
+    let stopped = daemon.stop_with_ingress().await;
+    drop(janitor);
+    drop(data);
+    refuse.abort();
+    stopped?;
     match &result {
         Ok(()) => println!("\nDone: everything the demo created has been removed."),
+        Err(_) if interrupted => {
+            println!("\nInterrupted: everything the demo created has been removed.")
+        }
         Err(_) => println!("\nThe demo failed; everything it created has been removed."),
     }
     result
