@@ -96,6 +96,9 @@ pub(crate) enum AppsCommand {
     GetDeployment {
         app: String,
         deployment: String,
+        /// Follow it until it ends (live progress), and exit with its outcome.
+        #[arg(long, long_help = crate::EXIT_CODES)]
+        wait: bool,
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -260,12 +263,16 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
         AppsCommand::GetDeployment {
             app,
             deployment,
+            wait,
             out,
         } => {
             let v = client
                 .get(&format!("/v2/apps/{app}/deployments/{deployment}"))
                 .await?;
             let d: Deployment = field(v.clone(), "deployment")?;
+            if wait {
+                return deployment_result(&client, &app, d, true, &out, None).await;
+            }
             output::deployments(&out, &v, &[d])?;
             Ok(Outcome::Ok)
         }
@@ -427,7 +434,16 @@ async fn deployment_result(
 ) -> anyhow::Result<Outcome> {
     let json_out = out.output == Format::Json;
     let (d, outcome) = if wait {
-        wait::follow(client, app, d, json_out).await?
+        match wait::follow(client, app, d, json_out).await? {
+            wait::Followed::Ended(d, outcome) => (d, outcome),
+            wait::Followed::Interrupted(d) => {
+                eprintln!(
+                    "stopped waiting: deployment {} ({}) goes on; follow it again with `slipway apps get-deployment {app} {} --wait`",
+                    d.id, d.phase, d.id
+                );
+                return Ok(Outcome::Interrupted);
+            }
+        }
     } else {
         (d, Outcome::Ok)
     };

@@ -57,6 +57,8 @@ pub(crate) enum Outcome {
     Ok,
     DeploymentError(Option<FailureCode>),
     DeploymentCanceled(Option<FailureCode>),
+    /// Ctrl-C stopped `--wait`; the deployment goes on.
+    Interrupted,
 }
 
 impl Outcome {
@@ -65,6 +67,7 @@ impl Outcome {
             Outcome::Ok => 0,
             Outcome::DeploymentError(code) => code.map_or(3, FailureCode::exit_code),
             Outcome::DeploymentCanceled(code) => code.map_or(4, FailureCode::exit_code),
+            Outcome::Interrupted => 130,
         }
     }
 }
@@ -73,7 +76,7 @@ impl Outcome {
 pub(crate) const EXIT_CODES: &str = "Exit codes with --wait: 0 ACTIVE, 1 the command failed, \
 2 bad usage, 3 another deployment failure, 4 CANCELED, 10 build failed (build, source, image, \
 push), 11 health check failed, 12 job failed, 13 Docker unreachable, 14 store failure, 15 \
-timeout.";
+timeout, 130 Ctrl-C stopped the waiting (the deployment goes on).";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -51,14 +51,28 @@ fn transitions(before: Option<&Deployment>, now: &Deployment) -> Vec<String> {
     lines
 }
 
-/// Follows a deployment until it ends. On a terminal, a live progress line; otherwise one line
-/// per transition (on stderr when `quiet_lines`, so that JSON on stdout stays clean).
+/// How following a deployment ended.
+#[derive(Debug)]
+pub(crate) enum Followed {
+    /// It ended, so.
+    Ended(Deployment, Outcome),
+    /// Ctrl-C: the wait stopped; the deployment, as last seen, goes on.
+    Interrupted(Deployment),
+}
+
+/// Follows a deployment until it ends, or until Ctrl-C (which stops the waiting, never the
+/// deployment). On a terminal, a live progress line; otherwise one line per transition (on
+/// stderr, so that JSON on stdout stays clean).
 pub(crate) async fn follow(
     client: &Client,
     app: &str,
     initial: Deployment,
     json: bool,
-) -> anyhow::Result<(Deployment, Outcome)> {
+) -> anyhow::Result<Followed> {
+    // Listening from here on: a Ctrl-C after the first line printed is never the default
+    // (which would end the process without a word).
+    let mut interrupted =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let started = Instant::now();
     let terminal = std::io::stderr().is_terminal() && !json;
     let bar = terminal.then(|| {
@@ -84,8 +98,19 @@ pub(crate) async fn follow(
             break;
         }
         last = Some(current.clone());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        current = client.deployment(app, &current.id).await?;
+        let next = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.deployment(app, &current.id).await
+        };
+        current = tokio::select! {
+            next = next => next?,
+            _ = interrupted.recv() => {
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                return Ok(Followed::Interrupted(current));
+            }
+        };
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -99,7 +124,7 @@ pub(crate) async fn follow(
         Phase::Canceled => Outcome::DeploymentCanceled(code),
         _ => Outcome::DeploymentError(code),
     };
-    Ok((current, outcome))
+    Ok(Followed::Ended(current, outcome))
 }
 
 /// Why a deployment that ended in ERROR or CANCELED did: its `error`, or for a daemon that

@@ -146,6 +146,41 @@ fn the_cli_drives_a_real_daemon() {
         .collect();
     assert_eq!(rows, ["manual restart ACTIVE", "app created SUPERSEDED"]);
 
+    // Ctrl-C stops the waiting, not the restart: exit 130, and how to follow it again.
+    let mut waiting = Command::new(BIN)
+        .args(["apps", "restart", &name, "--wait"])
+        .env("SLIPWAY_API_URL", &daemon.url)
+        .env("SLIPWAY_TOKEN", &daemon.token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line: it follows the restart.
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(waiting.stderr.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("phase "), "{first}");
+    Command::new("kill")
+        .args(["-INT", &waiting.id().to_string()])
+        .status()
+        .unwrap();
+    let err: String = lines.map_while(Result::ok).collect::<Vec<_>>().join("\n");
+    let status = waiting.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let follow = err
+        .lines()
+        .find_map(|l| l.split_once("follow it again with `")?.1.strip_suffix('`'))
+        .unwrap_or_else(|| panic!("no way to follow it again in {err:?}"));
+    assert!(
+        err.contains("stopped waiting: deployment ") && err.contains("goes on"),
+        "{err}"
+    );
+    let args: Vec<&str> = follow.split_whitespace().skip(1).collect();
+    assert_eq!(&args[..2], ["apps", "get-deployment"], "{follow}");
+    let out = daemon.cli(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains(" ACTIVE in "), "{}", stderr(&out));
+
     // Errors are one sentence and exit 1.
     let out = daemon.cli(&["apps", "restart", &name, "--components", "nope"]);
     assert_eq!(out.status.code(), Some(1));
@@ -219,7 +254,13 @@ fn the_cli_drives_a_real_daemon() {
 
 #[test]
 fn the_commands_that_wait_list_the_exit_codes() {
-    for command in ["create", "update", "restart", "create-deployment"] {
+    for command in [
+        "create",
+        "update",
+        "restart",
+        "create-deployment",
+        "get-deployment",
+    ] {
         let out = Command::new(BIN)
             .args(["apps", command, "--help"])
             .output()
