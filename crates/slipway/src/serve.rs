@@ -333,6 +333,39 @@ impl Daemon {
             Some(id) => id,
             None => paths::read_or_create(&data_dir.join("daemon-id"), || paths::random_hex(8))?,
         };
+        // HTTPS is settled before anything starts: a certificate clients would refuse is
+        // said now, with its fix, not by every client later.
+        let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_deref()) {
+            (Some(cert), Some(key), _) => Some(slipway_api::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (_, _, Some("self-signed")) => {
+                let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                if !args.listen.ip().is_unspecified() {
+                    names.push(args.listen.ip().to_string());
+                }
+                if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+                    names.push(host.trim().to_string());
+                }
+                names.dedup();
+                Some(slipway_api::tls::self_signed(
+                    &data_dir.join("tls"),
+                    &names,
+                )?)
+            }
+            _ => None,
+        };
+        if tls.is_none() && !args.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "the API would listen on {} over plain HTTP, and tokens would cross the network in clear text: give it a certificate (--tls-cert and --tls-key, or --tls self-signed), or listen on loopback",
+                args.listen
+            );
+        }
+        if let Some(files) = &tls {
+            let ip = args.listen.ip();
+            slipway_api::tls::check(files, (!ip.is_unspecified()).then_some(ip))?;
+        }
         let docker = slipway_rollout::connect()
             .await
             .context("Slipway needs a Docker engine (is the Docker daemon running, and may this user use its socket?)")?;
@@ -450,33 +483,6 @@ impl Daemon {
             }
             (None, None) => unreachable!("the ingress is embedded or a process"),
         };
-        let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_deref()) {
-            (Some(cert), Some(key), _) => Some(slipway_api::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            (_, _, Some("self-signed")) => {
-                let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-                if !args.listen.ip().is_unspecified() {
-                    names.push(args.listen.ip().to_string());
-                }
-                if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
-                    names.push(host.trim().to_string());
-                }
-                names.dedup();
-                Some(slipway_api::tls::self_signed(
-                    &data_dir.join("tls"),
-                    &names,
-                )?)
-            }
-            _ => None,
-        };
-        if tls.is_none() && !args.listen.ip().is_loopback() {
-            anyhow::bail!(
-                "the API would listen on {} over plain HTTP, and tokens would cross the network in clear text: give it a certificate (--tls-cert and --tls-key, or --tls self-signed), or listen on loopback",
-                args.listen
-            );
-        }
         let acceptor = tls.as_ref().map(slipway_api::tls::acceptor).transpose()?;
         let listener = TcpListener::bind(args.listen)
             .await

@@ -615,3 +615,57 @@ fn app_platforms_own_python_client_drives_slipway_over_https() {
         "manual force rebuild"
     );
 }
+
+/// `openssl req -x509`, the usual way to make a certificate, marks it as a CA, which clients
+/// refuse as a server's: the daemon says so at start, with the fix, and starts nothing.
+#[test]
+fn a_certificate_clients_would_refuse_stops_the_daemon_at_start_with_its_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl, to make the certificate");
+    assert!(made.status.success(), "{}", stderr(&made));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingress",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env_remove("SLIPWAY_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is a CA certificate")
+            && err.contains(&cert.display().to_string())
+            && err.contains("basicConstraints=critical,CA:FALSE"),
+        "{err}"
+    );
+    assert!(!data.join("ingress.sock").exists(), "nothing was started");
+}
