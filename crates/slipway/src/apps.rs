@@ -169,6 +169,13 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
                 output::apps(&out, &v, &[app])?;
                 return Ok(Outcome::Ok);
             };
+            // The app did not exist before: its stream opens now, and the deployment is read
+            // once it listens.
+            let events = if wait {
+                wait::events(&client, &app.id).await
+            } else {
+                None
+            };
             deployment_result(
                 &client,
                 &app.id,
@@ -176,6 +183,7 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
                 wait,
                 &out,
                 Some(json!({"app": v["app"]})),
+                events,
             )
             .await
         }
@@ -198,12 +206,17 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
             out,
         } => {
             let body = json!({"spec": read_spec(&spec)?});
+            let events = if wait {
+                wait::events(&client, &app).await
+            } else {
+                None
+            };
             let v = client.put(&format!("/v2/apps/{app}"), &body).await?;
             print_warnings(&v);
             let a: App = field(v.clone(), "app")?;
             let (list, _) = latest(&client, &a.id).await?;
             match list {
-                Some(d) => deployment_result(&client, &a.id, d, wait, &out, None).await,
+                Some(d) => deployment_result(&client, &a.id, d, wait, &out, None, events).await,
                 None => {
                     output::apps(&out, &v, &[a])?;
                     Ok(Outcome::Ok)
@@ -231,11 +244,16 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
             out,
         } => {
             let body = json!({"components": components});
+            let events = if wait {
+                wait::events(&client, &app).await
+            } else {
+                None
+            };
             let v = client
                 .post(&format!("/v2/apps/{app}/restart"), &body)
                 .await?;
             let d: Deployment = field(v, "deployment")?;
-            deployment_result(&client, &app, d, wait, &out, None).await
+            deployment_result(&client, &app, d, wait, &out, None, events).await
         }
         AppsCommand::CreateDeployment {
             app,
@@ -246,11 +264,16 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
         } => {
             let body =
                 json!({"force_build": force_rebuild, "clear_build_cache": clear_build_cache});
+            let events = if wait {
+                wait::events(&client, &app).await
+            } else {
+                None
+            };
             let v = client
                 .post(&format!("/v2/apps/{app}/deployments"), &body)
                 .await?;
             let d: Deployment = field(v, "deployment")?;
-            deployment_result(&client, &app, d, wait, &out, None).await
+            deployment_result(&client, &app, d, wait, &out, None, events).await
         }
         AppsCommand::ListDeployments { app, out } => {
             let v = client
@@ -271,7 +294,9 @@ pub(crate) async fn run(cmd: AppsCommand) -> anyhow::Result<Outcome> {
                 .await?;
             let d: Deployment = field(v.clone(), "deployment")?;
             if wait {
-                return deployment_result(&client, &app, d, true, &out, None).await;
+                let events = wait::events(&client, &app).await;
+                let d = client.deployment(&app, &d.id).await?;
+                return deployment_result(&client, &app, d, true, &out, None, events).await;
             }
             output::deployments(&out, &v, &[d])?;
             Ok(Outcome::Ok)
@@ -431,10 +456,11 @@ async fn deployment_result(
     wait: bool,
     out: &OutputArgs,
     extra: Option<Value>,
+    events: wait::Events,
 ) -> anyhow::Result<Outcome> {
     let json_out = out.output == Format::Json;
     let (d, outcome) = if wait {
-        match wait::follow(client, app, d, json_out).await? {
+        match wait::follow(client, app, d, json_out, events).await? {
             wait::Followed::Ended(d, outcome) => (d, outcome),
             wait::Followed::Interrupted(d) => {
                 eprintln!(
@@ -453,7 +479,12 @@ async fn deployment_result(
             v[k] = val;
         }
     }
-    output::deployments(out, &v, std::slice::from_ref(&d))?;
+    if wait && json_out {
+        // The last of the JSON lines: the deployment as it ended.
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        output::deployments(out, &v, std::slice::from_ref(&d))?;
+    }
     if wait && !json_out {
         eprintln!("{}", wait::summary(&d));
     }

@@ -145,8 +145,24 @@ impl Client {
 
     /// Prints an app's Server-Sent Events as JSON lines (`{"event": ..., "data": ...}`).
     pub(crate) async fn events_to_stdout(&self, path: &str) -> anyhow::Result<()> {
-        use futures::StreamExt;
         use std::io::Write;
+        let mut events = self.events(path).await?;
+        let mut out = std::io::stdout().lock();
+        while let Some(event) = events.recv().await {
+            let (event, data) = event?;
+            writeln!(out, "{}", serde_json::json!({"event": event, "data": data}))?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// An app's Server-Sent Events at `path`, as `(event, data)` in the order they come; the
+    /// last item is an error when the stream broke rather than ended.
+    pub(crate) async fn events(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<anyhow::Result<(String, Value)>>> {
+        use futures::StreamExt;
         let resp = http_client()?
             .build()?
             .get(format!("{}{path}", self.base))
@@ -170,26 +186,37 @@ impl Client {
                     .map_or_else(|| status.to_string(), str::to_string)
             ));
         }
-        let mut body = resp.bytes_stream();
-        let mut buffer = String::new();
-        let mut event = String::new();
-        let mut out = std::io::stdout().lock();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| anyhow!("the event stream broke: {}", root_cause(&e)))?;
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                let line = line.trim_end();
-                if let Some(name) = line.strip_prefix("event:") {
-                    event = name.trim().to_string();
-                } else if let Some(data) = line.strip_prefix("data:") {
-                    let data: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
-                    writeln!(out, "{}", serde_json::json!({"event": event, "data": data}))?;
-                    out.flush()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut buffer = String::new();
+            let mut event = String::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(anyhow!("the event stream broke: {}", root_cause(&e))))
+                            .await;
+                        return;
+                    }
+                };
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find('\n') {
+                    let line: String = buffer.drain(..=end).collect();
+                    let line = line.trim_end();
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim().to_string();
+                    } else if let Some(data) = line.strip_prefix("data:") {
+                        let data: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                        if tx.send(Ok((event.clone(), data))).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
-        }
-        Ok(())
+        });
+        Ok(rx)
     }
 
     pub(crate) async fn deployment(&self, app: &str, id: &str) -> anyhow::Result<Deployment> {

@@ -227,7 +227,7 @@ async fn scenario(client: &Client, daemon: &Daemon, instances: u32) -> anyhow::R
 
 /// Follows a deployment to its end with live progress.
 async fn finish(client: &Client, app: &str, d: Deployment) -> anyhow::Result<Deployment> {
-    let d = match wait::follow(client, app, d, false).await? {
+    let d = match wait::follow(client, app, d, false, None).await? {
         wait::Followed::Ended(d, _) => d,
         wait::Followed::Interrupted(_) => bail!("the demo was interrupted"),
     };

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use slipway_spec::{Deployment, DeploymentError, FailureCode, Phase, Step, StepStatus};
 
+use serde_json::Value;
+
 use crate::Outcome;
 use crate::client::Client;
 
@@ -60,14 +62,48 @@ pub(crate) enum Followed {
     Interrupted(Deployment),
 }
 
+/// An app's event stream, opened before the request that starts a deployment so that none of
+/// its events is missed; `None` when the daemon does not stream them (then `--wait` polls).
+pub(crate) type Events = Option<tokio::sync::mpsc::Receiver<anyhow::Result<(String, Value)>>>;
+
+/// Opens `app`'s event stream (the app's ID or name).
+pub(crate) async fn events(client: &Client, app: &str) -> Events {
+    match client
+        .events(&format!("/v2/apps/{app}/events?follow=true"))
+        .await
+    {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::debug!(error = %e, "no event stream; polling");
+            None
+        }
+    }
+}
+
+/// The next event, or never when there is no stream.
+async fn next_event(events: &mut Events) -> Option<anyhow::Result<(String, Value)>> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often the deployment is read while no event says it changed: often without a stream,
+/// seldom with one (a safety net, should an event be lost).
+const POLL: Duration = Duration::from_millis(200);
+const POLL_WITH_EVENTS: Duration = Duration::from_secs(5);
+
 /// Follows a deployment until it ends, or until Ctrl-C (which stops the waiting, never the
-/// deployment). On a terminal, a live progress line; otherwise one line per transition (on
-/// stderr, so that JSON on stdout stays clean).
+/// deployment). It is read again at each of its events (at once), else polled. On a terminal,
+/// a live progress line; otherwise one line per transition on stderr; with `json`, each of its
+/// events as a JSON line on stdout (`{"event", "data"}`, times to the millisecond) as it
+/// comes.
 pub(crate) async fn follow(
     client: &Client,
     app: &str,
     initial: Deployment,
     json: bool,
+    mut events: Events,
 ) -> anyhow::Result<Followed> {
     // Listening from here on: a Ctrl-C after the first line printed is never the default
     // (which would end the process without a word).
@@ -98,19 +134,55 @@ pub(crate) async fn follow(
             break;
         }
         last = Some(current.clone());
-        let next = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            client.deployment(app, &current.id).await
+        let poll = if events.is_some() {
+            POLL_WITH_EVENTS
+        } else {
+            POLL
         };
-        current = tokio::select! {
-            next = next => next?,
+        let read_again = tokio::select! {
             _ = interrupted.recv() => {
                 if let Some(bar) = bar {
                     bar.finish_and_clear();
                 }
                 return Ok(Followed::Interrupted(current));
             }
+            event = next_event(&mut events) => match event {
+                Some(Ok((name, data))) => {
+                    let mine = data["deployment_id"].as_str() == Some(current.id.as_str());
+                    if json && mine {
+                        println!("{}", serde_json::json!({"event": name, "data": data}));
+                    }
+                    // `ready`: the stream listens, so what happened before is read now;
+                    // `lagged`: events were dropped; read it to be sure.
+                    mine || name == "ready" || name == "lagged"
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the event stream broke; polling");
+                    events = None;
+                    true
+                }
+                None => {
+                    events = None;
+                    true
+                }
+            },
+            () = tokio::time::sleep(poll) => true,
         };
+        if read_again {
+            current = client.deployment(app, &current.id).await?;
+        }
+    }
+    // Read as ended, its last events may still be on their way: they are printed before it.
+    if json && let Some(rx) = events.as_mut() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(Ok((name, data)))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if data["deployment_id"].as_str() == Some(current.id.as_str()) {
+                println!("{}", serde_json::json!({"event": name, "data": data}));
+                if name == "deployment.finished" {
+                    break;
+                }
+            }
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();

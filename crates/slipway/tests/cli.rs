@@ -92,10 +92,36 @@ fn the_cli_drives_a_real_daemon() {
         "json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    // One JSON object per line: the restart's events as they came, the deployment last.
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let v = lines.last().unwrap();
     assert_eq!(v["deployment"]["phase"], "ACTIVE");
     assert_eq!(v["deployment"]["restart_components"][0], "web");
     assert!(v["deployment"]["progress"]["steps"][0]["started_at"].is_string());
+    let id = v["deployment"]["id"].as_str().unwrap();
+    let events = &lines[..lines.len() - 1];
+    assert!(
+        events.iter().all(|e| e["data"]["deployment_id"] == id),
+        "only the restart's events: {events:?}"
+    );
+    for (kind, step) in [("step.started", "deploy"), ("step.finished", "deploy")] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == kind && e["data"]["step"] == step),
+            "no {kind} of {step} in {events:?}"
+        );
+    }
+    assert_eq!(
+        events.last().unwrap()["event"],
+        "deployment.finished",
+        "{events:?}"
+    );
+    let at = events[0]["data"]["at"].as_str().unwrap();
+    assert!(at.contains('.'), "times to the millisecond: {at}");
 
     // Events of the newest deployment (the restart), as JSON lines.
     let out = daemon.cli(&["apps", "events", &name]);
@@ -220,7 +246,7 @@ fn the_cli_drives_a_real_daemon() {
         "json",
     ]);
     assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
-    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let v: Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
     assert_eq!(v["deployment"]["phase"], "ERROR", "{v}");
     assert_eq!(v["deployment"]["error"]["code"], "BuildFailed", "{v}");
     let message = v["deployment"]["error"]["message"].as_str().unwrap();

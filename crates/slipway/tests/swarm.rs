@@ -117,7 +117,7 @@ fn serve_on_a_swarm_deploys_and_restarts_through_the_cli() {
     // A restart, as JSON: ACTIVE, and the DEPLOY log follows Swarm's tasks.
     let out = cli(&daemon, &["apps", "restart", &name, "--wait", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    let v: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(v["deployment"]["phase"], "ACTIVE");
     let out = cli(&daemon, &["apps", "logs", &name, "web", "--type", "deploy"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
