@@ -106,6 +106,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// listener and gives each new connection to the thread with the fewest open ones (itself on
 /// a tie): the thread that happens to be awake when a burst of connections comes would
 /// otherwise take them all and leave the other CPUs idle.
+///
+/// No thread accepts before every thread has set up its runtime and its copy of the listener
+/// (or given up, closing that copy) and this task has closed the listener it was given: every
+/// descriptor the ingress holds for its life is taken, and every one it lets go of at start is
+/// let go, before its first connection. A thread that started late would otherwise take its
+/// descriptors while the others serve, or fail to when they have run out, and close its copy of
+/// the listener under them.
 pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: CancellationToken) {
     let listener = match listener.into_std() {
         Ok(l) => l,
@@ -138,6 +145,8 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
         ingress: Arc::clone(&proxy.ingress),
     });
     let mut finished = Vec::with_capacity(count);
+    let mut ready = Vec::with_capacity(count);
+    let (open, gate_open) = tokio::sync::watch::channel(false);
     for (index, inbox) in inboxes.into_iter().enumerate() {
         let own = match listener.try_clone() {
             Ok(l) => l,
@@ -154,6 +163,11 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
             Arc::clone(&budget),
         );
         let (done, finish) = tokio::sync::oneshot::channel::<()>();
+        let (is_ready, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let gate = Gate {
+            ready: is_ready,
+            open: gate_open.clone(),
+        };
         let started = std::thread::Builder::new()
             .name(format!("slipway-ingress-{index}"))
             .spawn(move || {
@@ -165,6 +179,9 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
                     Err(e) => {
                         tracing::error!(error = %e, "an ingress worker cannot start its runtime");
                         peers_of_worker[index].retire();
+                        // Its copy of the listener is closed before `serve` hears of it.
+                        drop(own);
+                        drop(gate);
                         return;
                     }
                 };
@@ -175,11 +192,14 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
                     shutdown,
                     budget,
                 };
-                runtime.block_on(me.run(own, inbox));
+                runtime.block_on(me.run(own, inbox, gate));
                 drop(done);
             });
         match started {
-            Ok(_) => finished.push(finish),
+            Ok(_) => {
+                finished.push(finish);
+                ready.push(ready_rx);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "an ingress worker cannot start");
                 peers[index].retire();
@@ -187,6 +207,10 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
         }
     }
     drop(listener);
+    for r in ready {
+        let _ = r.await;
+    }
+    let _ = open.send(true);
     for f in finished {
         let _ = f.await;
     }
@@ -203,6 +227,23 @@ impl Peer {
     /// Marks a thread that could not start as one never to give a connection to.
     fn retire(&self) {
         self.open.store(usize::MAX / 2, Ordering::Relaxed);
+    }
+}
+
+/// How an ingress thread waits for the others before it accepts.
+struct Gate {
+    /// Told once the thread is ready to accept; dropped if it cannot start.
+    ready: tokio::sync::oneshot::Sender<()>,
+    /// True once every thread is ready or has given up.
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Gate {
+    /// Says this thread is ready, and waits for the others; false if `serve` was dropped
+    /// before they were.
+    async fn pass(mut self) -> bool {
+        let _ = self.ready.send(());
+        self.open.wait_for(|open| *open).await.is_ok()
     }
 }
 
@@ -264,9 +305,9 @@ impl Drop for Slot {
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Worker {
-    /// Accepts connections and takes those other threads give it, until shutdown; then waits
-    /// for its connections to finish.
-    async fn run(self, listener: std::net::TcpListener, mut inbox: Inbox) {
+    /// Accepts connections and takes those other threads give it, from when every thread is
+    /// ready until shutdown; then waits for its connections to finish.
+    async fn run(self, listener: std::net::TcpListener, mut inbox: Inbox, gate: Gate) {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
@@ -284,6 +325,9 @@ impl Worker {
             .keep_alive(false);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
+        if !gate.pass().await {
+            return;
+        }
         let connections = tokio_util::task::TaskTracker::new();
         let mut backoff = Duration::ZERO;
         let global = &self.proxy.ingress.global;

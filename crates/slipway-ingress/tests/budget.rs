@@ -254,6 +254,8 @@ async fn running_out_of_descriptors_pauses_accepting_until_some_are_free() {
     let (ingress, addr, _stop) = common::serve(IngressConfig::default(), SPEC).await;
     let (instance, _) = instance().await;
     ingress.add("app1", "web", "i1", instance);
+    // Answered only once every ingress thread has started: from here on the ingress holds all
+    // the descriptors it keeps, and lets go of none but those of its connections.
     let mut warm = TcpStream::connect(addr).await.unwrap();
     assert_eq!(get(&mut warm, "/warm").await, "/warm");
 
