@@ -184,12 +184,15 @@ async fn slipway(
 
     // 1. SIGKILL, down for a while, started again.
     let down = s.outlive_down;
+    let mut answered_in = Duration::ZERO;
     let op = async {
         let started = Instant::now();
         d.kill()?;
         tokio::time::sleep(down).await;
+        let spawned = Instant::now();
         d.spawn_from(bin).await?;
         d.wait_app(&app).await?;
+        answered_in = spawned.elapsed();
         let took = started.elapsed();
         tokio::time::sleep(SETTLE).await;
         Ok(took)
@@ -201,17 +204,25 @@ async fn slipway(
     );
     progress(&row);
     rows.push(row);
+    f.notes.push(format!(
+        "the daemon started again after SIGKILL answered for the app {:.2} s after it was started",
+        answered_in.as_secs_f64()
+    ));
     same_ingress(d, ingress.pid).await?;
 
     // 2. An upgrade: SIGTERM, then the daemon from another program file.
+    let (mut exited_in, mut answered_in) = (Duration::ZERO, Duration::ZERO);
     let op = async {
         let started = Instant::now();
         let status = d.terminate().await?;
         if !status.success() {
             bail!("the daemon exited {status} on SIGTERM");
         }
+        exited_in = started.elapsed();
+        let spawned = Instant::now();
         d.spawn_from(next).await?;
         d.wait_app(&app).await?;
+        answered_in = spawned.elapsed();
         let took = started.elapsed();
         let pid = d.pid().context("the daemon is not running")?;
         if !daemon::runs(pid, next) {
@@ -227,6 +238,12 @@ async fn slipway(
     );
     progress(&row);
     rows.push(row);
+    f.notes.push(format!(
+        "on the upgrade, the daemon exited {:.2} s after SIGTERM and the new one answered {:.2} s \
+         after it was started",
+        exited_in.as_secs_f64(),
+        answered_in.as_secs_f64()
+    ));
     same_ingress(d, ingress.pid).await?;
 
     // 3. SIGKILL in the middle of a rolling restart; the new daemon reverts it.
@@ -477,7 +494,9 @@ fn write(bench: &Bench, f: &Figures) -> (Section, Vec<Verdict>) {
          connections during an unrecorded {warm} s, is recorded from 300 ms before the \
          operation until 300 ms after it, and stops. Every failure counts: a refused or \
          reset connection, an error, a status other than 2xx, an answer that takes more than \
-         10 s. Latencies are those of the successful requests, in milliseconds; *steady p99* \
+         10 s. A client whose answer comes after its next request was due sends that one at \
+         once and skips the sends it missed: *req/s* under {total} means the clients fell \
+         behind. Latencies are those of the successful requests, in milliseconds; *steady p99* \
          is the p99 of the same load through the same ingress with nothing happening \
          ({steady} s, the first row of each table). *Back after* is how long the operation \
          took until the control plane (or the ingress) was back: each scenario's load then \
@@ -504,8 +523,10 @@ fn write(bench: &Bench, f: &Figures) -> (Section, Vec<Verdict>) {
          rollout) and the app runs 2 instances again. **Ingress handed over**: a new \
          `slipway ingress --data-dir D` from the copied binary takes the running one's \
          listening socket (`SCM_RIGHTS` over the control socket) and table over, and the old \
-         one finishes its requests and exits; back when it has exited. After each daemon \
-         scenario the same ingress process (same pid) is checked to serve.",
+         one finishes its requests and exits (its next answer on each kept-alive connection \
+         says `Connection: close`, and the client connects again, to the new process); back \
+         when it has exited. After each daemon scenario the same ingress process (same pid) is \
+         checked to serve.",
         down = s.outlive_down.as_secs(),
         mid = MID_ROLLOUT_DOWN.as_secs(),
     ));
