@@ -20,8 +20,10 @@ lint:
 test:
     cargo test --workspace
 
-# The benchmarks, side by side with their baselines; figures go to docs/benchmarks.md.
+# The benchmarks, side by side with their baselines; figures go to docs/benchmarks.md. The
+# slipway binary is built first: one benchmark runs it as processes, from beside the bench's.
 bench:
+    cargo build --release -p slipway
     cargo run --release -p slipway-bench -- --write docs/benchmarks.md
 
 # The API docs of every crate.

@@ -8,7 +8,12 @@
 //! 2. **Traffic** — (a) failed requests and latencies of 200 kept-alive connections through
 //!    the ingress during a restart, a force rebuild, and `docker restart` of the same
 //!    containers ([`traffic`]); (b) throughput and latency of 32 connections to one instance
-//!    directly, through the ingress and through nginx ([`proxy`], [`nginx`]).
+//!    directly, through the ingress and through nginx ([`proxy`], [`nginx`]); (c) failed
+//!    requests and latencies of a steady paced load through the ingress process of the real
+//!    `slipway` binary while the daemon is killed and down for a minute, stopped and started
+//!    from another binary, killed in the middle of a rolling restart, and while the ingress
+//!    hands over to a new process, each beside the steady p99, and beside the daemon with its
+//!    ingress embedded killed and started again ([`outlive`], [`daemon`]).
 //! 3. **Builds** — (a) a force rebuild of an unchanged commit against `docker build` plus a
 //!    restart; (b) a deployment whose build is reused against a restart ([`rebuild`]); (c)
 //!    fetching one new commit of a 10,000-file repository, libgit2 against the git CLI
@@ -16,16 +21,19 @@
 //!
 //! Each operation is repeated (alternating with its baseline) and reported as a median with
 //! its range, or as latency percentiles. The engine is embedded with the run's ID as its
-//! daemon ID; every Docker object the run creates carries `slipway.daemon=<run ID>` and is
-//! removed at the end, however the run ends. Traffic goes only to addresses of this machine,
+//! daemon ID; every Docker object the run creates carries `slipway.daemon=<run ID>` (or
+//! `<run ID>-…` for the daemons 2c runs as processes) and is removed at the end, however the
+//! run ends, as is every process it started. Traffic goes only to addresses of this machine,
 //! and every load is bounded in time and in requests. `--quick` runs fewer and shorter repetitions.
 
 mod cmd;
 mod cpu;
+mod daemon;
 mod fetch;
 mod load;
 mod netstat;
 mod nginx;
+mod outlive;
 mod proxy;
 mod rebuild;
 mod report;
@@ -65,15 +73,17 @@ enum Which {
     Restart,
     Load,
     Proxy,
+    Outlive,
     Build,
     Fetch,
 }
 
 impl Which {
-    const ALL: [Which; 5] = [
+    const ALL: [Which; 6] = [
         Which::Restart,
         Which::Load,
         Which::Proxy,
+        Which::Outlive,
         Which::Build,
         Which::Fetch,
     ];
@@ -83,6 +93,7 @@ impl Which {
             Which::Restart => "1. Restart speed",
             Which::Load => "2a. No dropped request under heavy load",
             Which::Proxy => "2b. What the ingress costs",
+            Which::Outlive => "2c. Traffic while the control plane dies, restarts and upgrades",
             Which::Build => "3a–b. Force rebuild and build reuse",
             Which::Fetch => "3c. Fetching one new commit of a large repository",
         }
@@ -93,6 +104,7 @@ impl Which {
             Which::Restart => restart::run(bench).await,
             Which::Load => traffic::run(bench).await,
             Which::Proxy => proxy::run(bench).await,
+            Which::Outlive => outlive::run(bench).await,
             Which::Build => rebuild::run(bench).await,
             Which::Fetch => fetch::run(bench).await,
         }
@@ -230,13 +242,14 @@ async fn machine_facts(bench: &Bench) -> Vec<(String, String)> {
     let s = &bench.settings;
     let mode = format!(
         "{}: restarts ×{}, loads ×{} with {} connections, proxy {} round(s) of {} s, \
-         builds ×{}, fetches ×{}",
+         daemon down {} s under load, builds ×{}, fetches ×{}",
         if s.quick { "quick" } else { "default" },
         s.restart_reps,
         s.load_reps,
         s.load_connections,
         s.proxy_rounds,
         s.proxy_duration.as_secs(),
+        s.outlive_down.as_secs(),
         s.build_reps,
         s.fetch_reps,
     );

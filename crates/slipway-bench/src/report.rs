@@ -123,13 +123,15 @@ impl Report {
             "Every figure below was measured by `slipway-bench` in one run on the machine \
              described here, each beside its baseline in the same run (the two alternate, \
              repetition by repetition). Reproduce with `just bench`, or \
+             `cargo build --release -p slipway` (2c runs that binary) then \
              `cargo run --release -p slipway-bench -- --write docs/benchmarks.md` \
              (`--quick` for a short run with fewer repetitions). The run needs a local Docker \
              engine and no image registry: the example app is a static binary in a \
              `FROM scratch` image. It sends traffic only to addresses of this machine \
              (127.0.0.1 and the gateways of the networks Docker made on it), bounds every load \
              in time and in count, and removes every Docker object it created (they all carry \
-             `slipway.daemon=<its run ID>`).\n\n",
+             `slipway.daemon=<its run ID>`, or `<its run ID>-…` for the daemons it runs as \
+             processes) and stops every process it started.\n\n",
         );
         out.push_str("## The machine\n\n");
         let mut facts = Table::new(&["", ""]);

@@ -33,6 +33,10 @@ pub struct Settings {
     /// Repetitions of the one-commit fetch, and the files of its repository.
     pub fetch_reps: usize,
     pub fetch_files: usize,
+    /// How long the daemon stays down after SIGKILL under load, and how long the steady load
+    /// it is compared with runs.
+    pub outlive_down: Duration,
+    pub outlive_steady: Duration,
 }
 
 impl Settings {
@@ -49,6 +53,8 @@ impl Settings {
                 build_reps: 2,
                 fetch_reps: 3,
                 fetch_files: 10_000,
+                outlive_down: Duration::from_secs(5),
+                outlive_steady: Duration::from_secs(3),
             }
         } else {
             Settings {
@@ -62,6 +68,8 @@ impl Settings {
                 build_reps: 5,
                 fetch_reps: 10,
                 fetch_files: 10_000,
+                outlive_down: Duration::from_secs(60),
+                outlive_steady: Duration::from_secs(10),
             }
         }
     }

@@ -139,7 +139,7 @@ async fn idle() -> anyhow::Result<Duration> {
 /// Runs `operation` while the load runs, recorded from `MARGIN` before it until `MARGIN`
 /// after it; returns how long it took, the load's report and the SYNs the host sent again
 /// meanwhile.
-async fn under_load(
+pub async fn under_load(
     spec: &LoadSpec,
     operation: impl Future<Output = anyhow::Result<Duration>>,
 ) -> anyhow::Result<(Duration, LoadReport, u64)> {
