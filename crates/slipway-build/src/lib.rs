@@ -96,6 +96,9 @@ fn cached_layer_vanished(message: &str) -> bool {
 
 /// How long an abandoned build's last step is waited for, to remove the layer it commits.
 const ORPHAN_WAIT: Duration = Duration::from_secs(15);
+/// How long a failed build's layer is tried again while the container of the step Docker
+/// abandoned still uses it.
+const LAYER_IN_USE_WAIT: Duration = Duration::from_secs(10);
 
 /// What the classic builder's output says about the layers of one build.
 #[derive(Debug, Default)]
@@ -392,10 +395,11 @@ impl ImageBuilder {
                 ));
                 self.remove_orphan(&layers.tip, started).await;
             }
+            // A layer can still be the image of the container Docker made for the step it
+            // abandoned, until it removes that container: its removal is tried again meanwhile.
+            let deadline = tokio::time::Instant::now() + LAYER_IN_USE_WAIT;
             for layer in layers.made.iter().rev() {
-                if let Err(err) = self.remove_image(layer).await {
-                    tracing::debug!(layer = %layer, error = %err, "removing a failed build's layer failed");
-                }
+                self.remove_layer(layer, deadline).await;
             }
             return Err(e);
         }
@@ -407,6 +411,31 @@ impl ImageBuilder {
             })?,
         };
         Ok(BuiltImage { id, tag })
+    }
+
+    /// Removes a layer of a failed build (and its untagged parents), trying again until
+    /// `deadline` while a container still uses it.
+    async fn remove_layer(&self, layer: &str, deadline: tokio::time::Instant) {
+        loop {
+            let options = RemoveImageOptionsBuilder::default().noprune(false).build();
+            match self.docker.remove_image(layer, Some(options), None).await {
+                Ok(_) => return,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409,
+                    message,
+                }) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%layer, %message, "a failed build's layer is still in use; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => {
+                    tracing::debug!(%layer, error = %err, "removing a failed build's layer failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Waits (up to [`ORPHAN_WAIT`]) for the layer an abandoned build commits after it was
@@ -435,14 +464,7 @@ impl ImageBuilder {
                             && (parent.is_empty() == image.parent_id.is_empty())
                     });
                     if let Some(orphan) = orphan {
-                        match self.remove_image(&orphan.id).await {
-                            Ok(_) => {
-                                tracing::debug!(layer = %orphan.id, "removed the layer an abandoned build committed")
-                            }
-                            Err(err) => {
-                                tracing::debug!(layer = %orphan.id, error = %err, "removing an abandoned build's layer failed")
-                            }
-                        }
+                        self.remove_layer(&orphan.id, deadline).await;
                         return;
                     }
                 }

@@ -166,3 +166,46 @@ async fn a_build_canceled_while_a_copy_is_under_way_leaves_no_layer() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_canceled_while_a_step_has_its_container_leaves_no_layer() {
+    let Some(docker) = slipway_testkit::docker().await else {
+        return;
+    };
+    let daemon_id = unique("abandon-step");
+    let _janitor = Janitor::new(&daemon_id);
+    let _one = ONE_AT_A_TIME.lock().await;
+    let builder = ImageBuilder::new(docker.clone());
+    // A layer of the build's own, then steps that each run in a container made from the one
+    // before: canceled while one of those containers exists, the layer under it is in use.
+    let dockerfile =
+        format!("FROM scratch\nCOPY mark /mark\nENV A={daemon_id}\nENV B=2\nENV C=3\nENV D=4\n");
+    let before = dangling(&docker).await;
+    let cancel = CancellationToken::new();
+    let on_step = cancel.clone();
+    let err = builder
+        .build(
+            spec(
+                &format!("{daemon_id}-app:1"),
+                &daemon_id,
+                context(&[
+                    ("Dockerfile", dockerfile.as_bytes()),
+                    ("mark", daemon_id.as_bytes()),
+                ]),
+            ),
+            &cancel,
+            move |line| {
+                if line.trim().starts_with("---> Running in") {
+                    on_step.cancel();
+                }
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Canceled { .. }), "{err:?}");
+    for _ in 0..40 {
+        let left = left_behind(&docker, &before).await;
+        assert!(left.is_empty(), "the canceled build left a layer: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
