@@ -316,8 +316,18 @@ impl Engine {
         };
         engine.recover().await?;
         engine.restore_routes().await?;
-        if let Some(link) = &link {
-            link.follow();
+        if let Some(link) = link {
+            if engine.inner.swarm.is_some() {
+                // On a swarm, running tasks join the table as their followers find them
+                // ready: it is sent once every service has some (or 10 s on), not before.
+                let waiting = engine.clone();
+                engine.inner.tasks.spawn(async move {
+                    waiting.until_swarm_routes(Duration::from_secs(10)).await;
+                    link.follow();
+                });
+            } else {
+                link.follow();
+            }
         }
         // On a swarm, Swarm restarts crashed tasks and runs the health checks, and the
         // ingress's followers see tasks come and go.
@@ -380,6 +390,33 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Returns once every service of every app with an active deployment has an instance in
+    /// the table, or `max` has passed.
+    async fn until_swarm_routes(&self, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let Ok((apps, _)) = self.inner.store.apps(0, u64::MAX >> 1).await else {
+            return;
+        };
+        let mut wanted = Vec::new();
+        for app in apps {
+            if let Ok(Some(active)) = self.inner.store.active_deployment(&app.id).await {
+                for service in &active.spec.services {
+                    wanted.push((app.id.clone(), service.name.clone()));
+                }
+            }
+        }
+        while tokio::time::Instant::now() < deadline
+            && wanted
+                .iter()
+                .any(|(app, component)| self.inner.ingress.ready_count(app, component) == 0)
+        {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Takes instances that die out of the ingress at once, from Docker's event stream.

@@ -73,7 +73,7 @@ fn serve_on_a_swarm_deploys_and_restarts_through_the_cli() {
     }
 
     let mut local = rt.block_on(LocalSwarm::join(&docker));
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         "cli-swarm",
         &["--runtime", "swarm", "--registry", &registry.addr],
     );
@@ -137,6 +137,38 @@ fn serve_on_a_swarm_deploys_and_restarts_through_the_cli() {
             .any(|l| l.starts_with("web hello v1 listening on port 8080")),
         "{run_log}"
     );
+
+    // The daemon killed and started again: the ingress process serves on with the table it
+    // had, and the new daemon sends its own only once Swarm's tasks are back in it.
+    let listen: std::net::SocketAddr = daemon.ingress()["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host = format!("{name}.localhost");
+    let http = reqwest::Client::builder()
+        .resolve(&host, listen)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let traffic = {
+        let _guard = rt.enter();
+        slipway_testkit::Traffic::start(
+            &http,
+            &format!("http://{host}:{}/", listen.port()),
+            8,
+            10_000_000,
+            std::time::Duration::from_secs(300),
+        )
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    daemon.kill();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    daemon.spawn();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let tally = rt.block_on(traffic.finish());
+    tally.assert_none_failed("a restart of the daemon on a swarm");
+    assert!(tally.ok > 0);
 
     // Deleting the app removes its Swarm services.
     let out = cli(&daemon, &["apps", "delete", &name, "--purge"]);
