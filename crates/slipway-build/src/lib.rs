@@ -10,7 +10,8 @@
 //!   makes Docker abandon the build.
 //! - A build that fails or is abandoned (canceled, timed out) removes the layers it committed,
 //!   the one Docker still commits after being abandoned mid-step included (it is waited for,
-//!   up to 15 s); never its base image nor a layer it took from the cache.
+//!   up to 15 s; not for a first step on `scratch`, whose layer cannot be told from another
+//!   build's); never its base image nor a layer it took from the cache.
 //! - `no_cache` builds with no layer cache at all; otherwise Docker's layer cache is used.
 //! - A build that fails because a layer it took from the cache was removed under it (by
 //!   another build's clean-up on the same engine) is run once more, and the log says so.
@@ -386,7 +387,13 @@ impl ImageBuilder {
             // Dropping the stream makes Docker abandon a build still under way.
             drop(stream);
             let abandoned = !matches!(e, BuildError::Failed { .. });
-            if abandoned && let Some(step) = layers.committing() {
+            // On `scratch` (no layer under the step yet) the layer could not be told from one
+            // another build of the same files commits at the same moment, which that build
+            // needs: it is left alone.
+            if abandoned
+                && !layers.tip.is_empty()
+                && let Some(step) = layers.committing()
+            {
                 // Docker abandons the build between steps: a step other than `RUN` (whose
                 // container is killed) is still committed, after this build stopped listening.
                 // Its layer is found by its parent and removed.

@@ -137,7 +137,9 @@ async fn a_build_canceled_while_a_copy_is_under_way_leaves_no_layer() {
     // is this test's own.
     let big = vec![7u8; 256 << 20];
     let name = format!("big-{daemon_id}");
-    let dockerfile = format!("FROM scratch\nCOPY {name} /{name}\nCOPY {name} /again\n");
+    // A small layer first: the large one lands on a layer of this build's own.
+    let dockerfile =
+        format!("FROM scratch\nCOPY mark /mark\nCOPY {name} /{name}\nCOPY {name} /again\n");
     let before = dangling(&docker).await;
     let cancel = CancellationToken::new();
     let on_copy = cancel.clone();
@@ -146,11 +148,15 @@ async fn a_build_canceled_while_a_copy_is_under_way_leaves_no_layer() {
             spec(
                 &format!("{daemon_id}-app:1"),
                 &daemon_id,
-                context(&[("Dockerfile", dockerfile.as_bytes()), (&name, &big)]),
+                context(&[
+                    ("Dockerfile", dockerfile.as_bytes()),
+                    ("mark", daemon_id.as_bytes()),
+                    (&name, &big),
+                ]),
             ),
             &cancel,
             move |line| {
-                if line.starts_with("Step 2/") && line.contains(" : COPY") {
+                if line.starts_with("Step 3/") && line.contains(" : COPY") {
                     on_copy.cancel();
                 }
             },
