@@ -26,6 +26,18 @@ pub(crate) struct DemoArgs {
     instances: u32,
 }
 
+/// Ctrl-C stopped the demo.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the demo was interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 fn say(text: &str) {
     println!("\n==> {text}");
 }
@@ -100,7 +112,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {
             println!("\n\nInterrupted: removing everything the demo made (Ctrl-C again cannot stop the clean-up)");
             interrupted = true;
-            Err(anyhow::anyhow!("the demo was interrupted"))
+            Err(Interrupted.into())
         }
     };
     let refuse = tokio::spawn(async {
@@ -128,7 +140,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     stopped?;
     match &result {
         Ok(()) => println!("\nDone: everything the demo created has been removed."),
-        Err(_) if interrupted => {
+        Err(e) if interrupted || e.chain().any(|c| c.is::<Interrupted>()) => {
             println!("\nInterrupted: everything the demo created has been removed.")
         }
         Err(_) => println!("\nThe demo failed; everything it created has been removed."),
@@ -229,7 +241,8 @@ async fn scenario(client: &Client, daemon: &Daemon, instances: u32) -> anyhow::R
 async fn finish(client: &Client, app: &str, d: Deployment) -> anyhow::Result<Deployment> {
     let d = match wait::follow(client, app, d, false, None).await? {
         wait::Followed::Ended(d, _) => d,
-        wait::Followed::Interrupted(_) => bail!("the demo was interrupted"),
+        // Ctrl-C, seen first by the wait.
+        wait::Followed::Interrupted(_) => return Err(Interrupted.into()),
     };
     println!(
         "    {}  {}  {}  {}",
