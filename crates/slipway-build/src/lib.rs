@@ -430,10 +430,15 @@ impl ImageBuilder {
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
                 }) => return,
+                // Only while a container uses it: a layer another build has taken from the
+                // cache (its children) is that build's, and removing it the moment it has none
+                // would pull it from under that build's next commit.
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 409,
                     message,
-                }) if tokio::time::Instant::now() < deadline => {
+                }) if message.contains("being used by")
+                    && tokio::time::Instant::now() < deadline =>
+                {
                     tracing::debug!(%layer, %message, "a failed build's layer is still in use; trying again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
