@@ -508,6 +508,31 @@ impl Ingress {
         self.changed();
     }
 
+    /// Has the ingress process, when there is one, drain the instance too; returns when it
+    /// has, or at `deadline`.
+    async fn relay_drain(
+        &self,
+        app_id: &str,
+        component: &str,
+        instance_id: &str,
+        deadline: tokio::time::Instant,
+    ) {
+        let Some(relay) = self.relay.get() else {
+            return;
+        };
+        let (done, over) = tokio::sync::oneshot::channel();
+        let sent = relay.send(RemoteDrain {
+            app: app_id.to_string(),
+            component: component.to_string(),
+            instance: instance_id.to_string(),
+            max: deadline.saturating_duration_since(tokio::time::Instant::now()),
+            done,
+        });
+        if sent.is_ok() {
+            let _ = tokio::time::timeout_at(deadline, over).await;
+        }
+    }
+
     /// Takes an instance out of its pool at once, and returns when the requests in flight to
     /// it have finished or `max` has passed (whichever is first).
     pub async fn drain(&self, app_id: &str, component: &str, instance_id: &str, max: Duration) {
@@ -522,19 +547,9 @@ impl Ingress {
         let (Some(pool), Some(backend)) = (pool, backend) else {
             // Not in this table (a daemon that just started), but the ingress process may
             // still route to it with the table it kept.
-            if let Some(relay) = self.relay.get() {
-                let (done, over) = tokio::sync::oneshot::channel();
-                let sent = relay.send(RemoteDrain {
-                    app: app_id.to_string(),
-                    component: component.to_string(),
-                    instance: instance_id.to_string(),
-                    max,
-                    done,
-                });
-                if sent.is_ok() {
-                    let _ = tokio::time::timeout(max, over).await;
-                }
-            }
+            let deadline = tokio::time::Instant::now() + max;
+            self.relay_drain(app_id, component, instance_id, deadline)
+                .await;
             return;
         };
         backend.draining.store(true, Ordering::SeqCst);
@@ -555,19 +570,8 @@ impl Ingress {
         }
         // The ingress process, when there is one, serves the requests: it drains the
         // instance too, within what is left of the time.
-        if let Some(relay) = self.relay.get() {
-            let (done, over) = tokio::sync::oneshot::channel();
-            let sent = relay.send(RemoteDrain {
-                app: app_id.to_string(),
-                component: component.to_string(),
-                instance: instance_id.to_string(),
-                max: deadline.saturating_duration_since(tokio::time::Instant::now()),
-                done,
-            });
-            if sent.is_ok() {
-                let _ = tokio::time::timeout_at(deadline, over).await;
-            }
-        }
+        self.relay_drain(app_id, component, instance_id, deadline)
+            .await;
         pool.backends
             .write()
             .unwrap_or_else(|e| e.into_inner())
