@@ -362,29 +362,25 @@ impl Worker {
                         continue;
                     }
                 },
-                Some((stream, remote, slot)) = inbox.recv() => match TcpStream::from_std(stream) {
-                    Ok(stream) => (stream, remote, slot),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a connection from another ingress thread could not be taken");
-                        self.peers[self.index].open.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
+                Some(handed) = inbox.recv() => match self.take(handed) {
+                    Some(taken) => taken,
+                    None => continue,
                 },
                 () = self.shutdown.cancelled() => break,
             };
-            let open = OpenConnection(Arc::clone(&self.peers), self.index);
-            let (proxy, builder, shutdown) = (
-                Arc::clone(&self.proxy),
-                Arc::clone(&builder),
-                self.shutdown.clone(),
-            );
-            connections.spawn(async move {
-                let _open = (open, slot);
-                serve_connection(proxy, &builder, stream, remote, shutdown).await;
-            });
+            self.spawn(&connections, &builder, stream, remote, slot);
         }
         global.accepting.fetch_sub(1, Ordering::SeqCst);
         drop(listener);
+        // Connections another thread accepted and gave this one before it stopped are served
+        // too (their answers say `Connection: close`): dropped, their clients' first requests
+        // would fail. No thread can give this one any more once its inbox is closed.
+        inbox.close();
+        while let Some(handed) = inbox.recv().await {
+            if let Some((stream, remote, slot)) = self.take(handed) {
+                self.spawn(&connections, &builder, stream, remote, slot);
+            }
+        }
         connections.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
             .await
@@ -395,6 +391,39 @@ impl Worker {
                 "connections still open at the end of the ingress's shutdown grace are closed"
             );
         }
+    }
+
+    /// A connection another thread gave this one, on this thread's runtime.
+    fn take(&self, (stream, remote, slot): Handed) -> Option<(TcpStream, SocketAddr, Slot)> {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => Some((stream, remote, slot)),
+            Err(e) => {
+                tracing::warn!(error = %e, "a connection from another ingress thread could not be taken");
+                self.peers[self.index].open.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Serves a connection this thread accepted or was given, until it ends.
+    fn spawn(
+        &self,
+        connections: &tokio_util::task::TaskTracker,
+        builder: &Arc<auto::Builder<TokioExecutor>>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+    ) {
+        let open = OpenConnection(Arc::clone(&self.peers), self.index);
+        let (proxy, builder, shutdown) = (
+            Arc::clone(&self.proxy),
+            Arc::clone(builder),
+            self.shutdown.clone(),
+        );
+        connections.spawn(async move {
+            let _open = (open, slot);
+            serve_connection(proxy, &builder, stream, remote, shutdown).await;
+        });
     }
 
     /// Counts a new connection for the thread with the fewest open, and sends it there when

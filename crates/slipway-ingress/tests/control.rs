@@ -278,3 +278,128 @@ async fn a_new_ingress_takes_the_listening_socket_and_the_table_over() {
     new.stop.cancel();
     let _ = new.served.await;
 }
+
+/// A successor's stand-in on a copy of the listening socket: it answers every request
+/// `successor` and closes.
+fn successor(listener: std::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    listener.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nsuccessor")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Clients that each open a new connection for every request, as fast as they are answered,
+/// until `stop`: the answers' bodies counted, and every failure.
+async fn new_connection_load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: CancellationToken,
+) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut bodies, mut failures) = (std::collections::BTreeMap::new(), Vec::new());
+                while !stop.is_cancelled() {
+                    let answer = async {
+                        let mut s = tokio::net::TcpStream::connect(addr).await?;
+                        s.write_all(
+                            b"GET / HTTP/1.1\r\nhost: shop.localhost\r\nconnection: close\r\n\r\n",
+                        )
+                        .await?;
+                        let mut answer = Vec::new();
+                        s.read_to_end(&mut answer).await?;
+                        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+                        Ok(Ok(a)) if a.starts_with("HTTP/1.1 200") => {
+                            let body = a.rsplit("\r\n\r\n").next().unwrap_or_default().to_string();
+                            *bodies.entry(body).or_insert(0) += 1;
+                        }
+                        Ok(Ok(a)) => failures.push(format!("answered {a:?}")),
+                        Ok(Err(e)) => failures.push(e.to_string()),
+                        Err(_) => failures.push("no answer within 10 s".into()),
+                    }
+                }
+                (bodies, failures)
+            })
+        })
+        .collect();
+    let (mut bodies, mut failures) = (std::collections::BTreeMap::new(), Vec::new());
+    for t in tasks {
+        let (b, f) = t.await.unwrap();
+        for (body, n) in b {
+            *bodies.entry(body).or_insert(0) += n;
+        }
+        failures.extend(f);
+    }
+    (bodies, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_accepted_as_the_ingress_stops_is_answered_while_a_successor_serves() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    use std::os::fd::AsFd;
+    let copy = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned().unwrap());
+    let ingress = Ingress::new(IngressConfig::default());
+    let spec = parse_spec("name: shop\nservices:\n  - name: web\n    image: {registry_type: DOCKER_HUB, repository: x}\n")
+        .unwrap()
+        .spec;
+    ingress.set_app("app-1", &spec);
+    ingress.add("app-1", "web", "old-1", backend("old").await);
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(slipway_ingress::serve(
+        Arc::clone(&ingress),
+        listener,
+        stop.clone(),
+    ));
+    let load_stop = CancellationToken::new();
+    // A new connection for every request: the ingress's threads accept and give each other
+    // connections all the time, up to the moment it stops.
+    let load = tokio::spawn(new_connection_load(addr, 32, load_stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let successor = successor(copy);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(35), served)
+        .await
+        .expect("the ingress stops")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    load_stop.cancel();
+    let (bodies, failures) = load.await.unwrap();
+    successor.abort();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed ({bodies:?} answered): {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(bodies.get("old").is_some_and(|&n| n > 0), "{bodies:?}");
+    assert!(
+        bodies.get("successor").is_some_and(|&n| n > 0),
+        "{bodies:?}"
+    );
+}
