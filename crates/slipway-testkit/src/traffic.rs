@@ -45,6 +45,19 @@ impl Tally {
     }
 }
 
+/// An error with all its causes, as `outer: inner: innermost`: which of the many ways a
+/// request can fail (refused, reset, closed before the answer, timed out) is in the causes.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Clients under way.
 #[derive(Debug)]
 pub struct Traffic {
@@ -89,11 +102,16 @@ impl Traffic {
                                 *tally.bodies.entry(body).or_default() += 1;
                             }
                             Ok(r) => tally.failures.push(format!(
-                                "{} {}",
+                                "at {:.3} s: {} {}",
+                                started.elapsed().as_secs_f64(),
                                 r.status(),
                                 r.text().await.unwrap_or_default()
                             )),
-                            Err(e) => tally.failures.push(e.to_string()),
+                            Err(e) => tally.failures.push(format!(
+                                "at {:.3} s: {}",
+                                started.elapsed().as_secs_f64(),
+                                chain(&e)
+                            )),
                         }
                     }
                     tally

@@ -270,6 +270,10 @@ fn traffic_survives_an_upgrade_of_the_daemon_and_of_the_ingress() {
     );
     let successor: Value = serde_json::from_slice(&upgrade.stdout).unwrap();
     let successor = successor["pid"].as_u64().unwrap();
+    eprintln!(
+        "the successor serves {:.3} s into the load",
+        traffic.1.elapsed().as_secs_f64()
+    );
     let old_pid = ingress["pid"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Path::new(&format!("/proc/{old_pid}/exe")).exists() {
@@ -279,6 +283,10 @@ fn traffic_survives_an_upgrade_of_the_daemon_and_of_the_ingress() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!(
+        "the old ingress exited {:.3} s into the load",
+        traffic.1.elapsed().as_secs_f64()
+    );
     let now = daemon.ingress();
     assert_eq!(now["pid"].as_u64(), Some(successor));
     assert_eq!(now["listen"], ingress["listen"], "the same socket serves");
