@@ -427,11 +427,10 @@ impl Engine {
             ("event".to_string(), vec!["die".to_string()]),
             (
                 "label".to_string(),
-                vec![format!(
-                    "{}={}",
-                    labels::DAEMON,
-                    self.inner.config.daemon_id
-                )],
+                vec![
+                    format!("{}={}", labels::DAEMON, self.inner.config.daemon_id),
+                    labels::DEPLOYMENT.to_string(),
+                ],
             ),
         ]);
         let mut backoff = Duration::from_millis(200);
@@ -913,7 +912,9 @@ impl Engine {
             (labels::DAEMON, self.inner.config.daemon_id.as_str()),
         ];
         self.inner.runtime.remove_labelled(&filter, purge).await?;
-        self.inner.builder.remove_labelled(&filter).await?;
+        for filter in templates::image_filters(&self.inner.config.daemon_id, &record.id) {
+            self.inner.builder.remove_labelled(&filter).await?;
+        }
         self.inner.ingress.remove_app(&record.id);
         self.inner.store.delete_app(&record.id).await?;
         self.inner
@@ -964,6 +965,7 @@ impl Engine {
             vec![
                 format!("{}={}", labels::APP, record.id),
                 format!("{}={}", labels::DAEMON, self.inner.config.daemon_id),
+                labels::DEPLOYMENT.to_string(),
             ],
         )]);
         let options = bollard::query_parameters::ListContainersOptionsBuilder::default()

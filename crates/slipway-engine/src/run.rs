@@ -460,10 +460,13 @@ impl Run {
                 }
             }
         }
-        let filter = [(labels::APP, app_id), (labels::DAEMON, self.daemon_id())];
-        let Ok(images) = inner.builder.list_labelled(&filter).await else {
-            return;
-        };
+        let mut images = Vec::new();
+        for filter in templates::image_filters(self.daemon_id(), app_id) {
+            let Ok(list) = inner.builder.list_labelled(&filter).await else {
+                return;
+            };
+            images.extend(list);
+        }
         // On a swarm, what its services run stays in the registry whatever the retention
         // says; when Swarm cannot tell, everything stays there.
         let in_use = match &inner.swarm {
@@ -477,10 +480,7 @@ impl Run {
             None => None,
         };
         for (id, image_labels) in images {
-            let component = image_labels
-                .get(labels::COMPONENT)
-                .cloned()
-                .unwrap_or_default();
+            let component = templates::image_component(&image_labels);
             if active.contains(&id) || kept.get(&component).is_some_and(|k| k.contains(&id)) {
                 continue;
             }
@@ -716,8 +716,7 @@ impl Run {
                     .await
                     .map_err(|e| fail(e.code(), error_chain(&e)))?;
                 let tag = templates::image_tag(&d.app_id, c.name, &fetched.commit);
-                let mut image_labels = daemon_labels(self.daemon_id(), &d.app_id);
-                image_labels.insert(labels::COMPONENT.into(), c.name.into());
+                let mut image_labels = templates::image_labels(self.daemon_id(), &d.app_id, c.name);
                 image_labels.insert(labels::COMMIT.into(), fetched.commit.clone());
                 image_labels.insert(labels::BUILD_KEY.into(), key.clone());
                 let spec = BuildSpec {

@@ -1,6 +1,6 @@
 //! How a spec becomes containers: names, instance specs, readiness checks and rollout bounds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use slipway_rollout::{Bounds, InstanceSpec, Probe, Readiness};
@@ -32,6 +32,44 @@ pub(crate) fn daemon_labels(daemon_id: &str, app_id: &str) -> BTreeMap<String, S
         (labels::DAEMON.to_string(), daemon_id.to_string()),
         (labels::APP.to_string(), app_id.to_string()),
     ])
+}
+
+/// The labels of an image built for a component of an app: names of their own, which the
+/// containers made from the image inherit without becoming the app's.
+pub(crate) fn image_labels(
+    daemon_id: &str,
+    app_id: &str,
+    component: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::IMAGE_DAEMON.to_string(), daemon_id.to_string()),
+        (labels::IMAGE_APP.to_string(), app_id.to_string()),
+        (labels::IMAGE_COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+/// The label filters that find an app's images: those of this version, then those an earlier
+/// version built (with the containers' label names).
+pub(crate) fn image_filters<'a>(
+    daemon_id: &'a str,
+    app_id: &'a str,
+) -> [[(&'static str, &'a str); 2]; 2] {
+    [
+        [
+            (labels::IMAGE_APP, app_id),
+            (labels::IMAGE_DAEMON, daemon_id),
+        ],
+        [(labels::APP, app_id), (labels::DAEMON, daemon_id)],
+    ]
+}
+
+/// The component an image was built for, from its labels.
+pub(crate) fn image_component(image_labels: &HashMap<String, String>) -> String {
+    image_labels
+        .get(labels::IMAGE_COMPONENT)
+        .or_else(|| image_labels.get(labels::COMPONENT))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The instance spec of a service, worker or job of `deployment`.

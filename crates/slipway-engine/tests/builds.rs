@@ -671,7 +671,7 @@ async fn secret_build_args_are_in_no_image_history_label_log_or_api_answer() {
     haystacks.push(("the engine's tracing".into(), logged));
     let built: Vec<&(String, String)> = haystacks
         .iter()
-        .filter(|(_, text)| text.contains(&format!("slipway.app\":\"{}", app.id)))
+        .filter(|(_, text)| text.contains(&format!("slipway.image.app\":\"{}", app.id)))
         .collect();
     assert!(!built.is_empty(), "the app's image was inspected");
     for (what, text) in &haystacks {
@@ -733,8 +733,8 @@ async fn images_beyond_retention_and_of_deleted_apps_are_removed() {
                 let filters = std::collections::HashMap::from([(
                     "label".to_string(),
                     vec![
-                        format!("{}={app}", slipway_spec::labels::APP),
-                        format!("{}={daemon_id}", slipway_spec::labels::DAEMON),
+                        format!("{}={app}", slipway_spec::labels::IMAGE_APP),
+                        format!("{}={daemon_id}", slipway_spec::labels::IMAGE_DAEMON),
                     ],
                 )]);
                 let options = bollard::query_parameters::ListImagesOptionsBuilder::default()

@@ -560,3 +560,88 @@ async fn docker_unreachable_fails_deployments_clearly_and_nothing_is_lost() {
     assert_eq!(d.phase, Phase::Active, "{:?}", d.progress.first_error());
     engine.shutdown().await;
 }
+
+/// The ID of the image the app's `web` runs, and the labels Docker gives a container made
+/// from it.
+fn image_and_labels(container: &str) -> (String, serde_json::Value) {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", container])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v[0]["Image"].as_str().unwrap().to_string(),
+        v[0]["Config"]["Labels"].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_started_by_hand_from_an_apps_image_are_not_the_apps() {
+    let Some(env) = env().await else { return };
+    let repo = HelloRepo::new("v1").unwrap();
+    let name = unique("by-hand");
+    let spec: AppSpec = parse_spec(&format!(
+        "name: {name}\nservices:\n  - name: web\n    {}\n    instance_count: 2\n    health_check: {{http_path: /healthz, period_seconds: 0.1}}\n",
+        common::git(&repo)
+    ))
+    .unwrap()
+    .spec;
+    let (app, d) = env.engine.create_app(spec).await.unwrap();
+    wait_ok(&env, &d).await;
+    let before = containers(&env, &app.id).await;
+    let (image, labels) = image_and_labels(&before["web"][0]);
+    // The image says whose it is under names of its own.
+    assert_eq!(labels["slipway.image.app"], app.id.as_str(), "{labels}");
+    assert_eq!(labels["slipway.image.daemon"], env.daemon_id.as_str());
+    assert_eq!(labels["slipway.image.component"], "web");
+
+    // An operator's `docker run` of the app's image, and one as it would be from an image an
+    // earlier version of Slipway built (which carried the containers' label names).
+    let debugging = Unlabelled(unique("debug"));
+    docker_cli(&["run", "-d", "--name", &debugging.0, &image]);
+    let older = Unlabelled(unique("older"));
+    let app_label = format!("slipway.app={}", app.id);
+    let daemon_label = format!("slipway.daemon={}", env.daemon_id);
+    docker_cli(&[
+        "run",
+        "-d",
+        "--name",
+        &older.0,
+        "--label",
+        &app_label,
+        "--label",
+        &daemon_label,
+        "--label",
+        "slipway.component=web",
+        &image,
+    ]);
+    let running = |name: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    };
+
+    let done = env.engine.reconcile(&app.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.started, done.removed),
+        (0, 0),
+        "the app's two instances run; nothing else is its"
+    );
+    assert_eq!(containers(&env, &app.id).await, before);
+
+    let restart = env.engine.restart(&app.id, &[]).await.unwrap();
+    wait_ok(&env, &restart).await;
+    let after = containers(&env, &app.id).await;
+    assert_eq!(after["web"].len(), 2, "{after:?}");
+    assert!(after["web"].iter().all(|c| !before["web"].contains(c)));
+    let done = env.engine.reconcile(&app.id).await.unwrap().unwrap();
+    assert_eq!((done.started, done.removed), (0, 0));
+    assert!(running(&debugging.0), "the hand-started container runs on");
+    assert!(running(&older.0), "the one from an older image runs on");
+
+    // Deleting the app leaves them too (and its image, which they use).
+    env.engine.delete_app(&app.id, false).await.unwrap();
+    assert!(running(&debugging.0) && running(&older.0));
+}

@@ -615,13 +615,17 @@ impl DockerRuntime {
             .boxed()
     }
 
-    /// The containers that carry every one of `labels`, running or not.
+    /// The containers Slipway created (they carry [`labels::DEPLOYMENT`]) that carry every one
+    /// of `labels`, running or not.
     pub async fn list(&self, filter: &[(&str, &str)]) -> Result<Vec<Instance>, RuntimeError> {
+        // Only containers Slipway created: one started by hand from an app's image carries
+        // the image's labels, never the deployment's.
         let filters = HashMap::from([(
             "label".to_string(),
             filter
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .chain([labels::DEPLOYMENT.to_string()])
                 .collect::<Vec<_>>(),
         )]);
         let options = ListContainersOptionsBuilder::default()

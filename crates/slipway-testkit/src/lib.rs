@@ -335,7 +335,8 @@ fn cached_layer_vanished(message: &str) -> bool {
 }
 
 /// Removes, when dropped, every container, network, volume and image labelled
-/// `slipway.daemon=<daemon_id>`: clean-up that runs even when a test panics.
+/// `slipway.daemon=<daemon_id>`, and the images labelled `slipway.image.daemon=<daemon_id>`
+/// with the containers made from them: clean-up that runs even when a test panics.
 #[derive(Debug)]
 pub struct Janitor {
     pub daemon_id: String,
@@ -350,20 +351,26 @@ impl Janitor {
 
     /// Removes everything now; returns how many objects were removed.
     pub async fn sweep(docker: &Docker, daemon_id: &str) -> usize {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{}={daemon_id}", slipway_spec::labels::DAEMON)],
-        )]);
+        let label =
+            |key: &str| HashMap::from([("label".to_string(), vec![format!("{key}={daemon_id}")])]);
+        let (own, of_images) = (
+            label(slipway_spec::labels::DAEMON),
+            label(slipway_spec::labels::IMAGE_DAEMON),
+        );
         let mut removed = 0;
-        if let Ok(list) = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-        {
+        // The containers Slipway made, and those made by hand from its images.
+        for filters in [&own, &of_images] {
+            let Ok(list) = docker
+                .list_containers(Some(
+                    ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .filters(filters)
+                        .build(),
+                ))
+                .await
+            else {
+                continue;
+            };
             for c in list {
                 let options = RemoveContainerOptionsBuilder::default()
                     .force(true)
@@ -380,9 +387,7 @@ impl Janitor {
         }
         if let Ok(list) = docker
             .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
+                ListNetworksOptionsBuilder::default().filters(&own).build(),
             ))
             .await
         {
@@ -398,9 +403,7 @@ impl Janitor {
         }
         if let Ok(list) = docker
             .list_volumes(Some(
-                ListVolumesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
+                ListVolumesOptionsBuilder::default().filters(&own).build(),
             ))
             .await
         {
@@ -417,14 +420,16 @@ impl Janitor {
                 }
             }
         }
-        if let Ok(list) = docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-        {
+        // The images Slipway built, and those the tests built themselves.
+        for filters in [&of_images, &own] {
+            let Ok(list) = docker
+                .list_images(Some(
+                    ListImagesOptionsBuilder::default().filters(filters).build(),
+                ))
+                .await
+            else {
+                continue;
+            };
             for i in list {
                 let options = RemoveImageOptionsBuilder::default().force(true).build();
                 if docker

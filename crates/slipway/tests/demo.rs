@@ -23,15 +23,21 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The objects of a kind that the demo's daemon made (images: built).
 fn labelled(kind: &[&str], daemon_id: &str) -> Vec<String> {
-    let mut args = kind.to_vec();
-    let filter = format!("label=slipway.daemon={daemon_id}");
-    args.extend(["-q", "--filter", &filter]);
-    let out = Command::new("docker").args(&args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let mut all = Vec::new();
+    for key in ["slipway.daemon", "slipway.image.daemon"] {
+        let mut args = kind.to_vec();
+        let filter = format!("label={key}={daemon_id}");
+        args.extend(["-q", "--filter", &filter]);
+        let out = Command::new("docker").args(&args).output().unwrap();
+        all.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    all
 }
 
 #[test]
