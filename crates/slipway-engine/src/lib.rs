@@ -203,6 +203,9 @@ struct Inner {
     shutdown: CancellationToken,
     /// Held until the engine shuts down: one daemon per data directory.
     data_dir_lock: Mutex<Option<std::fs::File>>,
+    /// Held while a spec is checked against the other apps' and stored, so that two apps
+    /// never take the same domain at once.
+    admission: tokio::sync::Mutex<()>,
 }
 
 /// One app's turn-taking: one deployment runs at a time, in the order they were queued.
@@ -312,6 +315,7 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 shutdown,
                 data_dir_lock: Mutex::new(Some(data_dir_lock)),
+                admission: tokio::sync::Mutex::new(()),
             }),
         };
         engine.recover().await?;
@@ -587,11 +591,22 @@ impl Engine {
             .cloned();
         let url =
             (!record.spec.services.is_empty()).then(|| self.inner.ingress.live_url(&record.name));
+        // As App Platform: the live URL is the primary domain's once a deployment serves it.
+        let primary = active.as_ref().and_then(|d| {
+            d.spec
+                .domains
+                .iter()
+                .find(|d| d.kind == Some(slipway_spec::DomainType::Primary))
+        });
+        let live_url = match (&url, primary) {
+            (Some(_), Some(d)) => Some(self.inner.ingress.url_of(&d.domain)),
+            _ => url.clone(),
+        };
         Ok(App {
             id: record.id.clone(),
             spec: record.spec.clone(),
-            default_ingress: url.clone(),
-            live_url: url,
+            default_ingress: url,
+            live_url,
             created_at: record.created_at,
             updated_at: record.updated_at,
             last_deployment_created_at: recent.first().map(|d| d.created_at),
@@ -610,12 +625,56 @@ impl Engine {
         slipway_spec::check_local_sources(spec).map_err(EngineError::InvalidSpec)
     }
 
+    /// Refuses a domain that is under the base domain (where apps are served by name) or
+    /// that another app is served at.
+    async fn check_domains(&self, spec: &AppSpec, own: Option<&str>) -> Result<(), EngineError> {
+        if spec.domains.is_empty() {
+            return Ok(());
+        }
+        let base = &self.inner.ingress.config().base_domain;
+        let (others, _) = self.inner.store.apps(0, u64::MAX).await?;
+        let mut problems = Vec::new();
+        for (i, d) in spec.domains.iter().enumerate() {
+            let path = format!("domains[{i}].domain");
+            if d.domain == *base || d.domain.ends_with(&format!(".{base}")) {
+                problems.push(slipway_spec::Problem {
+                    path,
+                    message: format!(
+                        "\"{}\" is under {base}, where this daemon serves every app at <app name>.{base}: name the app instead, or give a domain outside it",
+                        d.domain
+                    ),
+                });
+                continue;
+            }
+            if let Some(other) = others.iter().find(|a| {
+                Some(a.id.as_str()) != own && a.spec.domains.iter().any(|o| o.domain == d.domain)
+            }) {
+                problems.push(slipway_spec::Problem {
+                    path,
+                    message: format!(
+                        "\"{}\" is a domain of the app \"{}\" already: remove it there first",
+                        d.domain, other.name
+                    ),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::InvalidSpec(slipway_spec::SpecError::Invalid(
+                problems,
+            )))
+        }
+    }
+
     /// Creates an app and starts its first deployment.
     pub async fn create_app(
         &self,
         mut spec: AppSpec,
     ) -> Result<(AppRecord, Deployment), EngineError> {
         self.check_spec(&spec)?;
+        let admitted = self.inner.admission.lock().await;
+        self.check_domains(&spec, None).await?;
         self.inner.secrets.seal_spec(&mut spec);
         let at = now();
         let record = AppRecord {
@@ -626,6 +685,7 @@ impl Engine {
             updated_at: at,
         };
         self.inner.store.insert_app(&record).await?;
+        drop(admitted);
         let d = Deployment::new(
             &record.id,
             record.spec.clone(),
@@ -644,12 +704,15 @@ impl Engine {
     ) -> Result<(AppRecord, Deployment), EngineError> {
         self.check_spec(&spec)?;
         let mut record = self.app(id).await?;
+        let admitted = self.inner.admission.lock().await;
+        self.check_domains(&spec, Some(&record.id)).await?;
         record.name = spec.name.clone();
         let mut spec = spec;
         self.inner.secrets.seal_spec(&mut spec);
         record.spec = spec;
         record.updated_at = now();
         self.inner.store.update_app(&record).await?;
+        drop(admitted);
         let d = Deployment::new(
             &record.id,
             record.spec.clone(),

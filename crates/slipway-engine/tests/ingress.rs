@@ -99,3 +99,142 @@ async fn no_request_fails_during_a_restart_or_a_force_rebuild() {
     let headers = r.text().await.unwrap().to_ascii_lowercase();
     assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_domains_are_served_by_its_active_deployment_and_belong_to_it_alone() {
+    let Some(env) = env().await else { return };
+    let tag = format!("slipway-domains:{}", env.daemon_id);
+    slipway_testkit::build_hello_image(&env.docker, &tag, &env.daemon_id, "v1")
+        .await
+        .unwrap();
+    let (repository, tag) = tag.split_once(':').unwrap();
+    let name = unique("domains");
+    let domain = format!("{name}.example.com");
+    let spec_with = |app: &str, domains: &str| {
+        parse_spec(&format!(
+            "name: {app}\n{domains}services:\n  - name: web\n    image: {{repository: {repository}, tag: \"{tag}\"}}\n    {HEALTH}\ningress:\n  rules:\n    - {{match: {{path: {{prefix: /old}}}}, redirect: {{uri: /, redirect_code: 301}}}}\n    - {{component: {{name: web}}}}\n"
+        ))
+        .unwrap()
+        .spec
+    };
+    let (app, first) = env
+        .engine
+        .create_app(spec_with(
+            &name,
+            &format!("domains: [{{domain: {domain}, type: PRIMARY}}]\n"),
+        ))
+        .await
+        .unwrap();
+    wait_ok(&env, &first).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(slipway_ingress::serve(
+        env.engine.ingress(),
+        listener,
+        stop.clone(),
+    ));
+    let _stop = stop.drop_guard();
+    let http = reqwest::Client::builder()
+        .resolve(&domain, addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        let url = format!("http://{domain}:{}{path}", addr.port());
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let location = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_string());
+            (r.status().as_u16(), location, r.text().await.unwrap())
+        }
+    };
+    let (status, _, body) = get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from v1"), "{body}");
+    let view = env
+        .engine
+        .app_view(&env.engine.app(&app.id).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        view.live_url,
+        Some(format!("http://{domain}:7480")),
+        "the primary domain"
+    );
+    assert_eq!(
+        view.default_ingress,
+        Some(format!("http://{name}.localhost:7480"))
+    );
+    let (status, location, _) = get("/old/page").await;
+    assert_eq!(status, 301);
+    assert_eq!(location, Some(format!("https://{domain}/")));
+
+    // Another app cannot take the domain, nor one under the base domain.
+    let other = unique("thief");
+    let refused = env
+        .engine
+        .create_app(spec_with(
+            &other,
+            &format!("domains: [{{domain: {domain}}}]\n"),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!(
+            "domains[0].domain: \"{domain}\" is a domain of the app \"{name}\" already"
+        )),
+        "{refused}"
+    );
+    let refused = env
+        .engine
+        .create_app(spec_with(
+            &other,
+            &format!("domains: [{{domain: {other}.localhost}}]\n"),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("domains[0].domain:") && refused.contains("is under localhost"),
+        "{refused}"
+    );
+    // Its own app keeps it across an update.
+    let (_, d) = env
+        .engine
+        .update_app(
+            &app.id,
+            spec_with(&name, &format!("domains: [{{domain: {domain}}}]\n")),
+        )
+        .await
+        .unwrap();
+    wait_ok(&env, &d).await;
+    assert_eq!(get("/").await.0, 200);
+
+    // Given up by its app, the domain is served no more, and another app may have it.
+    let (_, d) = env
+        .engine
+        .update_app(&app.id, spec_with(&name, ""))
+        .await
+        .unwrap();
+    wait_ok(&env, &d).await;
+    assert_eq!(get("/").await.0, 404);
+    let (_, d) = env
+        .engine
+        .create_app(spec_with(
+            &other,
+            &format!("domains: [{{domain: {domain}}}]\n"),
+        ))
+        .await
+        .unwrap();
+    wait_ok(&env, &d).await;
+    let (status, _, body) = get("/").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from v1"), "{body}");
+}

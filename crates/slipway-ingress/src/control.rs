@@ -91,6 +91,9 @@ pub(crate) struct SnapshotApp {
     /// Empty while the app's routes are not known yet (its instances became ready first).
     pub name: String,
     pub routes: Vec<Route>,
+    /// Absent from an older daemon's table: no domains.
+    #[serde(default)]
+    pub domains: Vec<crate::rules::Domain>,
     pub health_paths: Vec<(String, String)>,
     pub pools: Vec<SnapshotPool>,
 }

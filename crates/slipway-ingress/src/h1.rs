@@ -266,8 +266,12 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
     let mut host: Option<&str> = None;
     let mut length: Option<u64> = None;
     let mut close = false;
+    let mut origin = false;
     for h in req.headers.iter() {
         let name = h.name;
+        if is(name, "origin") {
+            origin = true;
+        }
         if is(name, "host") {
             if host.is_some() {
                 return Prepared::NotMine;
@@ -319,7 +323,11 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
         None => (target, None),
     };
     let (pool, forwarded_path, app) = match proxy.ingress.route(host, path) {
+        // A request its route's CORS policy may answer or add headers to.
+        Ok(r) if origin && r.cors.is_some() => return Prepared::NotMine,
         Ok(r) => (r.pool, r.path, r.app),
+        // A redirect's answer has a `Location`.
+        Err(refused) if refused.redirect.is_some() => return Prepared::NotMine,
         Err(refused) => return answer(refused.status, refused.text, refused.app),
     };
 

@@ -2,10 +2,14 @@
 //! and follows every rollout so that restarts and rebuilds are invisible to clients.
 //!
 //! Promises:
-//! - An app is reached by `Host: <app name>.<base domain>`; inside it, App Platform's
-//!   `ingress.rules` (longest `match.path.prefix` wins) choose the service, else the first
-//!   service takes every path. An unknown host gets 404, a component with no ready instance
-//!   503, both with a short plain-text body.
+//! - An app is reached by `Host: <app name>.<base domain>` and at each of its `domains` (a
+//!   wildcard domain: at its subdomains too); inside it, App Platform's `ingress.rules`
+//!   (longest `match.path.prefix` wins, a rule for the request's host before a rule for all)
+//!   choose the service or answer with the rule's redirect, else the services' `routes`, else
+//!   the first service takes every path. A rule's (or a service's) CORS policy answers the
+//!   preflights of the origins it allows and adds its headers to their answers. An unknown
+//!   host gets 404, a component with no ready instance 503, both with a short plain-text
+//!   body.
 //! - An instance joins its component's pool only when the engine says it is ready
 //!   ([`Ingress::add`]); [`Ingress::drain`] takes it out of the pool at once and returns when
 //!   the requests in flight to it have finished (or the drain time is up), before the engine
@@ -51,6 +55,7 @@ mod metrics;
 mod pipe;
 mod probe;
 mod proxy;
+mod rules;
 mod table;
 
 pub use admin::serve_admin;

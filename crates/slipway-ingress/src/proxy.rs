@@ -32,6 +32,7 @@ use crate::framing::HOP_BY_HOP;
 use crate::h1::{self, RETRY_BODY_BYTES};
 use crate::metrics::{AppMetrics, Source};
 use crate::pipe::CONNECT_TIMEOUT;
+use crate::rules;
 use crate::table::{Backend, InFlight, Ingress, Proxy};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -678,16 +679,52 @@ impl Proxy {
         let routed = self
             .ingress
             .route(host.to_str().unwrap_or_default(), req.uri().path());
-        let (pool, forwarded_path) = match routed {
+        let (pool, forwarded_path, cors) = match routed {
             Ok(r) => {
                 outcome.app = Some(Arc::clone(&r.app));
-                (r.pool, r.path)
+                (r.pool, r.path, r.cors)
             }
             Err(refused) => {
                 outcome.app = refused.app;
+                if let Some(redirect) = &refused.redirect {
+                    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                    let location = rules::location(
+                        redirect,
+                        self.scheme.to_str().unwrap_or("http"),
+                        host.to_str().unwrap_or_default(),
+                        target,
+                    );
+                    let mut r = text(refused.status, String::new());
+                    match HeaderValue::from_str(&location) {
+                        Ok(v) => {
+                            r.headers_mut().insert(header::LOCATION, v);
+                        }
+                        Err(_) => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "the request's host cannot be redirected\n".into(),
+                            );
+                        }
+                    }
+                    return r;
+                }
                 return text(refused.status, refused.text);
             }
         };
+        // The origin the route's CORS policy allows, when the request comes from one.
+        let allowed_origin = cors.as_ref().and_then(|c| {
+            let origin = req.headers().get(header::ORIGIN)?;
+            c.allows(origin.to_str().ok()?).then(|| origin.clone())
+        });
+        if let (Some(cors), Some(origin)) = (&cors, &allowed_origin)
+            && rules::is_preflight(req.method(), req.headers())
+        {
+            let mut r = Response::new(ProxyBody::Bytes(None));
+            cors.preflight(origin, r.headers_mut());
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            return r;
+        }
         let component = pool.component.as_str();
         // The path to send, when a route changes it.
         let rewritten: Option<PathAndQuery> = match forwarded_path {
@@ -863,6 +900,9 @@ impl Proxy {
                         return Response::from_parts(parts, ProxyBody::Bytes(None));
                     }
                     strip_hop_by_hop(resp.headers_mut(), false);
+                    if let (Some(cors), Some(origin)) = (&cors, &allowed_origin) {
+                        cors.answer(origin, resp.headers_mut());
+                    }
                     return resp.map(|inner| {
                         ProxyBody::Upstream(Upstream {
                             inner,

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::control::{Snapshot, SnapshotApp, SnapshotInstance, SnapshotPool};
 use crate::metrics::{self, AppMetrics, Global};
+use crate::rules::{self, Cors, Domain};
 
 /// How the ingress behaves.
 #[derive(Debug, Clone)]
@@ -168,6 +169,8 @@ pub(crate) struct Routed {
     pub pool: Arc<Pool>,
     /// The path to send instead of the request's own, when the route changes it.
     pub path: Option<String>,
+    /// The route's CORS policy.
+    pub cors: Option<Cors>,
     /// Its app's counters.
     pub app: Arc<AppMetrics>,
 }
@@ -178,6 +181,8 @@ pub(crate) struct Unrouted {
     pub text: String,
     /// The counters of the app it is for, when its host names one.
     pub app: Option<Arc<AppMetrics>>,
+    /// The redirect the answer is (its `status` is the redirect's).
+    pub redirect: Option<slipway_spec::RedirectSpec>,
 }
 
 /// `host` without its `:port` (IPv6 literals keep their brackets).
@@ -194,9 +199,26 @@ fn without_port(host: &str) -> &str {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Route {
     pub prefix: String,
+    /// The one host (without port) the route is for; every host of the app when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// The service; empty for a redirect.
     pub component: String,
     pub preserve_prefix: bool,
     pub rewrite: Option<String>,
+    /// Requests are answered with this redirect instead of reaching a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<slipway_spec::RedirectSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+/// Where a request for a path of an app goes.
+pub(crate) enum Matched<'a, 'p> {
+    /// To a service, with the path to send it (borrowed when it is the request's own).
+    Service(&'a Route, Cow<'p, str>),
+    /// Answered with a redirect.
+    Redirect(&'a slipway_spec::RedirectSpec),
 }
 
 #[derive(Debug, Default)]
@@ -204,6 +226,8 @@ pub(crate) struct AppRoutes {
     pub name: String,
     /// Longest prefix first.
     pub routes: Vec<Route>,
+    /// The hosts it is served at besides `<name>.<base domain>`.
+    pub domains: Vec<Domain>,
     /// The components' HTTP health paths, for probes.
     pub health_paths: HashMap<String, String>,
     pub pools: RwLock<HashMap<String, Arc<Pool>>>,
@@ -229,10 +253,12 @@ impl AppRoutes {
             .collect()
     }
 
-    /// The component and the path to send for a request path (borrowed when it is the
-    /// request's own).
-    pub(crate) fn route<'p>(&self, path: &'p str) -> Option<(&str, Cow<'p, str>)> {
+    /// Where a request for `path` on `host` (lower-case, without port) goes.
+    pub(crate) fn route<'p>(&self, host: &str, path: &'p str) -> Option<Matched<'_, 'p>> {
         for r in &self.routes {
+            if r.authority.as_deref().is_some_and(|a| a != host) {
+                continue;
+            }
             let matches = path == r.prefix
                 || r.prefix == "/"
                 || (path.starts_with(&r.prefix)
@@ -240,6 +266,9 @@ impl AppRoutes {
                         || path.as_bytes().get(r.prefix.len()) == Some(&b'/')));
             if !matches {
                 continue;
+            }
+            if let Some(redirect) = &r.redirect {
+                return Some(Matched::Redirect(redirect));
             }
             let rest = &path[r.prefix.len().min(path.len())..];
             let forwarded = if let Some(rewrite) = &r.rewrite {
@@ -249,7 +278,7 @@ impl AppRoutes {
             } else {
                 Cow::Owned(join("/", rest))
             };
-            return Some((r.component.as_str(), forwarded));
+            return Some(Matched::Service(r, forwarded));
         }
         None
     }
@@ -275,6 +304,41 @@ struct Table {
     apps: HashMap<String, Arc<AppRoutes>>,
     /// App name to app ID.
     names: HashMap<String, String>,
+    /// An app's domains to its ID: a domain to the app served there, and a wildcard domain's
+    /// name to the app served at its subdomains.
+    hosts: HashMap<String, String>,
+    wildcards: HashMap<String, String>,
+}
+
+impl Table {
+    /// Forgets where `app` was served, but its ID.
+    fn unlist(&mut self, app_id: &str, app: &AppRoutes) {
+        self.names.remove(&app.name);
+        for d in &app.domains {
+            let list = if d.wildcard {
+                &mut self.wildcards
+            } else {
+                &mut self.hosts
+            };
+            if list.get(&d.name).is_some_and(|id| id == app_id) {
+                list.remove(&d.name);
+            }
+            // A wildcard domain serves its own name too.
+            if d.wildcard && self.hosts.get(&d.name).is_some_and(|id| id == app_id) {
+                self.hosts.remove(&d.name);
+            }
+        }
+    }
+
+    fn list(&mut self, app_id: &str, app: &AppRoutes) {
+        self.names.insert(app.name.clone(), app_id.to_string());
+        for d in &app.domains {
+            self.hosts.insert(d.name.clone(), app_id.to_string());
+            if d.wildcard {
+                self.wildcards.insert(d.name.clone(), app_id.to_string());
+            }
+        }
+    }
 }
 
 /// What the ingress's health check reports.
@@ -352,53 +416,29 @@ impl Ingress {
         &self.config
     }
 
-    /// The URL an app is served at.
+    /// The URL an app is served at by its name.
     pub fn live_url(&self, app_name: &str) -> String {
+        self.url_of(&format!("{app_name}.{}", self.config.base_domain))
+    }
+
+    /// The URL of `host` on the ingress: the public scheme, and the public port unless it is
+    /// the scheme's own.
+    pub fn url_of(&self, host: &str) -> String {
         let c = &self.config;
         let default_port = match c.public_scheme.as_str() {
             "https" => 443,
             _ => 80,
         };
         match c.public_port {
-            Some(p) if p != default_port => {
-                format!("{}://{app_name}.{}:{p}", c.public_scheme, c.base_domain)
-            }
-            _ => format!("{}://{app_name}.{}", c.public_scheme, c.base_domain),
+            Some(p) if p != default_port => format!("{}://{host}:{p}", c.public_scheme),
+            _ => format!("{}://{host}", c.public_scheme),
         }
     }
 
-    /// Sets (or replaces) an app's name and routes from its spec; its pools are kept.
+    /// Sets (or replaces) an app's name, hosts and routes from its spec; its pools are kept.
     pub fn set_app(&self, app_id: &str, spec: &AppSpec) {
-        let mut routes: Vec<Route> = spec
-            .ingress
-            .iter()
-            .flat_map(|i| &i.rules)
-            .filter_map(|r| {
-                let component = r.component.as_ref()?;
-                let prefix = r
-                    .matcher
-                    .as_ref()
-                    .and_then(|m| m.path.as_ref())
-                    .map_or_else(|| "/".to_string(), |p| p.prefix.clone());
-                Some(Route {
-                    prefix,
-                    component: component.name.clone(),
-                    preserve_prefix: component.preserve_path_prefix.unwrap_or(false),
-                    rewrite: component.rewrite.clone(),
-                })
-            })
-            .collect();
-        if routes.is_empty()
-            && let Some(first) = spec.services.first()
-        {
-            routes.push(Route {
-                prefix: "/".into(),
-                component: first.name.clone(),
-                preserve_prefix: true,
-                rewrite: None,
-            });
-        }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let routes = rules::routes_of(spec);
+        let domains = rules::domains_of(spec);
         // A health path asked on another port than the one the ingress reaches says nothing
         // of that one.
         let health_paths: HashMap<String, String> = spec
@@ -410,15 +450,17 @@ impl Ingress {
                 (hc.port.is_none() || hc.port == s.http_port).then(|| (s.name.clone(), path))
             })
             .collect();
-        self.set_routes(app_id, &spec.name, routes, health_paths);
+        self.set_routes(app_id, &spec.name, routes, domains, health_paths);
     }
 
-    /// Sets an app's name, routes (longest prefix first) and health paths; its pools are kept.
+    /// Sets an app's name, routes (longest prefix first), domains and health paths; its pools
+    /// are kept.
     pub(crate) fn set_routes(
         &self,
         app_id: &str,
         name: &str,
         routes: Vec<Route>,
+        domains: Vec<Domain>,
         health_paths: HashMap<String, String>,
     ) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
@@ -433,21 +475,19 @@ impl Ingress {
             *pool.health_path.lock().unwrap_or_else(|e| e.into_inner()) =
                 health_paths.get(component).cloned();
         }
-        if let Some(old) = table.apps.get(app_id) {
-            let old_name = old.name.clone();
-            table.names.remove(&old_name);
+        if let Some(old) = table.apps.get(app_id).cloned() {
+            table.unlist(app_id, &old);
         }
-        table.names.insert(name.to_string(), app_id.to_string());
-        table.apps.insert(
-            app_id.to_string(),
-            Arc::new(AppRoutes {
-                name: name.to_string(),
-                routes,
-                health_paths,
-                pools: RwLock::new(pools),
-                metrics,
-            }),
-        );
+        let app = Arc::new(AppRoutes {
+            name: name.to_string(),
+            routes,
+            domains,
+            health_paths,
+            pools: RwLock::new(pools),
+            metrics,
+        });
+        table.list(app_id, &app);
+        table.apps.insert(app_id.to_string(), app);
         drop(table);
         self.changed();
     }
@@ -456,7 +496,7 @@ impl Ingress {
     pub fn remove_app(&self, app_id: &str) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         if let Some(app) = table.apps.remove(app_id) {
-            table.names.remove(&app.name);
+            table.unlist(app_id, &app);
         }
         drop(table);
         self.changed();
@@ -625,6 +665,7 @@ impl Ingress {
                     id: id.clone(),
                     name: app.name.clone(),
                     routes: app.routes.clone(),
+                    domains: app.domains.clone(),
                     health_paths: app.health_paths.clone().into_iter().collect(),
                     pools,
                 }
@@ -657,10 +698,19 @@ impl Ingress {
             };
             let health: HashMap<String, String> = app.health_paths.iter().cloned().collect();
             let same = current.as_ref().is_some_and(|c| {
-                c.name == app.name && c.routes == app.routes && c.health_paths == health
+                c.name == app.name
+                    && c.routes == app.routes
+                    && c.domains == app.domains
+                    && c.health_paths == health
             });
             if !app.name.is_empty() && !same {
-                self.set_routes(&app.id, &app.name, app.routes.clone(), health);
+                self.set_routes(
+                    &app.id,
+                    &app.name,
+                    app.routes.clone(),
+                    app.domains.clone(),
+                    health,
+                );
             }
             let mut listed: HashMap<&str, Vec<&SnapshotInstance>> = HashMap::new();
             for pool in &app.pools {
@@ -723,20 +773,36 @@ impl Ingress {
                 status: StatusCode::NOT_FOUND,
                 text: format!("no app is served at {host}\n"),
                 app: None,
+                redirect: None,
             });
         };
-        let Some((component, forwarded_path)) = app.route(path) else {
-            return Err(Unrouted {
-                status: StatusCode::NOT_FOUND,
-                text: format!("app {} has no route for {path}\n", app.name),
-                app: Some(Arc::clone(&app.metrics)),
-            });
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let (route, forwarded_path) = match app.route(&host, path) {
+            Some(Matched::Service(route, forwarded)) => (route, forwarded),
+            Some(Matched::Redirect(redirect)) => {
+                return Err(Unrouted {
+                    status: rules::redirect_status(redirect),
+                    text: String::new(),
+                    app: Some(Arc::clone(&app.metrics)),
+                    redirect: Some(redirect.clone()),
+                });
+            }
+            None => {
+                return Err(Unrouted {
+                    status: StatusCode::NOT_FOUND,
+                    text: format!("app {} has no route for {path}\n", app.name),
+                    app: Some(Arc::clone(&app.metrics)),
+                    redirect: None,
+                });
+            }
         };
+        let component = route.component.as_str();
         let Some(pool) = app.pool(component) else {
             return Err(Unrouted {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 text: format!("no instance of {component} is ready\n"),
                 app: Some(Arc::clone(&app.metrics)),
+                redirect: None,
             });
         };
         let path = match forwarded_path {
@@ -746,6 +812,7 @@ impl Ingress {
         Ok(Routed {
             pool,
             path,
+            cors: route.cors.clone(),
             app: Arc::clone(&app.metrics),
         })
     }
@@ -825,9 +892,23 @@ impl Ingress {
         } else {
             Cow::Borrowed(host)
         };
-        let name = host.strip_suffix(self.host_suffix.as_str())?;
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let id = table.names.get(name)?;
+        let id = match host.strip_suffix(self.host_suffix.as_str()) {
+            Some(name) => table.names.get(name),
+            None => None,
+        }
+        .or_else(|| table.hosts.get(host.as_ref()))
+        .or_else(|| {
+            // The nearest wildcard domain above the host.
+            let mut rest = host.as_ref();
+            while let Some((_, parent)) = rest.split_once('.') {
+                if let Some(id) = table.wildcards.get(parent) {
+                    return Some(id);
+                }
+                rest = parent;
+            }
+            None
+        })?;
         table.apps.get(id).cloned()
     }
 }
@@ -836,6 +917,14 @@ impl Ingress {
 mod tests {
     use super::*;
     use slipway_spec::parse_spec;
+
+    /// The service and forwarded path of a request for `path` on the app's default host.
+    fn served<'a>(app: &'a AppRoutes, path: &'a str) -> Option<(&'a str, Cow<'a, str>)> {
+        match app.route("shop.localhost", path)? {
+            Matched::Service(r, p) => Some((r.component.as_str(), p)),
+            Matched::Redirect(_) => None,
+        }
+    }
 
     fn ingress_for(spec: &str) -> (Arc<Ingress>, Arc<AppRoutes>) {
         let ingress = Ingress::new(IngressConfig::default());
@@ -852,7 +941,7 @@ mod tests {
         let (ingress, app) = ingress_for(
             "name: shop\nservices:\n  - {name: web, image: {repository: a}}\n  - {name: api, image: {repository: a}}\n",
         );
-        assert_eq!(app.route("/x/y?z"), Some(("web", "/x/y?z".into())));
+        assert_eq!(served(&app, "/x/y?z"), Some(("web", "/x/y?z".into())));
         assert!(ingress.app_for_host("SHOP.localhost.").is_some());
         assert!(ingress.app_for_host("other.localhost").is_none());
         assert_eq!(ingress.live_url("shop"), "http://shop.localhost:7480");
@@ -874,12 +963,12 @@ ingress:
     - {match: {path: {prefix: /api/admin}}, component: {name: admin, preserve_path_prefix: true}}
 "#,
         );
-        assert_eq!(app.route("/"), Some(("web", "/".into())));
-        assert_eq!(app.route("/apiary"), Some(("web", "/apiary".into())));
-        assert_eq!(app.route("/api"), Some(("api", "/".into())));
-        assert_eq!(app.route("/api/users"), Some(("api", "/users".into())));
+        assert_eq!(served(&app, "/"), Some(("web", "/".into())));
+        assert_eq!(served(&app, "/apiary"), Some(("web", "/apiary".into())));
+        assert_eq!(served(&app, "/api"), Some(("api", "/".into())));
+        assert_eq!(served(&app, "/api/users"), Some(("api", "/users".into())));
         assert_eq!(
-            app.route("/api/admin/x"),
+            served(&app, "/api/admin/x"),
             Some(("admin", "/api/admin/x".into()))
         );
     }

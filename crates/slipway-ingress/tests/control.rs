@@ -217,6 +217,39 @@ async fn the_ingress_process_follows_the_daemons_table_and_keeps_it_when_the_dae
     for _ in 0..20 {
         assert_eq!(get(&http, addr, "/").await, (200, "blue".into()));
     }
+    // What a spec asks beyond its services reaches the ingress process too: a domain, a
+    // redirect and a CORS policy.
+    let spec = parse_spec("name: shop\ndomains: [{domain: shop.example.com}]\nservices:\n  - name: web\n    image: {registry_type: DOCKER_HUB, repository: x}\ningress:\n  rules:\n    - {match: {path: {prefix: /old}}, redirect: {uri: /new, redirect_code: 301}}\n    - {component: {name: web}, cors: {allow_origins: [{exact: \"https://a.example.com\"}]}}\n")
+        .unwrap()
+        .spec;
+    daemon.set_app("app-1", &spec);
+    let by_domain = reqwest::Client::builder()
+        .resolve("shop.example.com", addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("http://shop.example.com:{}{path}", addr.port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while by_domain.get(url("/")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the domain is not served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moved = by_domain.get(url("/old")).send().await.unwrap();
+    assert_eq!(moved.status(), 301);
+    assert_eq!(moved.headers()["location"], "https://shop.example.com/new");
+    let cors = by_domain
+        .get(url("/"))
+        .header("origin", "https://a.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cors.headers()["access-control-allow-origin"],
+        "https://a.example.com"
+    );
+    assert_eq!(cors.text().await.unwrap(), "blue");
+
     // An app the daemon deletes is forgotten.
     daemon.remove_app("app-1");
     until(&http, addr, (404, "")).await;

@@ -19,6 +19,7 @@
 mod code;
 mod model;
 mod parse;
+pub mod routing;
 mod spec;
 mod tail;
 
@@ -38,10 +39,11 @@ pub use parse::{
     parse_document, parse_spec, parse_spec_value,
 };
 pub use spec::{
-    Amount, AppSpec, ComponentKind, ComponentRef, DatabaseEngine, DatabaseSpec, EnvScope, EnvType,
-    EnvVar, GitSource, HealthCheck, HostedGitSource, ImageSource, Ingress, IngressComponent,
-    IngressMatch, IngressPath, IngressRule, JobKind, JobSpec, RolloutSpec, ServiceSpec, Source,
-    Termination, WorkerSpec,
+    Amount, AppSpec, ComponentKind, ComponentRef, CorsPolicy, DatabaseEngine, DatabaseSpec,
+    DomainSpec, DomainType, EnvScope, EnvType, EnvVar, ExactMatch, GitSource, HealthCheck,
+    HostedGitSource, ImageSource, Ingress, IngressComponent, IngressMatch, IngressPath,
+    IngressRule, JobKind, JobSpec, REDIRECT_CODES, RedirectSpec, RolloutSpec, RouteSpec,
+    ServiceSpec, Source, StringMatch, Termination, WorkerSpec,
 };
 pub use tail::OutputTail;
 

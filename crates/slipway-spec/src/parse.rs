@@ -15,7 +15,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Problem {
             path: path.into(),
             message: message.into(),
@@ -163,7 +163,6 @@ fn kind_of(v: &Value) -> &'static str {
 
 const UNIMPLEMENTED_APP: &[&str] = &[
     "region",
-    "domains",
     "alerts",
     "features",
     "maintenance",
@@ -180,8 +179,6 @@ const UNIMPLEMENTED_COMPONENT: &[&str] = &[
     "autoscaling",
     "alerts",
     "log_destinations",
-    "cors",
-    "routes",
     "bitbucket",
     "environment_slug",
     "build_command",
@@ -196,6 +193,9 @@ const UNIMPLEMENTED_DATABASE: &[&str] = &[
     "size",
     "num_nodes",
 ];
+/// What workers and jobs do not serve: App Platform defines them for services.
+const SERVED_ONLY: &[&str] = &["cors", "routes"];
+const UNIMPLEMENTED_INGRESS: &[&str] = &["custom_error_page_url"];
 const UNIMPLEMENTED_IMAGE: &[&str] = &["registry_credentials", "deploy_on_push"];
 const UNIMPLEMENTED_HOSTED_GIT: &[&str] = &["deploy_on_push"];
 
@@ -203,6 +203,9 @@ const UNIMPLEMENTED_HOSTED_GIT: &[&str] = &["deploy_on_push"];
 /// for each, so that the typed parse can refuse everything else it does not know.
 fn strip_unimplemented(value: &mut Value, warnings: &mut Vec<Problem>) {
     strip(value, "", UNIMPLEMENTED_APP, warnings);
+    if let Some(ingress) = value.get_mut("ingress") {
+        strip(ingress, "ingress", UNIMPLEMENTED_INGRESS, warnings);
+    }
     for list in ["services", "workers", "jobs", "databases"] {
         let Some(Value::Array(items)) = value.get_mut(list) else {
             continue;
@@ -213,6 +216,9 @@ fn strip_unimplemented(value: &mut Value, warnings: &mut Vec<Problem>) {
                 strip(item, &path, UNIMPLEMENTED_DATABASE, warnings);
             } else {
                 strip(item, &path, UNIMPLEMENTED_COMPONENT, warnings);
+            }
+            if list == "workers" || list == "jobs" {
+                strip(item, &path, SERVED_ONLY, warnings);
             }
             if let Some(image) = item.get_mut("image") {
                 strip(
@@ -350,34 +356,7 @@ fn validate(spec: &AppSpec) -> Vec<Problem> {
             check_image(&mut p, &format!("{path}.image"), img);
         }
     }
-    if let Some(ingress) = &spec.ingress {
-        for (i, rule) in ingress.rules.iter().enumerate() {
-            let path = format!("ingress.rules[{i}]");
-            match &rule.component {
-                Some(c) if spec.service(&c.name).is_none() => p.push(Problem::new(
-                    format!("{path}.component.name"),
-                    format!("\"{}\" is not a service of this app", c.name),
-                )),
-                None => p.push(Problem::new(
-                    format!("{path}.component"),
-                    "a rule must name the service it routes to",
-                )),
-                _ => {}
-            }
-            if let Some(prefix) = rule
-                .matcher
-                .as_ref()
-                .and_then(|m| m.path.as_ref())
-                .map(|p| &p.prefix)
-                && !prefix.starts_with('/')
-            {
-                p.push(Problem::new(
-                    format!("{path}.match.path.prefix"),
-                    format!("\"{prefix}\" must start with /"),
-                ));
-            }
-        }
-    }
+    crate::routing::check(spec, &mut p);
     p
 }
 

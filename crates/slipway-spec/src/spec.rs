@@ -24,6 +24,9 @@ pub struct AppSpec {
     pub envs: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Ingress>,
+    /// Hosts the app is served at besides `<app>.<base domain>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainSpec>,
 }
 
 /// What kind of component a name refers to.
@@ -128,6 +131,12 @@ component! {
         /// Slipway's extension: how the rollout replaces instances.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub rollout: Option<RolloutSpec>,
+        /// The paths routed to this service (App Platform's older form of `ingress.rules`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub routes: Vec<RouteSpec>,
+        /// The CORS policy of this service's `routes`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cors: Option<CorsPolicy>,
     }
 }
 
@@ -566,6 +575,7 @@ pub struct Ingress {
     pub rules: Vec<IngressRule>,
 }
 
+/// One rule of `ingress.rules`: requests it matches go to a service, or are redirected.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressRule {
@@ -573,6 +583,10 @@ pub struct IngressRule {
     pub matcher: Option<IngressMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<IngressComponent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -580,6 +594,112 @@ pub struct IngressRule {
 pub struct IngressMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<IngressPath>,
+    /// The host (without port) the rule is for; every host of the app when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<ExactMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactMatch {
+    pub exact: String,
+}
+
+/// Where a rule sends its requests instead of a service. What is not given is kept from the
+/// request, but the scheme, which is `https` unless given.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// The whole path and query to redirect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// The host (without port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// 300, 301, 302 (the default), 303, 304, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_code: Option<u16>,
+}
+
+/// The codes a redirect may answer with.
+pub const REDIRECT_CODES: [u16; 7] = [300, 301, 302, 303, 304, 307, 308];
+
+/// A Cross-Origin Resource Sharing policy: which origins may read answers, and what the
+/// ingress answers to their preflight requests.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsPolicy {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may keep a preflight's answer: a duration such as `24h`, `30m`,
+    /// `1h30m` or `600s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+}
+
+/// One of `exact`, `prefix` or `regex` (RE2 syntax, matching the whole string).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A path routed to a service, in App Platform's older form.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_path_prefix: Option<bool>,
+}
+
+/// A domain an app is served at.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSpec {
+    /// The host name, e.g. `shop.example.com`.
+    pub domain: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<DomainType>,
+    /// Whether every subdomain of `domain` is served too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wildcard: Option<bool>,
+    /// The DNS zone the domain is in (App Platform manages DNS records there; Slipway does
+    /// not manage DNS, and keeps the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `1.2` or `1.3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_tls_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DomainType {
+    #[default]
+    Unspecified,
+    Default,
+    Primary,
+    Alias,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

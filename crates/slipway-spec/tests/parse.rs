@@ -1,4 +1,4 @@
-use slipway_spec::{Amount, JobKind, SpecError, parse_spec};
+use slipway_spec::{Amount, DomainType, JobKind, SpecError, parse_spec};
 
 fn problems(text: &str) -> Vec<String> {
     match parse_spec(text) {
@@ -203,4 +203,153 @@ fn syntax_errors_and_non_objects_are_clear() {
         problems("name: shop\n"),
         ["an app needs at least one service, worker, job or database"]
     );
+}
+
+#[test]
+fn domains_rules_redirects_cors_and_routes_of_a_production_spec_are_kept() {
+    let parsed = parse_spec(
+        r#"
+name: shop
+domains:
+  - {domain: shop.example.com, type: PRIMARY, zone: example.com, minimum_tls_version: "1.3"}
+  - {domain: example.org, type: ALIAS, wildcard: true}
+services:
+  - name: web
+    image: {registry_type: DOCKER_HUB, repository: acme/web}
+  - name: api
+    image: {registry_type: DOCKER_HUB, repository: acme/api}
+ingress:
+  custom_error_page_url: https://example.com/oops.html
+  rules:
+    - match: {path: {prefix: /api}}
+      component: {name: api, rewrite: /v1}
+      cors:
+        allow_origins: [{exact: "https://shop.example.com"}, {prefix: "https://preview-"}, {regex: "https://[a-z]+\\.example\\.org"}]
+        allow_methods: [GET, POST]
+        allow_headers: [Content-Type, X-Request-Id]
+        expose_headers: [X-Trace]
+        max_age: 1h30m
+        allow_credentials: true
+    - match: {path: {prefix: /old}, authority: {exact: shop.example.com}}
+      redirect: {uri: /new, redirect_code: 308}
+    - match: {path: {prefix: /}}
+      component: {name: web, preserve_path_prefix: true}
+"#,
+    )
+    .unwrap();
+    let warned: Vec<&str> = parsed.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(warned, ["ingress.custom_error_page_url"]);
+    let spec = parsed.spec;
+    assert_eq!(spec.domains.len(), 2);
+    assert_eq!(spec.domains[0].kind, Some(DomainType::Primary));
+    assert_eq!(spec.domains[1].wildcard, Some(true));
+    let rules = &spec.ingress.as_ref().unwrap().rules;
+    let cors = rules[0].cors.as_ref().unwrap();
+    assert_eq!(cors.allow_origins.len(), 3);
+    assert_eq!(cors.max_age.as_deref(), Some("1h30m"));
+    let redirect = rules[1].redirect.as_ref().unwrap();
+    assert_eq!(redirect.redirect_code, Some(308));
+    assert_eq!(
+        rules[1]
+            .matcher
+            .as_ref()
+            .unwrap()
+            .authority
+            .as_ref()
+            .unwrap()
+            .exact,
+        "shop.example.com"
+    );
+    // Kept as given: the spec round-trips through JSON unchanged.
+    let again: slipway_spec::AppSpec =
+        serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+    assert_eq!(again, spec);
+
+    // The older form: routes and CORS on the services.
+    let parsed = parse_spec(
+        "name: shop\nservices:\n  - name: web\n    image: {repository: a}\n    routes: [{path: /}]\n  - name: api\n    image: {repository: a}\n    routes: [{path: /api, preserve_path_prefix: true}]\n    cors: {allow_origins: [{exact: \"https://a.example.com\"}]}\n",
+    )
+    .unwrap();
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    assert_eq!(
+        parsed.spec.services[1].routes[0].path.as_deref(),
+        Some("/api")
+    );
+}
+
+#[test]
+fn bad_domains_rules_redirects_cors_and_routes_name_their_paths() {
+    let problems = |yaml: &str| -> Vec<String> {
+        parse_spec(yaml)
+            .unwrap_err()
+            .problems()
+            .into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
+    };
+    let base = "name: shop\nservices:\n  - name: web\n    image: {repository: a}\n";
+    let found = problems(&format!(
+        "{base}domains:\n  - {{domain: Shop.Example.com}}\n  - {{domain: a.example.com, type: PRIMARY}}\n  - {{domain: a.example.com, type: PRIMARY, minimum_tls_version: \"1.1\"}}\n  - {{domain: b.example.com, zone: other.com}}\n"
+    ));
+    let expect = [
+        "domains[0].domain: \"Shop.Example.com\" must be a lower-case host name",
+        "domains[2].domain: \"a.example.com\" is domains[1] already",
+        "domains[2].type: only one domain may be PRIMARY, and domains[1] is",
+        "domains[2].minimum_tls_version: \"1.1\" must be \"1.2\" or \"1.3\"",
+        "domains[3].zone: \"other.com\" must be b.example.com or a domain it is under",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "{e} not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+
+    let found = problems(&format!(
+        "{base}ingress:\n  rules:\n    - {{match: {{path: {{prefix: /a}}}}, component: {{name: web}}, redirect: {{uri: /b}}}}\n    - {{match: {{path: {{prefix: /b}}}}, redirect: {{}}}}\n    - {{match: {{path: {{prefix: /c}}}}, redirect: {{uri: x, scheme: ftp, redirect_code: 305, authority: \"h.example.com:80\", port: 0}}}}\n    - {{match: {{path: {{prefix: /d}}, authority: {{exact: \"H.com\"}}}}, component: {{name: web, rewrite: v1, preserve_path_prefix: true}}}}\n    - {{match: {{path: {{prefix: /d}}, authority: {{exact: \"H.com\"}}}}, component: {{name: web}}}}\n    - {{match: {{path: {{prefix: /e}}}}, component: {{name: web}}, cors: {{allow_origins: [{{exact: a, prefix: b}}, {{regex: \"(\"}}], allow_methods: [\"GE T\"], max_age: \"5\"}}}}\n"
+    ));
+    let expect = [
+        "ingress.rules[0]: a rule either routes to a `component` or answers with a `redirect`, not both",
+        "ingress.rules[1].redirect: a redirect needs at least one of",
+        "ingress.rules[2].redirect.uri: \"x\" must be a path",
+        "ingress.rules[2].redirect.authority: \"h.example.com:80\" must be",
+        "ingress.rules[2].redirect.port: must be a port from 1 to 65535",
+        "ingress.rules[2].redirect.scheme: \"ftp\" must be \"http\" or \"https\"",
+        "ingress.rules[2].redirect.redirect_code: 305 must be one of",
+        "ingress.rules[3].component.rewrite: cannot be given with preserve_path_prefix: true",
+        "ingress.rules[3].component.rewrite: \"v1\" must start with /",
+        "ingress.rules[3].match.authority.exact: \"H.com\" must be",
+        "ingress.rules[4].match.authority.exact: \"H.com\" must be",
+        "ingress.rules[4].match: matches the same requests as ingress.rules[3]",
+        "ingress.rules[5].cors.allow_origins[0]: give exactly one of `exact`, `prefix` or `regex`",
+        "ingress.rules[5].cors.allow_origins[1].regex: \"(\" is not a valid regular expression",
+        "ingress.rules[5].cors.allow_methods[0]: \"GE T\" must be an HTTP method",
+        "ingress.rules[5].cors.max_age: \"5\" must be a duration",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "{e} not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+
+    let found = problems(
+        "name: shop\nservices:\n  - name: web\n    image: {repository: a}\n    routes: [{path: /}, {path: api}]\n  - name: api\n    image: {repository: a}\n    routes: [{path: /}]\ningress:\n  rules: [{component: {name: api}}]\n",
+    );
+    let expect = [
+        "services[0].routes: cannot be used with ingress.rules",
+        "services[0].routes[0].path: \"/\" is routed by ingress.rules[0] already",
+        "services[0].routes[1].path: \"api\" must start with /",
+        "services[1].routes: cannot be used with ingress.rules",
+        "services[1].routes[0].path: \"/\" is routed by ingress.rules[0] already",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "{e} not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
 }
