@@ -77,6 +77,9 @@ pub struct Hello {
     pub listen: SocketAddr,
     /// Where it serves `/healthz` and `/metrics`, when it does.
     pub admin: Option<SocketAddr>,
+    /// Where it serves HTTPS, when it does (absent from an older ingress's hello).
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
 }
 
 /// The routing table as it crosses the socket.

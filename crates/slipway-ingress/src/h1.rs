@@ -322,7 +322,7 @@ fn prepare(proxy: &Proxy, input: &[u8], client_ip: &str, out: &mut Vec<u8>) -> P
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let (pool, forwarded_path, app) = match proxy.ingress.route(host, path) {
+    let (pool, forwarded_path, app) = match proxy.ingress.route(host, path, false) {
         // A request its route's CORS policy may answer or add headers to.
         Ok(r) if origin && r.cors.is_some() => return Prepared::NotMine,
         Ok(r) => (r.pool, r.path, r.app),

@@ -57,9 +57,11 @@ mod probe;
 mod proxy;
 mod rules;
 mod table;
+mod tls;
 
 pub use admin::serve_admin;
 pub use metrics::LATENCY_BUCKETS;
 pub use pipe::PIPELINE_CONNECTIONS;
 pub use proxy::serve;
 pub use table::{Health, Ingress, IngressConfig};
+pub use tls::{CertificateError, Certificates, Loaded, names_and_expiry, serve_tls};

@@ -96,7 +96,7 @@ async fn checkout(
 }
 
 /// How long connections under way may take to finish after `shutdown` fires.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves the ingress on `listener` until `shutdown` fires, then lets the requests under way
 /// finish (for at most 30 s) and returns.
@@ -127,7 +127,11 @@ pub async fn serve(ingress: Arc<Ingress>, listener: TcpListener, shutdown: Cance
     } else {
         "http"
     });
-    let proxy = Arc::new(Proxy { ingress, scheme });
+    let proxy = Arc::new(Proxy {
+        ingress,
+        scheme,
+        tls: false,
+    });
     let count = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
     let (peers, inboxes): (Vec<Peer>, Vec<_>) = (0..count)
         .map(|_| {
@@ -638,7 +642,7 @@ struct Outcome {
 impl Proxy {
     /// Answers a request hyper read, and counts it for its app as the lean path does: once,
     /// when its answer's head is ready, with who gave it.
-    async fn handle(
+    pub(crate) async fn handle(
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
@@ -676,9 +680,11 @@ impl Proxy {
                 None => HeaderValue::from_static(""),
             },
         };
-        let routed = self
-            .ingress
-            .route(host.to_str().unwrap_or_default(), req.uri().path());
+        let routed = self.ingress.route(
+            host.to_str().unwrap_or_default(),
+            req.uri().path(),
+            self.tls,
+        );
         let (pool, forwarded_path, cors) = match routed {
             Ok(r) => {
                 outcome.app = Some(Arc::clone(&r.app));

@@ -23,6 +23,9 @@ pub(crate) struct Domain {
     /// Every subdomain of `name` too.
     #[serde(default)]
     pub wildcard: bool,
+    /// Its clients must speak TLS 1.3 (`minimum_tls_version: "1.3"`).
+    #[serde(default)]
+    pub tls13: bool,
 }
 
 impl From<&DomainSpec> for Domain {
@@ -30,6 +33,7 @@ impl From<&DomainSpec> for Domain {
         Domain {
             name: d.domain.to_ascii_lowercase(),
             wildcard: d.wildcard.unwrap_or(false),
+            tls13: d.minimum_tls_version.as_deref() == Some("1.3"),
         }
     }
 }

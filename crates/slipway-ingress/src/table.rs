@@ -358,6 +358,8 @@ pub struct Health {
 pub(crate) struct Proxy {
     pub(crate) ingress: Arc<Ingress>,
     pub(crate) scheme: http::HeaderValue,
+    /// Whether its clients reach it over TLS that the ingress terminates.
+    pub(crate) tls: bool,
 }
 
 /// The ingress's state: which app is served where, and its ready instances. Cheap to share.
@@ -373,6 +375,8 @@ pub struct Ingress {
     /// Where drains are sent on, when the requests are served by an ingress process: a drain
     /// returns once that process has drained the instance too.
     relay: OnceLock<tokio::sync::mpsc::UnboundedSender<RemoteDrain>>,
+    /// Where HTTPS is served, once it is.
+    https: OnceLock<crate::tls::Https>,
 }
 
 /// A drain for the ingress process, answered on `done` when it is over there.
@@ -394,6 +398,7 @@ impl Ingress {
             global: Global::default(),
             changes: tokio::sync::watch::Sender::new(0),
             relay: OnceLock::new(),
+            https: OnceLock::new(),
         })
     }
 
@@ -410,6 +415,21 @@ impl Ingress {
     /// Sends every drain on to `relay` too (once; later calls are ignored).
     pub(crate) fn set_relay(&self, relay: tokio::sync::mpsc::UnboundedSender<RemoteDrain>) {
         let _ = self.relay.set(relay);
+    }
+
+    /// Says that HTTPS is served on `port` with `certs` (once; later calls are ignored).
+    pub(crate) fn set_https(&self, port: u16, certs: Arc<crate::tls::Certificates>) {
+        let _ = self.https.set(crate::tls::Https { port, certs });
+    }
+
+    /// Whether `host` (lower-case, without port) is a domain whose clients must speak TLS 1.3.
+    pub(crate) fn requires_tls13(&self, host: &str) -> bool {
+        self.app_for_host(host).is_some_and(|app| {
+            app.domains.iter().any(|d| {
+                d.tls13
+                    && (d.name == host || (d.wildcard && host.ends_with(&format!(".{}", d.name))))
+            })
+        })
     }
 
     pub fn config(&self) -> &IngressConfig {
@@ -763,7 +783,8 @@ impl Ingress {
 
     /// Where a request for `host` (with its port or not) and `path` goes: the pool of the
     /// component its app's routes pick. When it has nowhere to go, the ingress's own answer.
-    pub(crate) fn route(&self, host: &str, path: &str) -> Result<Routed, Unrouted> {
+    /// Where a request for `path` on `host` goes; `secure` when it came over TLS.
+    pub(crate) fn route(&self, host: &str, path: &str, secure: bool) -> Result<Routed, Unrouted> {
         let host = without_port(host);
         let Some(app) = self.app_for_host(host) else {
             self.global
@@ -777,6 +798,27 @@ impl Ingress {
             });
         };
         let host = host.trim_end_matches('.').to_ascii_lowercase();
+        // A domain with a certificate is served over HTTPS only (but for ACME's challenges).
+        if !secure
+            && let Some(https) = self.https.get()
+            && !path.starts_with(crate::tls::ACME_CHALLENGE_PREFIX)
+            && app
+                .domains
+                .iter()
+                .any(|d| d.name == host || (d.wildcard && host.ends_with(&format!(".{}", d.name))))
+            && https.certs.covers(&host)
+        {
+            return Err(Unrouted {
+                status: StatusCode::PERMANENT_REDIRECT,
+                text: String::new(),
+                app: Some(Arc::clone(&app.metrics)),
+                redirect: Some(slipway_spec::RedirectSpec {
+                    scheme: Some("https".into()),
+                    port: (https.port != 443).then_some(https.port),
+                    ..slipway_spec::RedirectSpec::default()
+                }),
+            });
+        }
         let (route, forwarded_path) = match app.route(&host, path) {
             Some(Matched::Service(route, forwarded)) => (route, forwarded),
             Some(Matched::Redirect(redirect)) => {

@@ -60,6 +60,7 @@ async fn start_process(socket: &std::path::Path, listener: TcpListener) -> Proce
         pid: std::process::id(),
         listen: listener.local_addr().unwrap(),
         admin: None,
+        https: None,
     };
     use std::os::fd::AsFd;
     let handed = vec![listener.as_fd().try_clone_to_owned().unwrap()];

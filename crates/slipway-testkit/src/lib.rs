@@ -9,9 +9,11 @@
 //! - [`Traffic`] keeps clients sending requests while a test restarts or rebuilds an app;
 //! - [`LocalSwarm`] and [`Registry`]: a single-node swarm and a loopback registry.
 
+mod authority;
 mod swarm;
 mod traffic;
 
+pub use authority::Authority;
 pub use swarm::{LocalSwarm, Registry};
 pub use traffic::{Tally, Traffic};
 

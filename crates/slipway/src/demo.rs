@@ -73,6 +73,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // As in production: the ingress is a process of its own.
         ingress_process: crate::serve::IngressProcessArg::Auto,
         base_domain: "localhost".into(),
+        https: crate::ingress::HttpsArgs::default(),
         git_credentials: Vec::new(),
         git_ssh_keys: Vec::new(),
         git_ca_cert: None,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use slipway_ingress::control::{self, ControlServer, Hello};
-use slipway_ingress::{Ingress, IngressConfig};
+use slipway_ingress::{Certificates, Ingress, IngressConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +73,35 @@ pub(crate) struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..),
     )]
     pub max_connections: u32,
+    #[command(flatten)]
+    pub https: HttpsArgs,
+}
+
+/// How the ingress serves HTTPS for the apps' domains.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct HttpsArgs {
+    /// Where the apps' domains are served over HTTPS (`0.0.0.0:443` in production); off
+    /// unless given. Plain HTTP for a domain with a certificate is then redirected here.
+    #[arg(long, env = "SLIPWAY_HTTPS_LISTEN", value_name = "ADDR")]
+    pub https_listen: Option<SocketAddr>,
+    /// The certificates served: each subdirectory holds a `cert.pem` (the chain) and its
+    /// `key.pem` (mode 0600), served for the names the certificate names. Read again when
+    /// they change. Default `DATA_DIR/certs`.
+    #[arg(long, env = "SLIPWAY_CERTS_DIR", value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// Makes a self-signed certificate for a domain that has none in the certificates'
+    /// directory (for local use: browsers warn about them).
+    #[arg(long, env = "SLIPWAY_SELF_SIGNED_CERTS")]
+    pub self_signed_certs: bool,
+}
+
+impl HttpsArgs {
+    /// The certificates' directory for `data_dir`.
+    pub(crate) fn certs_dir(&self, data_dir: &Path) -> PathBuf {
+        self.certs_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("certs"))
+    }
 }
 
 pub(crate) async fn run(args: IngressArgs) -> anyhow::Result<()> {
@@ -174,6 +203,15 @@ fn detached(
     if let Some(admin) = run.admin_address {
         command.arg("--admin-address").arg(admin.to_string());
     }
+    if let Some(https) = run.https.https_listen {
+        command.arg("--https-listen").arg(https.to_string());
+    }
+    if let Some(dir) = &run.https.certs_dir {
+        command.arg("--certs-dir").arg(dir);
+    }
+    if run.https.self_signed_certs {
+        command.arg("--self-signed-certs");
+    }
     if !keep_notify_socket {
         // Started by the daemon, it is not the daemon's service's main process.
         command.env_remove("NOTIFY_SOCKET");
@@ -234,7 +272,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let taken = control::take_over(&socket)
         .await
         .context("taking over from the running ingress")?;
-    let (listener, admin) = match &taken {
+    let (listener, admin, https) = match &taken {
         Some(taken) => {
             tracing::info!(pid = taken.predecessor.pid, version = %taken.predecessor.version, listen = %taken.predecessor.listen, "taking the listening sockets over from the running ingress");
             let mut fds = taken.listeners.iter();
@@ -251,7 +289,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                     "--admin-address is ignored: the running ingress had none, and its sockets are kept"
                 );
             }
-            (listener, admin)
+            let https = match (taken.predecessor.https, fds.next()) {
+                (Some(_), Some(fd)) => Some(tcp_listener(fd.as_fd())?),
+                _ => None,
+            };
+            if args.https.https_listen.is_some() && https.is_none() {
+                tracing::warn!(
+                    "--https-listen is ignored: the running ingress served no HTTPS, and its sockets are kept"
+                );
+            }
+            (listener, admin, https)
         }
         None => {
             let listener = TcpListener::bind(args.listen)
@@ -268,11 +315,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            (listener, admin)
+            let https = match args.https.https_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on {addr} for HTTPS (--https-listen)")
+                })?),
+                None => None,
+            };
+            (listener, admin, https)
         }
     };
     let listen = listener.local_addr()?;
     let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    let https_addr = https.as_ref().map(TcpListener::local_addr).transpose()?;
     let ingress = Ingress::new(IngressConfig {
         base_domain: args.base_domain.clone(),
         public_port: Some(listen.port()),
@@ -287,6 +341,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     if let Some(admin) = &admin {
         handed.push(admin.as_fd().try_clone_to_owned()?);
     }
+    if let Some(https) = &https {
+        handed.push(https.as_fd().try_clone_to_owned()?);
+    }
     let stop = CancellationToken::new();
     let hello = Hello {
         protocol: control::PROTOCOL,
@@ -294,6 +351,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
         listen,
         admin: admin_addr,
+        https: https_addr,
     };
     // Serving first; then the control socket, which replaces a predecessor's.
     let proxy = tokio::spawn(slipway_ingress::serve(
@@ -301,6 +359,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         listener,
         stop.clone(),
     ));
+    let https_task = https.map(|listener| {
+        let certs = Certificates::new(
+            Some(args.https.certs_dir(&data_dir)),
+            args.https.self_signed_certs,
+        );
+        tokio::spawn(slipway_ingress::serve_tls(
+            Arc::clone(&ingress),
+            listener,
+            certs,
+            stop.clone(),
+        ))
+    });
     let admin_task = admin.map(|listener| {
         tokio::spawn(slipway_ingress::serve_admin(
             Arc::clone(&ingress),
@@ -327,7 +397,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("telling the running ingress that this one serves now")?;
     }
-    tracing::info!(%listen, admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), socket = %socket.display(), pid = std::process::id(), "the ingress is serving");
+    tracing::info!(%listen, admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), https = https_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), socket = %socket.display(), pid = std::process::id(), "the ingress is serving");
 
     tokio::select! {
         () = stop.cancelled() => {}
@@ -343,6 +413,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let _ = proxy.await;
     if let Some(admin) = admin_task {
         let _ = admin.await;
+    }
+    if let Some(https) = https_task {
+        let _ = https.await;
     }
     if !handed_over.is_cancelled() {
         remove_own_socket(&socket).await;

@@ -36,7 +36,7 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run the ingress as a process of its own, which keeps serving the apps while the daemon
     /// is down; or stop it, or ask who it is. `slipway serve` starts one when none runs.
-    Ingress(ingress::IngressArgs),
+    Ingress(Box<ingress::IngressArgs>),
     /// Deploy, restart and force-rebuild the example app on a throwaway daemon, then clean up.
     Demo(demo::DemoArgs),
     /// Manage apps and their deployments (like `doctl apps`).
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await.map(|()| Outcome::Ok),
-            Command::Ingress(args) => ingress::run(args).await.map(|()| Outcome::Ok),
+            Command::Ingress(args) => ingress::run(*args).await.map(|()| Outcome::Ok),
             Command::Demo(args) => demo::run(args).await.map(|()| Outcome::Ok),
             Command::Apps(cmd) => apps::run(cmd).await,
             Command::Tokens(cmd) => tokens::run(cmd).await.map(|()| Outcome::Ok),

@@ -45,6 +45,8 @@ pub(crate) struct ServeArgs {
     /// Apps are served at `<app name>.<base domain>`.
     #[arg(long, env = "SLIPWAY_BASE_DOMAIN", default_value = "localhost")]
     pub base_domain: String,
+    #[command(flatten)]
+    pub https: crate::ingress::HttpsArgs,
     /// `HOST[:PORT][/PATH-PREFIX]=FILE`: a token (in FILE) for private `https://` git
     /// remotes on HOST (its port 443 unless given), under PATH-PREFIX when given. Sent only
     /// over https:// to remotes the scope covers, after any redirect. Repeatable; in the
@@ -276,6 +278,8 @@ pub(crate) struct Daemon {
     pub ingress_addr: SocketAddr,
     /// Where the ingress's `/healthz` and `/metrics` are served, when they are.
     pub ingress_admin_addr: Option<SocketAddr>,
+    /// Where the ingress serves HTTPS, when it does.
+    pub https_addr: Option<SocketAddr>,
     pub token: String,
     pub data_dir: PathBuf,
     stop: CancellationToken,
@@ -295,6 +299,7 @@ enum IngressRun {
         stop: CancellationToken,
         task: JoinHandle<()>,
         admin: Option<JoinHandle<()>>,
+        https: Option<JoinHandle<()>>,
     },
     /// A process of its own, which outlives this one.
     Process { pid: u32, socket: PathBuf },
@@ -370,7 +375,9 @@ impl Daemon {
             .await
             .context("Slipway needs a Docker engine (is the Docker daemon running, and may this user use its socket?)")?;
         // The ingress: a process of its own (found or started), or listeners of this one's.
-        let (ingress_addr, ingress_admin_addr, embedded, process) = match args.ingress_process {
+        let (ingress_addr, ingress_admin_addr, https_addr, embedded, process) = match args
+            .ingress_process
+        {
             IngressProcessArg::Embedded => {
                 let ingress_listener =
                     TcpListener::bind(args.ingress).await.with_context(|| {
@@ -393,10 +400,21 @@ impl Daemon {
                     .as_ref()
                     .map(TcpListener::local_addr)
                     .transpose()?;
+                let https_listener = match args.https.https_listen {
+                    None => None,
+                    Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                        format!("cannot listen on {addr} for HTTPS (--https-listen)")
+                    })?),
+                };
+                let https_addr = https_listener
+                    .as_ref()
+                    .map(TcpListener::local_addr)
+                    .transpose()?;
                 (
                     ingress_addr,
                     admin_addr,
-                    Some((ingress_listener, admin_listener)),
+                    https_addr,
+                    Some((ingress_listener, admin_listener, https_listener)),
                     None,
                 )
             }
@@ -407,11 +425,23 @@ impl Daemon {
                     admin_address: args.ingress_admin_address,
                     base_domain: args.base_domain.clone(),
                     max_connections: args.ingress_max_connections,
+                    https: args.https.clone(),
                 };
                 let (hello, started) =
                     crate::ingress::ensure(&data_dir, &run, mode == IngressProcessArg::Auto)
                         .await?;
-                (hello.listen, hello.admin, None, Some((hello.pid, started)))
+                if args.https.https_listen.is_some() && hello.https.is_none() {
+                    tracing::warn!(
+                        "--https-listen is not served: the running ingress serves no HTTPS (`slipway ingress upgrade --https-listen ADDR` adds it)"
+                    );
+                }
+                (
+                    hello.listen,
+                    hello.admin,
+                    hello.https,
+                    None,
+                    Some((hello.pid, started)),
+                )
             }
         };
         let mut config = EngineConfig::new(&data_dir);
@@ -446,7 +476,7 @@ impl Daemon {
         }
         let engine = Engine::start(config, docker).await?;
         let ingress = match (embedded, process) {
-            (Some((listener, admin)), _) => {
+            (Some((listener, admin, https)), _) => {
                 let stop = CancellationToken::new();
                 let task = tokio::spawn(slipway_ingress::serve(
                     engine.ingress(),
@@ -460,7 +490,23 @@ impl Daemon {
                         stop.clone(),
                     ))
                 });
-                IngressRun::Embedded { stop, task, admin }
+                let https = https.map(|listener| {
+                    tokio::spawn(slipway_ingress::serve_tls(
+                        engine.ingress(),
+                        listener,
+                        slipway_ingress::Certificates::new(
+                            Some(args.https.certs_dir(&data_dir)),
+                            args.https.self_signed_certs,
+                        ),
+                        stop.clone(),
+                    ))
+                });
+                IngressRun::Embedded {
+                    stop,
+                    task,
+                    admin,
+                    https,
+                }
             }
             (None, Some((pid, started))) => {
                 started_ingress = started;
@@ -472,6 +518,10 @@ impl Daemon {
                         admin_address: ingress_admin_addr,
                         base_domain: args.base_domain.clone(),
                         max_connections: args.ingress_max_connections,
+                        https: crate::ingress::HttpsArgs {
+                            https_listen: https_addr,
+                            ..args.https.clone()
+                        },
                     };
                     tokio::spawn(crate::ingress::supervise(
                         data_dir.clone(),
@@ -511,6 +561,7 @@ impl Daemon {
             addr,
             ingress_addr,
             ingress_admin_addr,
+            https_addr,
             ingress,
             _supervision: supervision,
             token,
@@ -532,11 +583,19 @@ impl Daemon {
         self.engine.shutdown().await;
         match self.ingress {
             // The ingress goes last: it serves the apps until the engine has stopped.
-            IngressRun::Embedded { stop, task, admin } => {
+            IngressRun::Embedded {
+                stop,
+                task,
+                admin,
+                https,
+            } => {
                 stop.cancel();
                 let _ = task.await;
                 if let Some(admin) = admin {
                     let _ = admin.await;
+                }
+                if let Some(https) = https {
+                    let _ = https.await;
                 }
             }
             IngressRun::Process { pid, .. } => {
@@ -603,6 +662,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         url = %daemon.url(),
         ingress = %daemon.ingress_addr,
         ingress_admin = daemon.ingress_admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        https = daemon.https_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         data_dir = %daemon.data_dir.display(),
         "Slipway is serving; the API token is in {}",
         if args.token.is_some() { "SLIPWAY_TOKEN / --token".to_string() } else { daemon.data_dir.join("token").display().to_string() }

@@ -1,0 +1,280 @@
+//! HTTPS for the apps' domains over real TLS: certificates picked by SNI from a directory
+//! (exact and wildcard names, read again when they change), HTTP/2 by ALPN, plain HTTP
+//! redirected but for ACME's challenges, a domain that asks for TLS 1.3, and self-signed
+//! certificates for local use.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use slipway_ingress::{Certificates, Ingress, IngressConfig};
+use slipway_spec::parse_spec;
+use slipway_testkit::Authority;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A backend that answers its name, the path and the `x-forwarded-proto` it was given.
+async fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<_>| async move {
+                    let proto = req
+                        .headers()
+                        .get("x-forwarded-proto")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let text = format!("{name} {} {proto}", req.uri());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+const HOSTS: [&str; 6] = [
+    "shop.example.com",
+    "a.example.org",
+    "late.example.com",
+    "strict.example.com",
+    "loose.example.com",
+    "shop.localhost",
+];
+
+/// A client that trusts `ca` only (any certificate without one) and sends every test host to
+/// the ingress's address; each URL names the port, HTTP's or HTTPS's.
+fn client(ca: Option<&str>, ingress: SocketAddr) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10));
+    b = match ca {
+        Some(pem) => b
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
+        None => b.danger_accept_invalid_certs(true),
+    };
+    for h in HOSTS {
+        b = b.resolve(h, ingress);
+    }
+    b.build().unwrap()
+}
+
+struct Served {
+    ingress: Arc<Ingress>,
+    http: SocketAddr,
+    https: SocketAddr,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn serve(spec: &str, certs: Arc<Certificates>) -> Served {
+    let ingress = Ingress::new(IngressConfig::default());
+    ingress.set_app("app1", &parse_spec(spec).unwrap().spec);
+    ingress.add("app1", "web", "web-1", backend("web").await);
+    let stop = CancellationToken::new();
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, https) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
+    tokio::spawn(slipway_ingress::serve(
+        Arc::clone(&ingress),
+        plain,
+        stop.clone(),
+    ));
+    tokio::spawn(slipway_ingress::serve_tls(
+        Arc::clone(&ingress),
+        tls,
+        certs,
+        stop.clone(),
+    ));
+    // serve_tls says where HTTPS is before it accepts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Served {
+        ingress,
+        http,
+        https,
+        _stop: stop.drop_guard(),
+    }
+}
+
+const SPEC: &str = r#"
+name: shop
+domains:
+  - {domain: shop.example.com, type: PRIMARY}
+  - {domain: example.org, wildcard: true}
+  - {domain: late.example.com}
+  - {domain: strict.example.com, minimum_tls_version: "1.3"}
+  - {domain: loose.example.com}
+services:
+  - {name: web, image: {repository: a}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_are_served_over_https_with_the_certificates_of_the_directory() {
+    let ca = Authority::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "shop", &["shop.example.com"], 0o600)
+        .unwrap();
+    ca.issue(
+        dir.path(),
+        "org",
+        &["*.example.org", "strict.example.com"],
+        0o600,
+    )
+    .unwrap();
+    // A key others may read is refused, and its certificate not served.
+    ca.issue(dir.path(), "loose", &["loose.example.com"], 0o644)
+        .unwrap();
+    let certs = Certificates::new(Some(dir.path().to_path_buf()), false);
+    let problems = certs.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("must be readable by its owner only"),
+        "{}",
+        problems[0]
+    );
+    let s = serve(SPEC, Arc::clone(&certs)).await;
+    let http = client(Some(&ca.pem), s.http);
+    let https_url = |host: &str, path: &str| format!("https://{host}:{}{path}", s.https.port());
+    let http_url = |host: &str, path: &str| format!("http://{host}:{}{path}", s.http.port());
+
+    // By SNI, an exact name and a wildcard's; HTTP/2 by ALPN; the app hears it was HTTPS.
+    for host in ["shop.example.com", "a.example.org"] {
+        let r = http.get(https_url(host, "/x?y=1")).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2, "{host}");
+        assert_eq!(r.text().await.unwrap(), "web /x?y=1 https", "{host}");
+    }
+    // No certificate for the name: no handshake (and none is made up).
+    for host in ["late.example.com", "loose.example.com"] {
+        let e = http.get(https_url(host, "/")).send().await.unwrap_err();
+        assert!(e.is_connect(), "{host}: {e:?}");
+    }
+    // Plain HTTP for a domain with a certificate: redirected to HTTPS, the path kept; but an
+    // ACME challenge, a domain without a certificate, and the app's default host are served.
+    let r = http
+        .get(http_url("shop.example.com", "/cart?item=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        https_url("shop.example.com", "/cart?item=3").as_str()
+    );
+    for (host, path) in [
+        ("shop.example.com", "/.well-known/acme-challenge/token"),
+        ("late.example.com", "/"),
+        ("shop.localhost", "/"),
+    ] {
+        let r = http.get(http_url(host, path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{host}{path}");
+        assert_eq!(r.text().await.unwrap(), format!("web {path} http"));
+    }
+
+    // A certificate written to the directory is served once the table changes (or within
+    // seconds).
+    ca.issue(dir.path(), "late", &["late.example.com"], 0o600)
+        .unwrap();
+    s.ingress.set_app("app1", &parse_spec(SPEC).unwrap().spec);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match http.get(https_url("late.example.com", "/")).send().await {
+            Ok(r) => {
+                assert_eq!(r.text().await.unwrap(), "web / https");
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the new certificate is not served: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        certs
+            .loaded()
+            .iter()
+            .map(|l| l.names.join(","))
+            .collect::<Vec<_>>(),
+        [
+            "late.example.com",
+            "*.example.org,strict.example.com",
+            "shop.example.com"
+        ]
+    );
+
+    // A domain that asks for TLS 1.3 refuses TLS 1.2; the others take it.
+    let tls12 = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .max_tls_version(reqwest::tls::Version::TLS_1_2)
+        .resolve("strict.example.com", s.https)
+        .resolve("a.example.org", s.https)
+        .build()
+        .unwrap();
+    let port = s.https.port();
+    assert!(
+        tls12
+            .get(format!("https://strict.example.com:{port}/"))
+            .send()
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        tls12
+            .get(format!("https://a.example.org:{port}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(https_url("strict.example.com", "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_certificates_are_made_for_served_names_only() {
+    let certs = Certificates::new(None, true);
+    let s = serve(SPEC, certs).await;
+    let http = client(None, s.http);
+    let port = s.https.port();
+    let r = http
+        .get(format!("https://loose.example.com:{port}/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "web /a https");
+    let unknown = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("nope.example.net", s.https)
+        .build()
+        .unwrap();
+    let e = unknown
+        .get(format!("https://nope.example.net:{port}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.is_connect(),
+        "no certificate for a name no app is served at: {e:?}"
+    );
+}
