@@ -636,7 +636,15 @@ async fn containers_started_by_hand_from_an_apps_image_are_not_the_apps() {
     let after = containers(&env, &app.id).await;
     assert_eq!(after["web"].len(), 2, "{after:?}");
     assert!(after["web"].iter().all(|c| !before["web"].contains(c)));
-    let done = env.engine.reconcile(&app.id).await.unwrap().unwrap();
+    // The restart's task may still be ending (it holds the app's turn until then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        if let Some(done) = env.engine.reconcile(&app.id).await.unwrap() {
+            break done;
+        }
+        assert!(std::time::Instant::now() < deadline, "the restart never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!((done.started, done.removed), (0, 0));
     assert!(running(&debugging.0), "the hand-started container runs on");
     assert!(running(&older.0), "the one from an older image runs on");
