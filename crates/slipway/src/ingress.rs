@@ -280,18 +280,20 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 .next()
                 .context("no listening socket came from the running ingress")?;
             let listener = tcp_listener(listener.as_fd())?;
-            let admin = match (taken.predecessor.admin, fds.next()) {
-                (Some(_), Some(fd)) => Some(tcp_listener(fd.as_fd())?),
-                _ => None,
+            // The sockets come in this order: the apps', the admin server's when there was
+            // one, HTTPS's when it was served.
+            let admin = match taken.predecessor.admin.and_then(|_| fds.next()) {
+                Some(fd) => Some(tcp_listener(fd.as_fd())?),
+                None => None,
             };
             if args.admin_address.is_some() && admin.is_none() {
                 tracing::warn!(
                     "--admin-address is ignored: the running ingress had none, and its sockets are kept"
                 );
             }
-            let https = match (taken.predecessor.https, fds.next()) {
-                (Some(_), Some(fd)) => Some(tcp_listener(fd.as_fd())?),
-                _ => None,
+            let https = match taken.predecessor.https.and_then(|_| fds.next()) {
+                Some(fd) => Some(tcp_listener(fd.as_fd())?),
+                None => None,
             };
             if args.https.https_listen.is_some() && https.is_none() {
                 tracing::warn!(
