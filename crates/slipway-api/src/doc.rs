@@ -85,7 +85,9 @@ pub(crate) struct ProblemBody {
 
 /// `{"app": {...}}`: the app object has App Platform's fields (`id`, `spec`, `default_ingress`,
 /// `live_url`, `created_at`, `updated_at`, `active_deployment`, `in_progress_deployment`,
-/// `pending_deployment`, `last_deployment_created_at`).
+/// `pending_deployment`, `last_deployment_created_at`, and `domains[]`: each of the spec's
+/// domains with `id`, `spec`, `phase` (PENDING, CONFIGURING, ACTIVE, ERROR), `error` and
+/// `certificate_expires_at`).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct AppBody {

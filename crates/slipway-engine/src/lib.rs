@@ -45,8 +45,8 @@ use slipway_ingress::{Ingress, IngressConfig};
 use slipway_rollout::{DockerRuntime, Instance};
 use slipway_source::SourceCache;
 use slipway_spec::{
-    App, AppSpec, Cause, ComponentKind, Deployment, DeploymentKind, Phase, error_chain, labels,
-    new_id, now,
+    App, AppDomain, AppSpec, Cause, ComponentKind, Deployment, DeploymentKind, DomainPhase, Phase,
+    error_chain, labels, new_id, now,
 };
 use slipway_store::{AppRecord, Store};
 use tokio::sync::broadcast;
@@ -85,6 +85,8 @@ pub struct EngineConfig {
     /// routing table is sent there once it has converged after the start, and on every change;
     /// drains wait for that process too.
     pub ingress_socket: Option<std::path::PathBuf>,
+    /// Certificates for the apps' domains from an ACME server, when set.
+    pub acme: Option<slipway_acme::AcmeConfig>,
     /// How many of each component's most recent built images are kept (so that an older
     /// deployment can be deployed again); older ones are removed unless a container uses them.
     pub image_retention: usize,
@@ -124,6 +126,7 @@ impl EngineConfig {
             worker_min_ready: Duration::from_secs(1),
             ingress: IngressConfig::default(),
             ingress_socket: None,
+            acme: None,
             image_retention: 5,
             git_credentials: GitCredentials::default(),
             git_ca_cert: None,
@@ -206,6 +209,8 @@ struct Inner {
     /// Held while a spec is checked against the other apps' and stored, so that two apps
     /// never take the same domain at once.
     admission: tokio::sync::Mutex<()>,
+    /// The ACME client, when certificates come from an ACME server.
+    acme: Option<Arc<slipway_acme::Acme>>,
 }
 
 /// One app's turn-taking: one deployment runs at a time, in the order they were queued.
@@ -299,8 +304,13 @@ impl Engine {
             }
             None => None,
         };
+        let acme = config
+            .acme
+            .clone()
+            .map(|acme| slipway_acme::Acme::start(acme, shutdown.clone()));
         let engine = Engine {
             inner: Arc::new(Inner {
+                acme,
                 runtime: DockerRuntime::new(docker).with_publish(config.publish),
                 swarm,
                 ingress,
@@ -320,6 +330,7 @@ impl Engine {
         };
         engine.recover().await?;
         engine.restore_routes().await?;
+        engine.refresh_domains();
         if let Some(link) = link {
             if engine.inner.swarm.is_some() {
                 // On a swarm, running tasks join the table as their followers find them
@@ -604,6 +615,7 @@ impl Engine {
         };
         Ok(App {
             id: record.id.clone(),
+            domains: self.domains_view(&record.spec, active.as_ref()),
             spec: record.spec.clone(),
             default_ingress: url,
             live_url,
@@ -623,6 +635,51 @@ impl Engine {
             return Ok(());
         }
         slipway_spec::check_local_sources(spec).map_err(EngineError::InvalidSpec)
+    }
+
+    /// Tells the ACME client which domains the apps are served at now.
+    pub(crate) fn refresh_domains(&self) {
+        if let Some(acme) = &self.inner.acme {
+            acme.want(self.inner.ingress.domains());
+        }
+    }
+
+    /// The domains of an app's spec, each with where its certificate is, as App Platform
+    /// shows them: PENDING until a deployment serves it; then, with an ACME server, its
+    /// certificate's phase (CONFIGURING while one is obtained, ERROR with the server's words
+    /// when that failed); without one, ACTIVE (its certificate, if any, is the operator's).
+    fn domains_view(&self, spec: &AppSpec, active: Option<&Deployment>) -> Vec<AppDomain> {
+        spec.domains
+            .iter()
+            .map(|d| {
+                let served =
+                    active.is_some_and(|a| a.spec.domains.iter().any(|o| o.domain == d.domain));
+                let (phase, error, expires) = match (&self.inner.acme, served) {
+                    (_, false) => (DomainPhase::Pending, None, None),
+                    (None, true) => (DomainPhase::Active, None, None),
+                    (Some(acme), true) => match acme.state(&d.domain) {
+                        None => (DomainPhase::Pending, None, None),
+                        Some(s) => (
+                            match s.phase {
+                                slipway_acme::DomainPhase::Pending => DomainPhase::Pending,
+                                slipway_acme::DomainPhase::Configuring => DomainPhase::Configuring,
+                                slipway_acme::DomainPhase::Active => DomainPhase::Active,
+                                slipway_acme::DomainPhase::Error => DomainPhase::Error,
+                            },
+                            s.error,
+                            s.expires_at,
+                        ),
+                    },
+                };
+                AppDomain {
+                    id: d.domain.clone(),
+                    spec: d.clone(),
+                    phase,
+                    error,
+                    certificate_expires_at: expires.and_then(|t| jiff::Timestamp::try_from(t).ok()),
+                }
+            })
+            .collect()
     }
 
     /// Refuses a domain that is under the base domain (where apps are served by name) or
@@ -979,6 +1036,7 @@ impl Engine {
             self.inner.builder.remove_labelled(&filter).await?;
         }
         self.inner.ingress.remove_app(&record.id);
+        self.refresh_domains();
         self.inner.store.delete_app(&record.id).await?;
         self.inner
             .slots

@@ -364,6 +364,7 @@ impl drive::Steps for Arc<Run> {
             let d = self.snapshot().await;
             if active {
                 self.engine.inner.ingress.set_app(&d.app_id, &d.spec);
+                self.engine.refresh_domains();
             }
             // A failed deployment's image counts towards the retention as any other: the
             // images it pushed out of it go now, not at the next success.

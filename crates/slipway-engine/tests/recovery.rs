@@ -642,7 +642,10 @@ async fn containers_started_by_hand_from_an_apps_image_are_not_the_apps() {
         if let Some(done) = env.engine.reconcile(&app.id).await.unwrap() {
             break done;
         }
-        assert!(std::time::Instant::now() < deadline, "the restart never ended");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restart never ended"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((done.started, done.removed), (0, 0));

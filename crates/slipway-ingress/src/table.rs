@@ -38,6 +38,9 @@ pub struct IngressConfig {
     /// The most client connections open at once; beyond it, a new connection is closed as
     /// soon as it is accepted.
     pub max_connections: usize,
+    /// Where the answers to ACME's HTTP-01 challenges are (one file per token), served at
+    /// `/.well-known/acme-challenge/<token>` on plain HTTP for every host.
+    pub acme_challenges: Option<std::path::PathBuf>,
 }
 
 impl Default for IngressConfig {
@@ -52,6 +55,7 @@ impl Default for IngressConfig {
             pipeline_depth: 16,
             client_write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            acme_challenges: None,
         }
     }
 }
@@ -415,6 +419,16 @@ impl Ingress {
     /// Sends every drain on to `relay` too (once; later calls are ignored).
     pub(crate) fn set_relay(&self, relay: tokio::sync::mpsc::UnboundedSender<RemoteDrain>) {
         let _ = self.relay.set(relay);
+    }
+
+    /// The names of every app's domains (a wildcard domain's own name).
+    pub fn domains(&self) -> std::collections::BTreeSet<String> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .apps
+            .values()
+            .flat_map(|a| a.domains.iter().map(|d| d.name.clone()))
+            .collect()
     }
 
     /// Says that HTTPS is served on `port` with `certs` (once; later calls are ignored).
@@ -785,6 +799,9 @@ impl Ingress {
     /// component its app's routes pick. When it has nowhere to go, the ingress's own answer.
     /// Where a request for `path` on `host` goes; `secure` when it came over TLS.
     pub(crate) fn route(&self, host: &str, path: &str, secure: bool) -> Result<Routed, Unrouted> {
+        if let Some(answer) = self.acme_answer(path) {
+            return Err(answer);
+        }
         let host = without_port(host);
         let Some(app) = self.app_for_host(host) else {
             self.global
@@ -856,6 +873,29 @@ impl Ingress {
             path,
             cors: route.cors.clone(),
             app: Arc::clone(&app.metrics),
+        })
+    }
+
+    /// The answer to an ACME HTTP-01 challenge for `path`, when it is one the ACME client
+    /// is waiting on.
+    fn acme_answer(&self, path: &str) -> Option<Unrouted> {
+        let token = path.strip_prefix(crate::tls::ACME_CHALLENGE_PREFIX)?;
+        let dir = self.config.acme_challenges.as_ref()?;
+        // The base64url alphabet only: never a path out of the directory.
+        let valid = !token.is_empty()
+            && token.len() <= 256
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return None;
+        }
+        let text = std::fs::read_to_string(dir.join(token)).ok()?;
+        Some(Unrouted {
+            status: StatusCode::OK,
+            text,
+            app: None,
+            redirect: None,
         })
     }
 

@@ -115,6 +115,8 @@ impl Certificates {
         let mut pairs: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
+                // Hidden entries are the ACME client's work in progress.
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| e.path())
                 .filter(|p| p.is_dir())
                 .collect(),

@@ -31,8 +31,8 @@ pub use code::FailureCode;
 #[cfg(feature = "docker")]
 pub use code::docker_unreachable;
 pub use model::{
-    App, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentError, DeploymentKind,
-    Phase, Progress, Step, StepReason, StepStatus, new_id, now,
+    App, AppDomain, Cause, ComponentImage, Deployment, DeploymentComponent, DeploymentError,
+    DeploymentKind, DomainPhase, Phase, Progress, Step, StepReason, StepStatus, new_id, now,
 };
 pub use parse::{
     ALLOW_LOCAL_SOURCES_FLAG, ParsedSpec, Problem, SpecError, check_local_sources, component_kind,

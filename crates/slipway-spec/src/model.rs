@@ -479,11 +479,42 @@ impl Deployment {
     }
 }
 
+/// A domain of an app, as App Platform shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppDomain {
+    /// The domain's name.
+    pub id: String,
+    pub spec: crate::spec::DomainSpec,
+    pub phase: DomainPhase,
+    /// Why its certificate could not be obtained, with the ACME server's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires_at: Option<Timestamp>,
+}
+
+/// Where an app's domain is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DomainPhase {
+    Unknown,
+    /// Not served yet: a deployment of the spec that names it must become active.
+    Pending,
+    /// Served; its certificate is being obtained.
+    Configuring,
+    Active,
+    /// Its certificate could not be obtained (see `error`); it is tried again.
+    Error,
+}
+
 /// An app as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct App {
     pub id: String,
     pub spec: AppSpec,
+    /// Its spec's domains, each with where its certificate is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<AppDomain>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_ingress: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

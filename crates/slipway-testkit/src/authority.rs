@@ -32,9 +32,30 @@ impl Authority {
     /// Writes a certificate for `names` to `dir/<tag>/cert.pem` and its key to
     /// `dir/<tag>/key.pem` with `mode`, as the ingress reads them.
     pub fn issue(&self, dir: &Path, tag: &str, names: &[&str], mode: u32) -> std::io::Result<()> {
-        let params =
+        self.issue_with(dir, tag, names, mode, |_| {})
+    }
+
+    /// [`Authority::issue`] of a certificate that ended long ago (valid in 2020 only): one
+    /// an ACME client must replace.
+    pub fn issue_expired(&self, dir: &Path, tag: &str, names: &[&str]) -> std::io::Result<()> {
+        self.issue_with(dir, tag, names, 0o600, |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        dir: &Path,
+        tag: &str,
+        names: &[&str],
+        mode: u32,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> std::io::Result<()> {
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .map_err(std::io::Error::other)?;
+        edit(&mut params);
         let key = rcgen::KeyPair::generate().map_err(std::io::Error::other)?;
         let cert = params
             .signed_by(&key, &self.issuer)

@@ -10,10 +10,12 @@
 //! - [`LocalSwarm`] and [`Registry`]: a single-node swarm and a loopback registry.
 
 mod authority;
+mod pebble;
 mod swarm;
 mod traffic;
 
 pub use authority::Authority;
+pub use pebble::{Pebble, PebbleError};
 pub use swarm::{LocalSwarm, Registry};
 pub use traffic::{Tally, Traffic};
 

@@ -333,6 +333,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         base_domain: args.base_domain.clone(),
         public_port: Some(listen.port()),
         max_connections: args.max_connections as usize,
+        acme_challenges: Some(slipway_acme::challenges_dir(&data_dir)),
         ..IngressConfig::default()
     });
     if let Some(taken) = &taken {

@@ -47,6 +47,23 @@ pub(crate) struct ServeArgs {
     pub base_domain: String,
     #[command(flatten)]
     pub https: crate::ingress::HttpsArgs,
+    /// An ACME server's directory URL (Let's Encrypt:
+    /// `https://acme-v02.api.letsencrypt.org/directory`): every app's domains get certificates
+    /// from it (HTTP-01, answered by the ingress on its plain-HTTP port, which must be the
+    /// domains' port 80), renewed with a third of their lifetime left. Needs --https-listen.
+    #[arg(
+        long,
+        env = "SLIPWAY_ACME_DIRECTORY",
+        value_name = "URL",
+        requires = "https_listen"
+    )]
+    pub acme_directory: Option<String>,
+    /// The contact address of the ACME account.
+    #[arg(long, env = "SLIPWAY_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// A certificate authority (PEM) to trust for the ACME server's HTTPS, for a private one.
+    #[arg(long, env = "SLIPWAY_ACME_CA_CERT", value_name = "PATH")]
+    pub acme_ca_cert: Option<PathBuf>,
     /// `HOST[:PORT][/PATH-PREFIX]=FILE`: a token (in FILE) for private `https://` git
     /// remotes on HOST (its port 443 unless given), under PATH-PREFIX when given. Sent only
     /// over https:// to remotes the scope covers, after any redirect. Repeatable; in the
@@ -457,8 +474,19 @@ impl Daemon {
             public_port: Some(ingress_addr.port()),
             pipeline_depth: usize::from(args.ingress_pipeline_depth),
             max_connections: args.ingress_max_connections as usize,
+            acme_challenges: Some(slipway_acme::challenges_dir(&data_dir)),
             ..IngressConfig::default()
         };
+        config.acme = args.acme_directory.as_deref().map(|directory| {
+            let mut acme = slipway_acme::AcmeConfig::new(
+                directory,
+                &data_dir,
+                args.https.certs_dir(&data_dir),
+            );
+            acme.email = args.acme_email.clone();
+            acme.ca_cert = args.acme_ca_cert.clone();
+            acme
+        });
         config.swarm = match (args.runtime, &args.registry) {
             (RuntimeArg::Swarm, Some(registry)) if !registry.trim().is_empty() => {
                 Some(SwarmConfig::new(registry.trim()))

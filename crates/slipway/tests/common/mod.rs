@@ -79,16 +79,14 @@ impl Daemon {
 
     /// [`Daemon::spawn`] from another copy of the binary (an upgrade).
     pub fn spawn_from(&mut self, bin: &std::path::Path) {
-        let child = Command::new(bin)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--ingress",
-                "127.0.0.1:0",
-                "--allow-local-sources",
-                "--data-dir",
-            ])
+        let mut command = Command::new(bin);
+        command.args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)]);
+        // Any free port for the ingress, unless the test gives one.
+        if !self.extra.iter().any(|a| a == "--ingress") {
+            command.args(["--ingress", "127.0.0.1:0"]);
+        }
+        let child = command
+            .args(["--allow-local-sources", "--data-dir"])
             .arg(self.data.path())
             .args(&self.extra)
             .env_remove("SLIPWAY_TOKEN")
