@@ -428,6 +428,7 @@ async function renderApp(signal, appId) {
   let data = await loadApp(appId, signal);
   const app = data.app;
   const notice = h("div", { id: "in-progress" });
+  const domains = h("div", { id: "domains-card" });
   const components = h("div", { id: "components" });
   const deployments = h("div", { id: "deployments" });
   let shown = "";
@@ -437,6 +438,7 @@ async function renderApp(signal, appId) {
     if (now === shown) return;
     shown = now;
     fill(notice, inProgressNotice(d.app));
+    fill(domains, domainsView(d.app));
     fill(components, componentsView(d.inst));
     fill(deployments, deploymentsView(d.app, d.deployments, d.total));
   };
@@ -466,6 +468,7 @@ async function renderApp(signal, appId) {
       signal,
       head,
       notice,
+      domains,
       h("section", { class: "card", "aria-labelledby": "components-title" }, h("h2", { id: "components-title" }, "Components"), components),
       h("section", { class: "card", "aria-labelledby": "deployments-title" }, h("h2", { id: "deployments-title" }, "Deployments"), deployments),
     )
@@ -491,6 +494,40 @@ async function renderApp(signal, appId) {
     clearInterval(poll);
     clearTimeout(timer);
   });
+}
+
+/** The app's domains, each with where its certificate is (and why not, when it failed). */
+function domainsView(app) {
+  const domains = app.domains || [];
+  if (!domains.length) return "";
+  return h(
+    "section",
+    { class: "card", "aria-labelledby": "domains-title" },
+    h("h2", { id: "domains-title" }, "Domains"),
+    h(
+      "table",
+      { id: "domains" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Domain"), h("th", {}, "Type"), h("th", {}, "Certificate"), h("th", {}, ""))),
+      h(
+        "tbody",
+        {},
+        domains.map((d) =>
+          h(
+            "tr",
+            { "data-domain": d.id },
+            h("td", { class: "mono" }, d.spec.wildcard ? `${d.id} (and its subdomains)` : d.id),
+            h("td", {}, d.spec.type || "ALIAS"),
+            h("td", {}, phaseBadge(d.phase)),
+            h(
+              "td",
+              { class: d.error ? "error-text" : "muted" },
+              d.error || (d.certificate_expires_at ? `expires ${fmtTime(d.certificate_expires_at)}` : d.phase === "PENDING" ? "served once a deployment of this spec is active" : ""),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
 }
 
 function inProgressNotice(app) {

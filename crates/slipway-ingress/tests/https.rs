@@ -81,9 +81,14 @@ struct Served {
 }
 
 async fn serve(spec: &str, certs: Arc<Certificates>) -> Served {
+    serve_with(spec, certs, backend("web").await).await
+}
+
+/// [`serve`] with `web-1` at `web`.
+async fn serve_with(spec: &str, certs: Arc<Certificates>, web: SocketAddr) -> Served {
     let ingress = Ingress::new(IngressConfig::default());
     ingress.set_app("app1", &parse_spec(spec).unwrap().spec);
-    ingress.add("app1", "web", "web-1", backend("web").await);
+    ingress.add("app1", "web", "web-1", web);
     let stop = CancellationToken::new();
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -277,4 +282,177 @@ async fn self_signed_certificates_are_made_for_served_names_only() {
         e.is_connect(),
         "no certificate for a name no app is served at: {e:?}"
     );
+}
+
+/// A backend that echoes every byte after an upgrade, answers `/events` with five
+/// Server-Sent Events 200 ms apart, and anything else with its name.
+async fn streaming_backend(name: &'static str) -> SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: Request<hyper::body::Incoming>| async move {
+                        if req.headers().contains_key(hyper::header::UPGRADE) {
+                            let upgraded = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                if let Ok(up) = upgraded.await {
+                                    let mut io = TokioIo::new(up);
+                                    let mut buf = [0u8; 64];
+                                    while let Ok(n) = io.read(&mut buf).await {
+                                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            });
+                            let r = Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "websocket")
+                                .body(Full::new(Bytes::new()).boxed())
+                                .unwrap();
+                            return Ok::<_, Infallible>(r);
+                        }
+                        if req.uri().path() == "/events" {
+                            let events = futures::stream::unfold(0u32, move |n| async move {
+                                if n == 5 {
+                                    return None;
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let event = format!("data: {name} {n}\n\n");
+                                Some((
+                                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(
+                                        event,
+                                    ))),
+                                    n + 1,
+                                ))
+                            });
+                            let r = Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(http_body_util::StreamBody::new(events).boxed())
+                                .unwrap();
+                            return Ok(r);
+                        }
+                        Ok(Response::new(Full::new(Bytes::from(name)).boxed()))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_and_event_streams_pass_through_https_and_outlive_their_instances_drain() {
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Authority::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "shop", &["shop.example.com"], 0o600)
+        .unwrap();
+    let certs = Certificates::new(Some(dir.path().to_path_buf()), false);
+    let s = serve_with(SPEC, certs, streaming_backend("web-1").await).await;
+
+    // A WebSocket-style upgrade over TLS (ALPN http/1.1), and an event stream.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shop.example.com").unwrap();
+    let mut ws = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    ws.write_all(b"GET /chat HTTP/1.1\r\nhost: shop.example.com\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        ws.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    echo(&mut ws, b"before").await;
+    let http = client(Some(&ca.pem), s.http);
+    let events = http
+        .get(format!(
+            "https://shop.example.com:{}/events",
+            s.https.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut events = events.bytes_stream();
+
+    // A rolling restart: a new instance joins, the old one drains. Both streams go on, new
+    // requests go to the new one, and the drain waits for the upgraded connection.
+    s.ingress
+        .add("app1", "web", "web-2", streaming_backend("web-2").await);
+    let drain = {
+        let ingress = Arc::clone(&s.ingress);
+        tokio::spawn(async move {
+            ingress
+                .drain("app1", "web", "web-1", Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen = String::new();
+    while let Some(chunk) = events.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert_eq!(
+        seen,
+        "data: web-1 0\n\ndata: web-1 1\n\ndata: web-1 2\n\ndata: web-1 3\n\ndata: web-1 4\n\n",
+        "every event of the draining instance arrived"
+    );
+    let fresh = http
+        .get(format!("https://shop.example.com:{}/", s.https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.text().await.unwrap(), "web-2");
+    echo(&mut ws, b"during the drain").await;
+    assert!(
+        !drain.is_finished(),
+        "the drain waits for the upgraded connection"
+    );
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .expect("the drain ends once the connection closed")
+        .unwrap();
+}
+
+/// Writes `word` on an upgraded connection and reads its echo.
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S, word: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(word).await.unwrap();
+    let mut back = vec![0u8; word.len()];
+    io.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, word);
 }

@@ -312,7 +312,7 @@ fn write_spec(dir: &Path, name: &str, repo: &HelloRepo) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "name: {name}\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    instance_count: 2\n    health_check: {{http_path: /healthz, period_seconds: 0.2}}\nworkers:\n  - name: worker\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    envs: [{{key: ROLE, value: worker}}]\n    rollout: {{min_ready_seconds: 0.2}}\njobs:\n  - name: migrate\n    kind: PRE_DEPLOY\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    envs: [{{key: ROLE, value: job}}]\n",
+            "name: {name}\ndomains: [{{domain: {name}.example.com, type: PRIMARY}}]\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    instance_count: 2\n    health_check: {{http_path: /healthz, period_seconds: 0.2}}\nworkers:\n  - name: worker\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    envs: [{{key: ROLE, value: worker}}]\n    rollout: {{min_ready_seconds: 0.2}}\njobs:\n  - name: migrate\n    kind: PRE_DEPLOY\n    git: {{repo_clone_url: \"{url}\", branch: main}}\n    envs: [{{key: ROLE, value: job}}]\n",
             url = repo.url()
         ),
     )
@@ -451,6 +451,12 @@ async fn walk_through(c: Client, daemon: Arc<Daemon>, repo: Arc<HelloRepo>, app:
     assert_eq!(
         count(&c, "[data-component=web] li[data-state=running]").await,
         2
+    );
+    // Its domain, served by the active deployment (certificates are the operator's here).
+    let domain = wait_text(&c, "#domains", minute, "domains", |t| t.contains("ACTIVE")).await;
+    assert!(
+        domain.contains(".example.com") && domain.contains("PRIMARY"),
+        "{domain}"
     );
     screenshot(&c, "04-app").await;
 
