@@ -9,6 +9,11 @@
 //! tried again later, each time after twice as long (from 30 s to an hour); the other domains
 //! are not held up by it.
 //!
+//! With [`Challenge::TlsAlpn01`] (for a host whose port 80 is closed), the challenge is
+//! answered on the HTTPS port instead (RFC 8737): the digest of the key authorization is
+//! written to `tls-alpn-01/<domain>` in the challenges directory, and the ingress answers a
+//! handshake that asks for `acme-tls/1` with a certificate that carries it.
+//!
 //! A certificate directory is replaced whole: the new one is written beside it and a symbolic
 //! link is switched to it, so that the ingress never reads a new certificate with an old key.
 //!
@@ -48,6 +53,33 @@ pub struct AcmeConfig {
     pub retry_max: Duration,
     /// How often the certificates are checked for renewal.
     pub check_every: Duration,
+    /// How the server is shown that this host serves the domain.
+    pub challenge: Challenge,
+}
+
+/// The ACME challenge answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Challenge {
+    /// A file served over plain HTTP, on the domain's port 80.
+    #[default]
+    Http01,
+    /// A certificate shown in a TLS handshake on the domain's port 443.
+    TlsAlpn01,
+}
+
+impl Challenge {
+    fn kind(self) -> (ChallengeType, &'static str) {
+        match self {
+            Challenge::Http01 => (ChallengeType::Http01, "HTTP-01"),
+            Challenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "TLS-ALPN-01"),
+        }
+    }
+}
+
+/// The file in the challenges directory that holds `domain`'s TLS-ALPN-01 answer (the
+/// hex-encoded SHA-256 digest of the key authorization).
+pub fn tls_alpn_answer(challenges_dir: &Path, domain: &str) -> PathBuf {
+    challenges_dir.join("tls-alpn-01").join(domain)
 }
 
 impl AcmeConfig {
@@ -63,6 +95,7 @@ impl AcmeConfig {
             retry_min: Duration::from_secs(30),
             retry_max: Duration::from_secs(3600),
             check_every: Duration::from_secs(3600),
+            challenge: Challenge::Http01,
         }
     }
 }
@@ -86,8 +119,8 @@ pub fn is_token(token: &str) -> bool {
 pub enum AcmeError {
     #[error("the ACME server refused: {0}")]
     Acme(#[from] instant_acme::Error),
-    #[error("the ACME server offers no HTTP-01 challenge for {0}")]
-    NoHttp01(String),
+    #[error("the ACME server offers no {kind} challenge for {domain}")]
+    NoChallenge { kind: &'static str, domain: String },
     #[error("the ACME server gave a challenge token that is not base64url: {0:?}")]
     BadToken(String),
     #[error("the ACME server did not validate {domain}: {reason}")]
@@ -359,16 +392,16 @@ impl Acme {
         let mut order = account
             .new_order(&NewOrder::new(&[Identifier::Dns(domain.to_string())]))
             .await?;
-        let mut tokens = Vec::new();
+        let mut answers = Vec::new();
         let answered = self
-            .answer_challenges(&mut order, domain, &mut tokens)
+            .answer_challenges(&mut order, domain, &mut answers)
             .await;
         let result = match answered {
             Ok(()) => self.finish(&mut order, domain).await,
             Err(e) => Err(e),
         };
-        for token in tokens {
-            let _ = std::fs::remove_file(self.config.challenges_dir.join(token));
+        for answer in answers {
+            let _ = std::fs::remove_file(answer);
         }
         result
     }
@@ -377,8 +410,9 @@ impl Acme {
         &self,
         order: &mut instant_acme::Order,
         domain: &str,
-        tokens: &mut Vec<String>,
+        answers: &mut Vec<PathBuf>,
     ) -> Result<(), AcmeError> {
+        let (kind, name) = self.config.challenge.kind();
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz?;
@@ -392,16 +426,36 @@ impl Acme {
                     });
                 }
             }
-            let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| AcmeError::NoHttp01(domain.to_string()))?;
-            if !is_token(&challenge.token) {
-                return Err(AcmeError::BadToken(challenge.token.clone()));
-            }
+            let mut challenge =
+                authz
+                    .challenge(kind.clone())
+                    .ok_or_else(|| AcmeError::NoChallenge {
+                        kind: name,
+                        domain: domain.to_string(),
+                    })?;
             let answer = challenge.key_authorization();
-            let path = self.config.challenges_dir.join(&challenge.token);
-            write_private_mode(&path, answer.as_str().as_bytes(), 0o644)?;
-            tokens.push(challenge.token.clone());
+            let path = match self.config.challenge {
+                Challenge::Http01 => {
+                    if !is_token(&challenge.token) {
+                        return Err(AcmeError::BadToken(challenge.token.clone()));
+                    }
+                    let path = self.config.challenges_dir.join(&challenge.token);
+                    write_private_mode(&path, answer.as_str().as_bytes(), 0o644)?;
+                    path
+                }
+                Challenge::TlsAlpn01 => {
+                    let path = tls_alpn_answer(&self.config.challenges_dir, domain);
+                    let hex: String = answer
+                        .digest()
+                        .as_ref()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    write_private_mode(&path, hex.as_bytes(), 0o644)?;
+                    path
+                }
+            };
+            answers.push(path);
             challenge.set_ready().await?;
         }
         Ok(())
@@ -418,8 +472,9 @@ impl Acme {
             // The server's reason is on the challenge.
             let mut reason = format!("the order is {status:?}");
             let mut authorizations = order.authorizations();
+            let (kind, _) = self.config.challenge.kind();
             while let Some(Ok(mut authz)) = authorizations.next().await {
-                if let Some(challenge) = authz.challenge(ChallengeType::Http01)
+                if let Some(challenge) = authz.challenge(kind.clone())
                     && let Some(problem) = &challenge.error
                 {
                     reason = problem.to_string();

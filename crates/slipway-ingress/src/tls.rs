@@ -327,6 +327,53 @@ fn mint(name: &str) -> Result<CertifiedKey, String> {
     ))
 }
 
+/// The ALPN protocol of ACME's TLS-ALPN-01 validations (RFC 8737).
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The TLS settings that answer a TLS-ALPN-01 validation for `name`: a self-signed certificate
+/// for it with the `acmeIdentifier` extension carrying the digest the ACME client wrote to
+/// `tls-alpn-01/<name>` in the challenges directory.
+fn acme_answer(ingress: &Ingress, name: &str) -> Option<Arc<rustls::ServerConfig>> {
+    let dir = ingress.config.acme_challenges.as_ref()?;
+    // A host name only: never a path out of the directory.
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return None;
+    }
+    let hex = std::fs::read_to_string(dir.join("tls-alpn-01").join(name)).ok()?;
+    let hex = hex.trim();
+    let digest: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    if digest.len() != 32 {
+        return None;
+    }
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).ok()?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(&digest));
+    let key = rcgen::KeyPair::generate().ok()?;
+    let cert = params.self_signed(&key).ok()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .ok()?
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        PrivateKeyDer::try_from(key.serialize_der()).ok()?,
+    )
+    .ok()?;
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    Some(Arc::new(config))
+}
+
 /// Picks a connection's certificate by its SNI name, among the names the ingress serves.
 #[derive(Debug)]
 struct Resolver {
@@ -435,10 +482,24 @@ pub async fn serve_tls(
                     stream,
                 )
                 .await?;
-                let name = start
-                    .client_hello()
-                    .server_name()
-                    .map(str::to_ascii_lowercase);
+                let hello = start.client_hello();
+                let name = hello.server_name().map(str::to_ascii_lowercase);
+                let acme = hello
+                    .alpn()
+                    .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+                if acme {
+                    // An ACME server's TLS-ALPN-01 validation: the answer, and nothing else.
+                    let config = name
+                        .as_deref()
+                        .and_then(|n| acme_answer(&proxy.ingress, n))
+                        .ok_or_else(|| {
+                            std::io::Error::other("no TLS-ALPN-01 answer for this name")
+                        })?;
+                    let _ = start.into_stream(config).await?;
+                    return Err(std::io::Error::other(
+                        "a TLS-ALPN-01 validation was answered",
+                    ));
+                }
                 let config = match name {
                     Some(n) if proxy.ingress.requires_tls13(&n) => tls13,
                     _ => any,

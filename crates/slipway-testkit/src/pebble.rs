@@ -60,6 +60,12 @@ impl Pebble {
     /// Starts pebble, validating HTTP-01 challenges on `http_port` of 127.0.0.1 (the
     /// ingress's plain-HTTP port).
     pub fn start(http_port: u16) -> Result<Pebble, PebbleError> {
+        Pebble::start_with(http_port, free_port())
+    }
+
+    /// [`Pebble::start`], validating TLS-ALPN-01 challenges on `tls_port` (the ingress's
+    /// HTTPS port).
+    pub fn start_with(http_port: u16, tls_port: u16) -> Result<Pebble, PebbleError> {
         if !Pebble::installed() {
             return Err(PebbleError::Missing("pebble"));
         }
@@ -84,7 +90,12 @@ impl Pebble {
         write(&ca_cert, &authority.pem)?;
         let (listen, management, dns, dns_management) =
             (free_port(), free_port(), free_port(), free_port());
-        let config = config_json(listen, management, http_port, &dir.path().join("server"));
+        let config = config_json(
+            listen,
+            management,
+            (http_port, tls_port),
+            &dir.path().join("server"),
+        );
         let config_path = dir.path().join("pebble.json");
         write(&config_path, &config)?;
         let mut children = Vec::new();
@@ -196,7 +207,12 @@ impl Drop for Pebble {
     }
 }
 
-fn config_json(listen: u16, management: u16, http_port: u16, tls: &std::path::Path) -> String {
+fn config_json(
+    listen: u16,
+    management: u16,
+    (http_port, tls_port): (u16, u16),
+    tls: &std::path::Path,
+) -> String {
     serde_json::json!({
         "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
@@ -204,7 +220,7 @@ fn config_json(listen: u16, management: u16, http_port: u16, tls: &std::path::Pa
             "certificate": tls.join("cert.pem"),
             "privateKey": tls.join("key.pem"),
             "httpPort": http_port,
-            "tlsPort": free_port(),
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false
         }

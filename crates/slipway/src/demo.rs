@@ -77,6 +77,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         acme_directory: None,
         acme_email: None,
         acme_ca_cert: None,
+        acme_challenge: crate::serve::AcmeChallengeArg::Http01,
         git_credentials: Vec::new(),
         git_ssh_keys: Vec::new(),
         git_ca_cert: None,

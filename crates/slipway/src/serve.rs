@@ -64,6 +64,11 @@ pub(crate) struct ServeArgs {
     /// A certificate authority (PEM) to trust for the ACME server's HTTPS, for a private one.
     #[arg(long, env = "SLIPWAY_ACME_CA_CERT", value_name = "PATH")]
     pub acme_ca_cert: Option<PathBuf>,
+    /// How the ACME server is shown that this host serves a domain: `http-01`, a file on the
+    /// plain-HTTP port (the domains' port 80); or `tls-alpn-01`, a certificate in a handshake
+    /// on the HTTPS port (port 443), for a host whose port 80 is closed.
+    #[arg(long, env = "SLIPWAY_ACME_CHALLENGE", value_enum, default_value_t = AcmeChallengeArg::Http01)]
+    pub acme_challenge: AcmeChallengeArg,
     /// `HOST[:PORT][/PATH-PREFIX]=FILE`: a token (in FILE) for private `https://` git
     /// remotes on HOST (its port 443 unless given), under PATH-PREFIX when given. Sent only
     /// over https:// to remotes the scope covers, after any redirect. Repeatable; in the
@@ -287,6 +292,15 @@ fn split_scoped<'a>(value: &'a str, flag: &str, form: &str) -> anyhow::Result<(&
     }
 }
 
+/// `--acme-challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AcmeChallengeArg {
+    #[value(name = "http-01")]
+    Http01,
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
 /// A running daemon: the engine and the API server.
 #[derive(Debug)]
 pub(crate) struct Daemon {
@@ -485,6 +499,10 @@ impl Daemon {
             );
             acme.email = args.acme_email.clone();
             acme.ca_cert = args.acme_ca_cert.clone();
+            acme.challenge = match args.acme_challenge {
+                AcmeChallengeArg::Http01 => slipway_acme::Challenge::Http01,
+                AcmeChallengeArg::TlsAlpn01 => slipway_acme::Challenge::TlsAlpn01,
+            };
             acme
         });
         config.swarm = match (args.runtime, &args.registry) {

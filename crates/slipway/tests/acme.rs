@@ -144,3 +144,72 @@ fn domains_get_certificates_from_an_acme_server_and_a_refused_one_says_why() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn a_domain_gets_its_certificate_through_the_https_port_alone_with_tls_alpn_01() {
+    if !docker_ready() || !Pebble::installed() {
+        assert!(
+            std::env::var_os("CI").is_none() || !docker_ready(),
+            "pebble is not installed (apt-get install pebble)"
+        );
+        return;
+    }
+    let (http_port, https_port) = (free_port(), free_port());
+    // Pebble validates on the HTTPS port only: nothing it asks goes to plain HTTP.
+    let pebble = Pebble::start_with(free_port(), https_port).unwrap();
+    let (ingress, https) = (
+        format!("127.0.0.1:{http_port}"),
+        format!("127.0.0.1:{https_port}"),
+    );
+    let daemon = Daemon::start(
+        "alpn",
+        &[
+            "--ingress",
+            &ingress,
+            "--https-listen",
+            &https,
+            "--acme-directory",
+            &pebble.directory,
+            "--acme-ca-cert",
+            pebble.ca_cert.to_str().unwrap(),
+            "--acme-challenge",
+            "tls-alpn-01",
+        ],
+    );
+    let name = unique("alpn");
+    let domain = format!("{name}.example.org");
+    let repo = HelloRepo::new("v1").unwrap();
+    let spec = format!(
+        "name: {name}\ndomains: [{{domain: {domain}}}]\nservices:\n  - name: web\n    git: {{repo_clone_url: \"{}\", branch: main}}\n",
+        repo.url()
+    );
+    let spec = slipway_spec::parse_document(&spec).unwrap();
+    let v = daemon.api("POST", "/v2/apps", Some(serde_json::json!({"spec": spec})));
+    let id = v["app"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let app = daemon.api("GET", &format!("/v2/apps/{id}"), None)["app"].clone();
+        match app["domains"][0]["phase"].as_str() {
+            Some("ACTIVE") => break,
+            Some("ERROR") => panic!("{}", app["domains"]),
+            _ => assert!(Instant::now() < deadline, "{}", app["domains"]),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pebble.root().as_bytes()).unwrap())
+        .resolve(&domain, https.parse().unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        match client.get(format!("https://{domain}:{https_port}/")).send() {
+            Ok(r) => break r.text().unwrap(),
+            Err(e) => assert!(Instant::now() < deadline, "{e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.starts_with("hello from v1"), "{body}");
+}
