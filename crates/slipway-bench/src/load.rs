@@ -1,6 +1,6 @@
 //! A closed-loop HTTP load generator: `connections` clients, each on its own kept-alive
-//! HTTP/1.1 connection, sending `GET <path>` one after another and recording every request's
-//! latency and outcome.
+//! HTTP/1.1 connection (or a new one for every request), over plain TCP or TLS, sending
+//! `GET <path>` one after another and recording every request's latency and outcome.
 //!
 //! It runs on a runtime of its own (its own threads), so that it does not share a scheduler
 //! with the proxy it measures. Requests that begin during the first `warm_up` (while the
@@ -28,12 +28,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many distinct failure messages are kept as examples.
 const KEPT_ERRORS: usize = 5;
 
-/// Where the load goes: an address on this machine and the `Host` header to send.
+/// Where the load goes: an address on this machine and the `Host` header to send, over TLS
+/// when `tls` is set.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    pub tls: Option<Tls>,
+}
+
+/// How a client speaks TLS: its settings (which hold its session cache, shared by every
+/// connection of the load) and the server name it asks for.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 impl Target {
@@ -48,7 +58,14 @@ impl Target {
             addr,
             host: host.to_string(),
             path: "/".into(),
+            tls: None,
         }
+    }
+
+    /// The same target over TLS.
+    pub fn over(mut self, tls: Tls) -> Target {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -65,6 +82,9 @@ pub struct LoadSpec {
     /// scheduled time, or at once when the previous one ended late); as fast as the answers
     /// come when `None`.
     pub rate_per_connection: Option<f64>,
+    /// A new connection for every request (its connect and handshake counted in its
+    /// latency), instead of one kept alive.
+    pub reconnect: bool,
 }
 
 /// What a load measured.
@@ -77,6 +97,9 @@ pub struct LoadReport {
     latencies_us: Vec<u32>,
     /// A few distinct failure messages.
     pub errors: Vec<String>,
+    /// TLS connections made, and how many of them resumed an earlier session.
+    pub handshakes: u64,
+    pub resumed: u64,
 }
 
 impl LoadReport {
@@ -105,6 +128,8 @@ impl LoadReport {
         self.elapsed += other.elapsed;
         self.latencies_us.extend(other.latencies_us);
         self.latencies_us.sort_unstable();
+        self.handshakes += other.handshakes;
+        self.resumed += other.resumed;
         for e in other.errors {
             keep_error(&mut self.errors, e);
         }
@@ -185,6 +210,8 @@ struct Tally {
     failed: u64,
     latencies_us: Vec<u32>,
     errors: Vec<String>,
+    handshakes: u64,
+    resumed: u64,
 }
 
 impl Tally {
@@ -219,6 +246,8 @@ async fn run(spec: LoadSpec, stop: Arc<AtomicBool>) -> LoadReport {
         report.total += t.total;
         report.failed += t.failed;
         report.latencies_us.extend(t.latencies_us);
+        report.handshakes += t.handshakes;
+        report.resumed += t.resumed;
         for e in t.errors {
             keep_error(&mut report.errors, e);
         }
@@ -246,12 +275,15 @@ async fn client(shared: Arc<Shared>) -> Tally {
         let began = Instant::now();
         let result = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            request(&mut connection, &shared.spec.target),
+            request(&mut connection, &shared.spec.target, &mut tally),
         )
         .await
         .unwrap_or_else(|_| Err("timed out".into()));
         if recording {
             tally.record(began.elapsed(), &result);
+        }
+        if shared.spec.reconnect {
+            connection = None;
         }
         if result.is_err() {
             connection = None;
@@ -266,9 +298,15 @@ async fn client(shared: Arc<Shared>) -> Tally {
 async fn request(
     connection: &mut Option<SendRequest<Empty<Bytes>>>,
     target: &Target,
+    tally: &mut Tally,
 ) -> Result<(), String> {
     if connection.as_ref().is_none_or(|c| c.is_closed()) {
-        *connection = Some(connect(target.addr).await?);
+        let (sender, resumed) = connect(target).await?;
+        if let Some(resumed) = resumed {
+            tally.handshakes += 1;
+            tally.resumed += u64::from(resumed);
+        }
+        *connection = Some(sender);
     }
     let Some(sender) = connection.as_mut() else {
         return Err("no connection".into());
@@ -297,7 +335,7 @@ async fn request(
 
 /// One `GET` of the target on a new connection; returns the body of a successful answer.
 pub async fn get(target: &Target) -> anyhow::Result<String> {
-    let mut sender = connect(target.addr).await.map_err(anyhow::Error::msg)?;
+    let (mut sender, _) = connect(target).await.map_err(anyhow::Error::msg)?;
     let req = http::Request::get(target.path.as_str())
         .header(http::header::HOST, target.host.as_str())
         .body(Empty::<Bytes>::new())?;
@@ -313,11 +351,27 @@ pub async fn get(target: &Target) -> anyhow::Result<String> {
     Ok(body)
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
-    let stream = TcpStream::connect(addr)
+/// A new connection to the target; over TLS, with whether it resumed an earlier session.
+async fn connect(target: &Target) -> Result<(SendRequest<Empty<Bytes>>, Option<bool>), String> {
+    let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &target.tls else {
+        return Ok((http1(stream).await?, None));
+    };
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+        .connect(tls.name.clone(), stream)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok((http1(stream).await?, Some(resumed)))
+}
+
+async fn http1<S>(stream: S) -> Result<SendRequest<Empty<Bytes>>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -339,6 +393,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             latencies_us: vec![1000, 3000],
             errors: vec!["x".into()],
+            ..LoadReport::default()
         };
         let b = LoadReport {
             total: 2,
@@ -346,6 +401,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
             latencies_us: vec![2000, 4000],
             errors: vec!["x".into(), "y".into()],
+            ..LoadReport::default()
         };
         a.merge(b);
         assert_eq!((a.total, a.failed), (5, 1));

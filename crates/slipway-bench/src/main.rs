@@ -13,7 +13,9 @@
 //!    `slipway` binary while the daemon is killed and down for a minute, stopped and started
 //!    from another binary, killed in the middle of a rolling restart, and while the ingress
 //!    hands over to a new process, each beside the steady p99, and beside the daemon with its
-//!    ingress embedded killed and started again ([`outlive`], [`daemon`]).
+//!    ingress embedded killed and started again ([`outlive`], [`daemon`]); (d) the same
+//!    instance through the ingress over plain HTTP and over HTTPS, on kept-alive connections
+//!    and on a new connection per request with TLS session resumption and without ([`https`]).
 //! 3. **Builds** — (a) a force rebuild of an unchanged commit against `docker build` plus a
 //!    restart; (b) a deployment whose build is reused against a restart ([`rebuild`]); (c)
 //!    fetching one new commit of a 10,000-file repository, libgit2 against the git CLI
@@ -30,6 +32,7 @@ mod cmd;
 mod cpu;
 mod daemon;
 mod fetch;
+mod https;
 mod load;
 mod netstat;
 mod nginx;
@@ -74,16 +77,18 @@ enum Which {
     Load,
     Proxy,
     Outlive,
+    Https,
     Build,
     Fetch,
 }
 
 impl Which {
-    const ALL: [Which; 6] = [
+    const ALL: [Which; 7] = [
         Which::Restart,
         Which::Load,
         Which::Proxy,
         Which::Outlive,
+        Which::Https,
         Which::Build,
         Which::Fetch,
     ];
@@ -94,6 +99,7 @@ impl Which {
             Which::Load => "2a. No dropped request under heavy load",
             Which::Proxy => "2b. What the ingress costs",
             Which::Outlive => "2c. Traffic while the control plane dies, restarts and upgrades",
+            Which::Https => "2d. What HTTPS costs at the ingress",
             Which::Build => "3a–b. Force rebuild and build reuse",
             Which::Fetch => "3c. Fetching one new commit of a large repository",
         }
@@ -105,6 +111,7 @@ impl Which {
             Which::Load => traffic::run(bench).await,
             Which::Proxy => proxy::run(bench).await,
             Which::Outlive => outlive::run(bench).await,
+            Which::Https => https::run(bench).await,
             Which::Build => rebuild::run(bench).await,
             Which::Fetch => fetch::run(bench).await,
         }

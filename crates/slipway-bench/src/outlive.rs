@@ -156,6 +156,7 @@ async fn deploy(daemon: &Daemon, repo: &Arc<HelloRepo>) -> anyhow::Result<(Strin
         max_duration: MAX_LOAD,
         max_requests: MAX_REQUESTS,
         rate_per_connection: Some(RATE_PER_CONNECTION),
+        reconnect: false,
     };
     Ok((app, load))
 }

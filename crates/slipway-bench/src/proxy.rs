@@ -256,6 +256,7 @@ async fn rounds(
                 max_duration: duration,
                 max_requests: MAX_REQUESTS,
                 rate_per_connection: paced.then_some(MODERATE_RATE),
+                reconnect: false,
             };
             let running = load::start(spec);
             tokio::time::sleep(WARM_UP).await;

@@ -69,6 +69,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<Figures> {
         max_duration: MAX_LOAD,
         max_requests: MAX_REQUESTS,
         rate_per_connection: None,
+        reconnect: false,
     };
     let mut f = Figures {
         idle: Measured::default(),
