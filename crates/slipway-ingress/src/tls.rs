@@ -359,19 +359,33 @@ fn acme_answer(ingress: &Ingress, name: &str) -> Option<Arc<rustls::ServerConfig
         .push(rcgen::CustomExtension::new_acme_identifier(&digest));
     let key = rcgen::KeyPair::generate().ok()?;
     let cert = params.self_signed(&key).ok()?;
+    // Given as a resolver's answer, not checked as a certificate to serve: its critical
+    // acmeIdentifier extension is one a TLS library would refuse in a certificate it is told
+    // to serve, and it is meant for the ACME server alone.
+    let signing = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into())
+        .ok()?;
+    let answer = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
     .ok()?
     .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        PrivateKeyDer::try_from(key.serialize_der()).ok()?,
-    )
-    .ok()?;
+    .with_cert_resolver(Arc::new(Fixed(answer)));
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     Some(Arc::new(config))
+}
+
+/// Always the same certificate.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
 }
 
 /// Picks a connection's certificate by its SNI name, among the names the ingress serves.

@@ -456,3 +456,105 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut 
     io.read_exact(&mut back).await.unwrap();
     assert_eq!(back, word);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_tls_alpn_handshake_gets_the_challenges_certificate_and_nothing_else() {
+    let challenges = tempfile::tempdir().unwrap();
+    let digest = "ab".repeat(32);
+    std::fs::create_dir_all(challenges.path().join("tls-alpn-01")).unwrap();
+    std::fs::write(
+        challenges
+            .path()
+            .join("tls-alpn-01")
+            .join("shop.example.com"),
+        &digest,
+    )
+    .unwrap();
+    let ingress = Ingress::new(IngressConfig {
+        acme_challenges: Some(challenges.path().to_path_buf()),
+        ..IngressConfig::default()
+    });
+    ingress.set_app("app1", &parse_spec(SPEC).unwrap().spec);
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(slipway_ingress::serve_tls(
+        Arc::clone(&ingress),
+        listener,
+        Certificates::new(None, false),
+        stop.clone(),
+    ));
+    let _stop = stop.drop_guard();
+    let handshake = |name: &'static str| async move {
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(rustls::pki_types::ServerName::try_from(name).unwrap(), tcp)
+            .await?;
+        let (_, session) = tls.get_ref();
+        let cert = session.peer_certificates().unwrap()[0].clone().into_owned();
+        Ok::<_, std::io::Error>((session.alpn_protocol().map(<[u8]>::to_vec), cert))
+    };
+    let (alpn, cert) = handshake("shop.example.com").await.unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"acme-tls/1"[..]));
+    // The acmeIdentifier extension (1.3.6.1.5.5.7.1.31) holds the digest.
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+    let extension = parsed
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+        .expect("the acmeIdentifier extension");
+    assert!(extension.critical);
+    assert!(extension.value.ends_with(&[0xab; 32]));
+    // A name without an answer gets no handshake at all.
+    assert!(handshake("loose.example.com").await.is_err());
+}
+
+/// Accepts any certificate: the ACME server checks the extension, not the chain.
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
