@@ -28,6 +28,18 @@ pub(crate) struct Domain {
     pub tls13: bool,
 }
 
+impl Domain {
+    /// Whether `host` (lower-case, without port) is this domain, or one of its subdomains
+    /// when it is a wildcard.
+    pub(crate) fn serves(&self, host: &str) -> bool {
+        host == self.name
+            || (self.wildcard
+                && host
+                    .strip_suffix(self.name.as_str())
+                    .is_some_and(|rest| rest.ends_with('.')))
+    }
+}
+
 impl From<&DomainSpec> for Domain {
     fn from(d: &DomainSpec) -> Domain {
         Domain {

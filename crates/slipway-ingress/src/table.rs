@@ -438,12 +438,8 @@ impl Ingress {
 
     /// Whether `host` (lower-case, without port) is a domain whose clients must speak TLS 1.3.
     pub(crate) fn requires_tls13(&self, host: &str) -> bool {
-        self.app_for_host(host).is_some_and(|app| {
-            app.domains.iter().any(|d| {
-                d.tls13
-                    && (d.name == host || (d.wildcard && host.ends_with(&format!(".{}", d.name))))
-            })
-        })
+        self.app_for_host(host)
+            .is_some_and(|app| app.domains.iter().any(|d| d.tls13 && d.serves(host)))
     }
 
     pub fn config(&self) -> &IngressConfig {
@@ -814,15 +810,17 @@ impl Ingress {
                 redirect: None,
             });
         };
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
         // A domain with a certificate is served over HTTPS only (but for ACME's challenges).
         if !secure
             && let Some(https) = self.https.get()
             && !path.starts_with(crate::tls::ACME_CHALLENGE_PREFIX)
-            && app
-                .domains
-                .iter()
-                .any(|d| d.name == host || (d.wildcard && host.ends_with(&format!(".{}", d.name))))
+            && app.domains.iter().any(|d| d.serves(&host))
             && https.certs.covers(&host)
         {
             return Err(Unrouted {
